@@ -1,0 +1,3 @@
+from audit_otlp.cli import main
+
+raise SystemExit(main())

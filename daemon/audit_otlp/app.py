@@ -1,0 +1,458 @@
+"""The one place that wires the stages together and owns start-up and shutdown.
+
+    Tailer --lines--> RowMapper + BatchBuilder --Batch--> bounded queue --> N export workers
+                                                                               |
+    CheckpointKeeper <--frontier-- AckTracker <--settled batch (delivered / dead-lettered)
+
+The queue holds at most `export.max_in_flight` batches, so memory is bounded however far the
+collector falls behind: when it is away, reading simply stops and the file is the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Awaitable, Callable, Protocol
+
+from audit_otlp.acks import AckTracker
+from audit_otlp.batching import Batch, BatchBuilder, BatchLimits, SpanSource
+from audit_otlp.chain import ChainHasher, ChainState, ChainVerdict
+from audit_otlp.checkpoint import Checkpoint, CheckpointError, CheckpointStore, Cursor
+from audit_otlp.config import Config, mask_url
+from audit_otlp.deadletter import DurableLog
+from audit_otlp.exporter import Exporter, ExportSettings, Outcome
+from audit_otlp.health import HealthServer
+from audit_otlp.mapping import Envelope, MappingOptions, make_envelope, resource_attributes
+from audit_otlp.metrics import Metrics
+from audit_otlp.rows import RowMapper
+from audit_otlp.runstate import RunState
+from audit_otlp.sdnotify import Notifier
+from audit_otlp.tailer import LineChunk, ResumePoint, Tailer
+
+log = logging.getLogger("audit_otlp")
+
+EXIT_OK, EXIT_DEADLINE, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
+
+
+class FatalError(Exception):
+    """A runtime error the daemon cannot work around (exit 3, one-line reason)."""
+
+
+class Sink(Protocol):
+    async def start(self) -> None: ...
+    async def deliver(self, batch: Batch) -> Outcome: ...
+    async def aclose(self) -> None: ...
+
+
+class DryRunSink:
+    """--dry-run: print each request body as one line on stdout; nothing is delivered."""
+
+    def __init__(self, envelope: Envelope) -> None:
+        self.envelope = envelope
+
+    async def start(self) -> None:
+        pass
+
+    async def deliver(self, batch: Batch) -> Outcome:
+        if batch.spans:
+            sys.stdout.buffer.write(self.envelope.body(batch.spans) + b"\n")
+            sys.stdout.buffer.flush()
+        return Outcome()
+
+    async def aclose(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    once: bool = False
+    deadline: float | None = None
+    dry_run: bool = False
+    foreground: bool = False
+
+
+def build_envelope(config: Config) -> Envelope:
+    return make_envelope(
+        resource_attributes(config["resource.service_name"], config["resource.attributes"], config["mapping.dd_llmobs_enabled"])
+    )
+
+
+def build_export_settings(config: Config) -> ExportSettings:
+    vendor_headers = config.vendor.headers_for(config.endpoint) if config.vendor else {}
+    return ExportSettings(
+        endpoint=config.endpoint,
+        headers=config["export.headers"],
+        vendor_headers=vendor_headers,
+        timeout=config["export.timeout"],
+        compression=config["export.compression"],
+        max_in_flight=config["export.max_in_flight"],
+        initial_backoff=config["retry.initial_backoff"],
+        max_backoff=config["retry.max_backoff"],
+        auth_backoff=config["retry.auth_backoff"],
+        certificate=str(config["export.certificate"]) if config["export.certificate"] else None,
+        client_certificate=str(config["export.client_certificate"]) if config["export.client_certificate"] else None,
+        client_key=str(config["export.client_key"]) if config["export.client_key"] else None,
+        insecure=config["export.insecure"],
+    )
+
+
+class CheckpointKeeper:
+    """Holds the latest settled position and writes it at most every `interval` (and at exit)."""
+
+    def __init__(self, store: CheckpointStore, initial: Checkpoint, interval: float, metrics: Metrics,
+                 state: RunState, enabled: bool) -> None:
+        self.store = store
+        self.current = initial
+        self.interval = interval
+        self.metrics = metrics
+        self.state = state
+        self.enabled = enabled
+        self._dirty = False
+        self._written = asyncio.Event()
+
+    def advance(self, frontier: Cursor | None, outcome: Outcome, chain_breaks: int) -> None:
+        changes: dict[str, object] = {"chain_breaks": chain_breaks}
+        if outcome.delivered or outcome.rejected:
+            changes["delivered_spans"] = self.current.delivered_spans + outcome.delivered
+            changes["last_success_unix"] = self.state.last_success_unix
+        changes["last_error"] = self.state.last_error
+        self.current = self.current.with_cursor(frontier or self.current.cursor, **changes)
+        self._dirty = True
+
+    async def flush(self) -> bool:
+        if not (self.enabled and self._dirty):
+            return True
+        snapshot = self.current
+        self._dirty = False
+        try:
+            await asyncio.to_thread(self.store.save, snapshot)
+        except CheckpointError as exc:
+            self._dirty = True
+            self.metrics.checkpoint_errors.inc()
+            if self.state.checkpoint_error is None:
+                log.error("%s; the previous checkpoint is intact, retrying", exc)
+            self.state.checkpoint_error = str(exc)
+            return False
+        if self.state.checkpoint_error is not None:
+            log.info("checkpoint writes work again")
+        self.state.checkpoint_error = None
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+
+class Daemon:
+    def __init__(self, config: Config, options: RunOptions, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.options = options
+        self.metrics = Metrics()
+        self.state = RunState()
+        self.notifier = notifier or Notifier()
+        self.envelope = build_envelope(config)
+        self.store = CheckpointStore(config.checkpoint_path)
+        self.acks = AckTracker()
+        self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=config["export.max_in_flight"])
+        self.stopping = asyncio.Event()
+        self._busy_workers = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._settled_event = asyncio.Event()  # set whenever a batch is settled (for --once)
+        self._unsettled_source_bytes = 0  # bytes of lines read but not yet settled
+        self.sink: Sink
+        if options.dry_run:
+            self.sink = DryRunSink(self.envelope)
+        else:
+            receipts_path = config["delivery.receipts_path"]
+            self.sink = Exporter(
+                build_export_settings(config), self.envelope, self.metrics, self.state,
+                DurableLog(config["dead_letter.path"]), DurableLog(receipts_path) if receipts_path else None,
+            )
+        self.tailer = Tailer(
+            config.source_path,
+            max_line_bytes=config["source.max_line_bytes"],
+            poll_interval=config["source.poll_interval"],
+            rotated_glob=config["source.rotated_glob"],
+            events=self._SourceEvents(self),
+        )
+        self.keeper: CheckpointKeeper  # set in _load_checkpoint
+        self.mapper: RowMapper
+
+    # -- observability adapters ----------------------------------------------------------------
+
+    class _SourceEvents:
+        def __init__(self, daemon: "Daemon") -> None:
+            self.d = daemon
+
+        def rotation(self, kind: str, path: Path) -> None:
+            self.d.metrics.rotations.labels(kind=kind).inc()
+            log.info("rotation detected (%s) on %s", kind, path)
+
+        def resume_gap(self, reason: str) -> None:
+            self.d.metrics.resume_gaps.inc()
+            log.error("RESUME GAP: %s; reading the current file from its beginning (rows between may be missing)", reason)
+
+        def held_files(self, count: int, pending_bytes: int) -> None:
+            self.d.metrics.rotated_files_held.set(count)
+            self.d.metrics.rotated_bytes_pending.set(pending_bytes)
+
+    class _RowEvents:
+        def __init__(self, daemon: "Daemon") -> None:
+            self.d = daemon
+            self.breaks = 0
+
+        def malformed_line(self, reason: str) -> None:
+            self.d.metrics.malformed_lines.labels(reason=reason).inc()
+
+        def chain_break(self, verdict: ChainVerdict, offset: int, line_number: int) -> None:
+            self.d.metrics.chain_breaks.inc()
+            self.breaks += 1
+            what = "restarts with GENESIS" if verdict.restart else "breaks"
+            log.error(
+                "HASH CHAIN %s at line %d (offset %d): expected prev_hash %s, found %s; shipping continues",
+                what.upper(), line_number, offset, verdict.expected, verdict.found,
+            )
+
+    # -- run -----------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            return await self._run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def request_stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping: no more reading; in-flight requests get %.1f s", self.config["shutdown.grace_period"])
+            self.stopping.set()
+
+    async def _run(self) -> int:
+        checkpoint = self._load_checkpoint()
+        row_events = self._RowEvents(self)
+        row_events.breaks = checkpoint.chain_breaks
+        self._row_events = row_events
+        hasher = ChainHasher(self.config.chain_key) if self.config["chain.verify"] else None
+        self.mapper = RowMapper(
+            MappingOptions(self.config["mapping.trace_id_from"]), hasher,
+            ChainState(last_hash=checkpoint.cursor.chain_last_hash), row_events,
+        )
+        self._last_cursor = checkpoint.cursor
+        resume = None
+        if checkpoint.cursor.offset or checkpoint.cursor.identity is not None:
+            resume = ResumePoint(checkpoint.cursor.identity, checkpoint.cursor.offset,
+                                 checkpoint.cursor.last_line_sha256, checkpoint.cursor.last_line_length)
+        await self.tailer.start(resume, self.config["source.start_at"])
+        self.state.file_reachable = self.tailer.current is not None
+        if self.tailer.current is None:
+            log.info("waiting for %s to appear", self.config.source_path)
+        await self.sink.start()
+        health = None
+        if self.config["health.listen"] and not self.options.dry_run:
+            host, port = self.config["health.listen"]
+            health = HealthServer(host, port, self.state, self.metrics, self.config["health.failing_after"], self._refresh_gauges)
+            try:
+                await health.start()
+            except OSError as exc:
+                raise FatalError(f"cannot listen on {host}:{port} for health checks: {exc.strerror or exc}") from exc
+
+        workers = [asyncio.create_task(self._export_worker(), name=f"export-{i}") for i in range(self.config["export.max_in_flight"])]
+        housekeeping = [
+            asyncio.create_task(self.keeper.run(), name="checkpoint"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+        ]
+        reader = asyncio.create_task(self._read_loop(), name="reader")
+        self.notifier.ready(self._status_line())
+        log.info(
+            "following %s -> %s (checkpoint %s)", self.config.source_path,
+            "stdout (dry run)" if self.options.dry_run else mask_url(self.config.endpoint), self.config.checkpoint_path,
+        )
+        exit_code = EXIT_OK
+        try:
+            if self.options.once:
+                exit_code = await self._run_once(reader)
+            else:
+                stop_wait = asyncio.create_task(self.stopping.wait())
+                done, _ = await asyncio.wait({reader, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                stop_wait.cancel()
+                if reader in done:
+                    reader.result()  # re-raise a reader crash
+        finally:
+            self.notifier.stopping()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await self._drain_in_flight(self.config["shutdown.grace_period"])
+            for task in workers + housekeeping:
+                task.cancel()
+            await asyncio.gather(*workers, *housekeeping, return_exceptions=True)
+            await self.keeper.flush()
+            await self.sink.aclose()
+            await self.tailer.close()
+            if health is not None:
+                await health.aclose()
+            log.info("stopped: %s", self._status_line())
+        return exit_code
+
+    async def _run_once(self, reader: asyncio.Task[None]) -> int:
+        deadline = self.options.deadline
+        async def finished() -> None:
+            await reader
+            while self.acks.unsettled:
+                await self._settled_event.wait()
+                self._settled_event.clear()
+        work = asyncio.create_task(finished())
+        stop_wait = asyncio.create_task(self.stopping.wait())
+        done, _ = await asyncio.wait({work, stop_wait}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        if work in done:
+            work.result()
+            if self.tailer.current is not None and self.tailer.current.splitter.pending_bytes:
+                log.warning("the last line has no newline yet; it is held for the next run")
+            log.info("--once: everything up to the end of the file is settled")
+            return EXIT_OK
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        if self.stopping.is_set():
+            return EXIT_OK
+        log.error("--once: deadline of %.1f s passed with %d batches not delivered", deadline or 0, self.acks.unsettled)
+        return EXIT_DEADLINE
+
+    def _load_checkpoint(self) -> Checkpoint:
+        if not self.options.dry_run:
+            try:
+                self.store.ensure_writable()
+            except (CheckpointError, OSError) as exc:
+                raise FatalError(str(exc)) from exc
+        checkpoint = self.store.load()
+        if checkpoint is not None and checkpoint.cursor.path != str(self.config.source_path):
+            log.warning("the checkpoint was for %s, now following %s: matching by file identity and content",
+                        checkpoint.cursor.path, self.config.source_path)
+        if checkpoint is None:
+            checkpoint = Checkpoint(Cursor(str(self.config.source_path), None, 0))
+        self.state.checkpoint_loaded = True
+        self.keeper = CheckpointKeeper(self.store, checkpoint, self.config["checkpoint.interval"], self.metrics,
+                                       self.state, enabled=not self.options.dry_run)
+        return checkpoint
+
+    # -- the stages ----------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        limits = BatchLimits(self.config["batch.max_spans"], self.config["batch.max_bytes"], self.config["batch.max_wait"])
+        builder = BatchBuilder(self.envelope, limits)
+        settled_cursor = self._last_cursor
+        complete_cursor = settled_cursor  # the end of the last line whose spans are all in `builder`
+        once = self.options.once
+        while not self.stopping.is_set():
+            deadline = builder.deadline()
+            timeout = 0.0 if once else (None if deadline is None else max(deadline - time.monotonic(), 0.0))
+            chunk = await self.tailer.read(timeout)
+            self.state.file_reachable = self.tailer.current is not None or bool(self.tailer.draining)
+            if chunk is not None:
+                complete_cursor = await self._consume(chunk, builder, complete_cursor)
+            deadline = builder.deadline()
+            if deadline is not None and (builder.full or time.monotonic() >= deadline or (once and chunk is None)):
+                await self._flush(builder, complete_cursor)
+            if once and chunk is None and self.tailer.at_end:
+                if builder.opened_at is not None:
+                    await self._flush(builder, complete_cursor)
+                return
+
+    async def _consume(self, chunk: LineChunk, builder: BatchBuilder, cursor: Cursor) -> Cursor:
+        observed_ns = time.time_ns()
+        mapper = self.mapper
+        path, identity = chunk.path, chunk.identity
+        mapper.line_number = chunk.first_line_number - 1
+        for line in chunk.lines:
+            mapped = mapper.map_line(line, observed_ns)
+            if mapped.spans:
+                sha = mapped.digest.hex()
+                for span in mapped.spans:
+                    if not builder.fits(span):
+                        await self._flush(builder, cursor)
+                    builder.add(span, SpanSource(path, identity, line.offset, line.data, sha))
+            else:
+                builder.touch()
+            cursor = Cursor(str(path), identity, line.end, mapped.digest.hex(),
+                            line.length if line.data is not None else None,
+                            mapper.chain.last_hash, mapper.line_number)
+            if builder.full:
+                await self._flush(builder, cursor)
+        consumed = chunk.lines[-1].end - chunk.lines[0].offset
+        builder.source_bytes += consumed
+        self._unsettled_source_bytes += consumed
+        self.metrics.lines_read.inc(len(chunk.lines))
+        self.state.rows_read += len(chunk.lines)
+        return cursor
+
+    async def _flush(self, builder: BatchBuilder, end: Cursor) -> None:
+        """Hand the pending spans to the export workers (waits while the queue is full)."""
+        seq = self.acks.register(end)
+        batch = builder.take(seq, end)
+        await self.queue.put(batch)
+
+    async def _export_worker(self) -> None:
+        while True:
+            batch = await self.queue.get()
+            self._busy_workers += 1
+            self._idle.clear()
+            try:
+                outcome = await self.sink.deliver(batch)
+                self.state.dead_lettered_spans += outcome.dead_lettered
+                frontier = self.acks.settle(batch.seq)
+                self.keeper.advance(frontier, outcome, self._row_events.breaks)
+                self._unsettled_source_bytes -= batch.source_bytes
+                self._settled_event.set()
+            finally:
+                self._busy_workers -= 1
+                if self._busy_workers == 0:
+                    self._idle.set()
+                self.queue.task_done()
+
+    async def _drain_in_flight(self, grace: float) -> None:
+        """Let requests already being sent finish within the grace period; abandon the rest."""
+        if self._busy_workers == 0:
+            return
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=grace)
+        except TimeoutError:
+            log.warning("grace period over: abandoning %d in-flight requests (they will be sent again)", self._busy_workers)
+
+    async def _heartbeat(self) -> None:
+        """Event-loop liveness for /healthz and the systemd watchdog, plus a STATUS refresh."""
+        interval = min(self.notifier.watchdog_interval() or 5.0, 5.0)
+        while True:
+            self.state.loop_heartbeat = time.monotonic()
+            self.notifier.watchdog()
+            self.notifier.status(self._status_line())
+            await asyncio.sleep(interval)
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def _refresh_gauges(self) -> None:
+        # Not yet delivered = not yet read + read but not yet settled.
+        backlog = self.tailer.backlog_bytes() + self._unsettled_source_bytes
+        self.state.backlog_bytes = backlog
+        self.metrics.backlog_bytes.set(backlog)
+
+    def _status_line(self) -> str:
+        self._refresh_gauges()
+        return (
+            f"delivered {self.state.delivered_spans} spans, backlog {self.state.backlog_bytes} bytes, "
+            f"{self.acks.unsettled} batches in flight"
+            + (f", last error: {self.state.last_error}" if self.state.failing_since is not None else "")
+        )
+
+
+def run_daemon(config: Config, options: RunOptions, runner: Callable[[Awaitable[int]], int] = asyncio.run) -> int:
+    daemon = Daemon(config, options)
+    return runner(daemon.run())

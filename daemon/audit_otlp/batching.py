@@ -1,0 +1,90 @@
+"""Group encoded spans into requests: up to max_spans, max_bytes of body, or max_wait."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from audit_otlp.checkpoint import Cursor
+from audit_otlp.fileid import FileIdentity
+from audit_otlp.mapping import Envelope
+
+
+class SpanSource(NamedTuple):
+    """Where a span came from: for the dead-letter file and receipts."""
+
+    path: Path
+    identity: FileIdentity
+    offset: int
+    line: bytes | None  # the original line (None for an oversize line)
+    line_sha256: str
+
+
+@dataclass
+class Batch:
+    seq: int
+    spans: list[bytes]
+    sources: list[SpanSource]
+    end: Cursor  # the checkpoint position once every span of this batch is settled
+    source_bytes: int = 0  # bytes of the audit log this batch accounts for
+    created: float = field(default_factory=time.monotonic)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+
+@dataclass
+class BatchLimits:
+    max_spans: int = 512
+    max_bytes: int = 1024 * 1024
+    max_wait: float = 0.2
+
+
+class BatchBuilder:
+    """Accumulates spans; the owner asks `should_flush` and takes the batch with `take`."""
+
+    def __init__(self, envelope: Envelope, limits: BatchLimits) -> None:
+        self.envelope = envelope
+        self.limits = limits
+        self.spans: list[bytes] = []
+        self.sources: list[SpanSource] = []
+        self._bytes = 0
+        self.opened_at: float | None = None  # when the first pending line arrived
+        self.source_bytes = 0  # bytes of lines consumed since the last take (set by the reader)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def body_size_with(self, span: bytes) -> int:
+        return self.envelope.size(self._bytes + len(span), len(self.spans) + 1)
+
+    def fits(self, span: bytes) -> bool:
+        """Would adding `span` keep the request within the limits? (A lone span always fits.)"""
+        if not self.spans:
+            return True
+        return len(self.spans) < self.limits.max_spans and self.body_size_with(span) <= self.limits.max_bytes
+
+    def add(self, span: bytes, source: SpanSource) -> None:
+        self.spans.append(span)
+        self.sources.append(source)
+        self._bytes += len(span)
+        self.touch()
+
+    def touch(self) -> None:
+        """A line was consumed (even a blank one): start the max_wait clock."""
+        if self.opened_at is None:
+            self.opened_at = time.monotonic()
+
+    @property
+    def full(self) -> bool:
+        return len(self.spans) >= self.limits.max_spans
+
+    def deadline(self) -> float | None:
+        return None if self.opened_at is None else self.opened_at + self.limits.max_wait
+
+    def take(self, seq: int, end: Cursor) -> Batch:
+        batch = Batch(seq, self.spans, self.sources, end, self.source_bytes)
+        self.spans, self.sources, self._bytes, self.opened_at, self.source_bytes = [], [], 0, None, 0
+        return batch

@@ -1,0 +1,377 @@
+"""Row -> OTLP/JSON span, as pure functions.
+
+A span is built as a dict and encoded once with orjson; a request body is the encoded spans
+joined inside one resourceSpans/scopeSpans envelope (see `request_body`), so batches can be
+split and re-joined for 413/400 handling without re-mapping anything.
+
+Ids are derived from content, never from time or randomness: the same row always gives the
+same spanId (from the SHA-256 of its line) and traceId (its own `trace_id`, else from
+`prev_hash` or, with trace_id_from=session, from the session), so a span delivered twice after
+a crash is recognisably the same span.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Iterable, Mapping, Sequence
+
+import orjson
+
+from audit_otlp import __version__
+from audit_otlp.chain import ChainVerdict
+
+SPAN_KIND_INTERNAL = 1
+STATUS_OK = 1
+STATUS_ERROR = 2
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+SCOPE_NAME = "audit-otlp"
+
+# Events that record a guardrail decision rather than a tool call.
+GUARDRAIL_EVENTS = frozenset({"secret_detected", "action_blocked", "policy_violation", "policy_decision"})
+_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
+_TS_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?([Zz]|[+-]\d{2}:?\d{2})$"
+)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+@dataclass(frozen=True)
+class MappingOptions:
+    trace_id_from: str = "prev_hash"  # or "session"
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing lines.
+
+
+def parse_line(data: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """(row, None) for a JSON object, else (None, reason) with a low-cardinality reason."""
+    try:
+        row = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "invalid_utf8"
+        # orjson refuses integers beyond 64 bits and lone surrogate escapes, which are valid
+        # JSON; the standard library parses those (NaN and Infinity stay refused).
+        try:
+            import json
+
+            row = json.loads(text, parse_constant=_refuse_constant)
+        except ValueError:
+            return None, "invalid_json"
+    if not isinstance(row, dict):
+        return None, "not_an_object"
+    return row, None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_timestamp_ns(value: Any) -> int | None:
+    """RFC 3339 -> nanoseconds since the epoch, in UTC whatever the machine's time zone."""
+    if not isinstance(value, str):
+        return None
+    m = _TS_RE.match(value)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second, frac, tz = m.groups()
+    try:
+        days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL
+    except ValueError:
+        return None
+    h, mi, s = int(hour), int(minute), int(second)
+    if h > 23 or mi > 59 or s > 60:
+        return None
+    offset = 0
+    if tz not in ("Z", "z"):
+        sign = -1 if tz[0] == "-" else 1
+        tz_digits = tz[1:].replace(":", "")
+        offset = sign * (int(tz_digits[:2]) * 3600 + int(tz_digits[2:]) * 60)
+    seconds = days * 86400 + h * 3600 + mi * 60 + s - offset
+    nanos = int((frac or "0")[:9].ljust(9, "0"))
+    return seconds * 1_000_000_000 + nanos
+
+
+# ---------------------------------------------------------------------------------------------
+# Values and ids.
+
+
+def any_value(value: Any) -> dict[str, Any]:
+    """An OTLP AnyValue for a JSON value; 64-bit integers as decimal strings."""
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        if INT64_MIN <= value <= INT64_MAX:
+            return {"intValue": str(value)}
+        return {"stringValue": str(value)}
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return {"stringValue": str(value)}
+        return {"doubleValue": value}
+    if isinstance(value, str):
+        return {"stringValue": value}
+    # Objects, arrays and null: a JSON string (Sentry drops kvlists and stringifies arrays).
+    return {"stringValue": orjson.dumps(value).decode("utf-8") if value is not None else "null"}
+
+
+def _kv(key: str, value: Any) -> dict[str, Any]:
+    return {"key": key, "value": any_value(value)}
+
+
+def _nonzero_hex(raw: bytes) -> str:
+    if not any(raw):  # all-zero ids are invalid in OTLP and W3C
+        raw = raw[:-1] + b"\x01"
+    return raw.hex()
+
+
+def line_digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def span_id_for(digest: bytes) -> str:
+    return _nonzero_hex(digest[:8])
+
+
+def trace_id_for(row: Mapping[str, Any], digest: bytes, options: MappingOptions) -> str:
+    own = row.get("trace_id")
+    if isinstance(own, str) and _HEX32.match(own) and own.strip("0"):
+        return own.lower()
+    if options.trace_id_from == "session":
+        session = row.get("session_id")
+        if isinstance(session, str) and session:
+            return _nonzero_hex(hashlib.sha256(b"session:" + session.encode("utf-8", "replace")).digest()[:16])
+    prev = row.get("prev_hash")
+    if isinstance(prev, str) and prev:
+        return _nonzero_hex(hashlib.sha256(b"prev_hash:" + prev.encode("utf-8", "replace")).digest()[:16])
+    return _nonzero_hex(digest[8:24])
+
+
+# ---------------------------------------------------------------------------------------------
+# Spans.
+
+# (row field, attribute) for the attributes of interface.md copied as they are.
+_DIRECT_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("tool", "tool.name"),
+    ("duration_ms", "tool.duration_ms"),
+    ("bytes_in", "tool.bytes_in"),
+    ("bytes_out", "tool.bytes_out"),
+    ("dest_host", "network.dest_host"),
+    ("event", "audit.event"),
+    ("severity", "audit.severity"),
+    ("target", "audit.target"),
+    ("prev_hash", "audit.prev_hash"),
+)
+_TOOL_CALL_ID_FIELDS = ("tool_call_id", "tool_use_id", "call_id")
+
+
+def _first_present(row: Mapping[str, Any], *fields: str) -> Any:
+    for name in fields:
+        value = row.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def row_span(
+    row: Mapping[str, Any],
+    digest: bytes,
+    *,
+    offset: int,
+    observed_ns: int,
+    options: MappingOptions,
+    chain: ChainVerdict | None = None,
+) -> dict[str, Any]:
+    """The span for one audit row (interface.md, "Spans")."""
+    attributes: list[dict[str, Any]] = []
+    add = attributes.append
+
+    event = row.get("event")
+    event_name = event if isinstance(event, str) and event else None
+    tool = row.get("tool")
+    tool_name = tool if isinstance(tool, str) and tool else None
+
+    agent = _first_present(row, "agent_id", "session_id")
+    if agent is not None:
+        add(_kv("agent.id", agent))
+    for source, attribute in _DIRECT_ATTRIBUTES:
+        value = row.get(source)
+        if value is not None:
+            add(_kv(attribute, value))
+    outcome = _first_present(row, "policy_outcome", "outcome")
+    if outcome is not None:
+        add(_kv("policy.outcome", outcome))
+    error = _first_present(row, "error_type", "error")
+    blocked = event_name == "action_blocked"
+
+    # GenAI identity: every span gets one, because Datadog LLM Observability drops spans
+    # without a gen_ai.* attribute. Tool rows are execute_tool spans; guardrail events are
+    # execute_tool spans of a "guardrail.<event>" tool; anything else is a workflow step.
+    if tool_name is not None:
+        genai_tool: str | None = tool_name
+    elif event_name in GUARDRAIL_EVENTS:
+        genai_tool = f"guardrail.{event_name}"
+    else:
+        genai_tool = None
+    if genai_tool is not None:
+        name = f"execute_tool {genai_tool}"
+        add(_kv("gen_ai.operation.name", "execute_tool"))
+        add(_kv("gen_ai.tool.name", genai_tool))
+        add(_kv("gen_ai.tool.type", "function" if tool_name is not None else "extension"))
+        add(_kv("sentry.op", "gen_ai.execute_tool"))
+        call_id = _first_present(row, *_TOOL_CALL_ID_FIELDS)
+        if call_id is not None:
+            add(_kv("gen_ai.tool.call.id", str(call_id)))
+    else:
+        name = f"invoke_workflow {event_name}" if event_name else "invoke_workflow audit"
+        add(_kv("gen_ai.operation.name", "invoke_workflow"))
+        add(_kv("sentry.op", "gen_ai.invoke_workflow"))
+    session = row.get("session_id")
+    if session is not None:
+        add(_kv("gen_ai.conversation.id", str(session)))
+    agent_id = row.get("agent_id")
+    if agent_id is not None:
+        add(_kv("gen_ai.agent.id", str(agent_id)))
+
+    if error is not None:
+        add(_kv("error.type", error if isinstance(error, str) and error else "_OTHER"))
+        status: dict[str, Any] = {"code": STATUS_ERROR, "message": "tool error"}
+    elif blocked:
+        add(_kv("error.type", "action_blocked"))
+        status = {"code": STATUS_ERROR, "message": "action blocked"}
+    else:
+        status = {"code": STATUS_OK}
+
+    if chain is not None:
+        if chain.verified is not None:
+            add(_kv("audit.chain.verified", chain.verified))
+        add(_kv("audit.hash", chain.row_hash))
+        if chain.restart:
+            add(_kv("audit.chain.restart", True))
+    add(_kv("audit.offset", offset))
+
+    start = parse_timestamp_ns(row.get("ts"))
+    if start is None:
+        start = observed_ns
+        add(_kv("audit.ts_invalid", True))
+    end = start
+    duration = row.get("duration_ms")
+    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and 0 <= duration < 10**12:
+        end = start + int(duration * 1_000_000)
+
+    return {
+        "traceId": trace_id_for(row, digest, options),
+        "spanId": span_id_for(digest),
+        "name": name,
+        "kind": SPAN_KIND_INTERNAL,
+        "startTimeUnixNano": str(start),
+        "endTimeUnixNano": str(end),
+        "attributes": attributes,
+        "status": status,
+    }
+
+
+def malformed_span(*, offset: int, length: int, digest: bytes, reason: str, observed_ns: int) -> dict[str, Any]:
+    """An ERROR span for a line that is not a JSON object: where it is, never what it says."""
+    return {
+        "traceId": _nonzero_hex(digest[8:24]),
+        "spanId": span_id_for(digest),
+        "name": "audit.malformed_line",
+        "kind": SPAN_KIND_INTERNAL,
+        "startTimeUnixNano": str(observed_ns),
+        "endTimeUnixNano": str(observed_ns),
+        "attributes": [
+            _kv("audit.event", "audit.malformed_line"),
+            _kv("gen_ai.operation.name", "execute_tool"),
+            _kv("gen_ai.tool.name", "guardrail.malformed_line"),
+            _kv("error.type", reason),
+            _kv("audit.offset", offset),
+            _kv("audit.length", length),
+            _kv("audit.line_sha256", digest.hex()),
+        ],
+        "status": {"code": STATUS_ERROR, "message": reason},
+    }
+
+
+def chain_broken_span(
+    *, verdict: ChainVerdict, offset: int, line_number: int, digest: bytes, start_ns: int
+) -> dict[str, Any]:
+    """The evidence span for a row whose prev_hash does not match the row before it."""
+    marker = hashlib.sha256(b"chain_broken:" + digest).digest()
+    attributes = [
+        _kv("audit.event", "audit.chain_broken"),
+        _kv("gen_ai.operation.name", "execute_tool"),
+        _kv("gen_ai.tool.name", "guardrail.chain_integrity"),
+        _kv("error.type", "chain_restart" if verdict.restart else "chain_broken"),
+        _kv("audit.offset", offset),
+        _kv("audit.line_number", line_number),
+        _kv("audit.chain.expected", verdict.expected or ""),
+        _kv("audit.chain.found", verdict.found or ""),
+        _kv("audit.hash", verdict.row_hash),
+    ]
+    return {
+        "traceId": _nonzero_hex(marker[:16]),
+        "spanId": _nonzero_hex(marker[16:24]),
+        "name": "audit.chain_broken",
+        "kind": SPAN_KIND_INTERNAL,
+        "startTimeUnixNano": str(start_ns),
+        "endTimeUnixNano": str(start_ns),
+        "attributes": attributes,
+        "status": {"code": STATUS_ERROR, "message": "chain restart" if verdict.restart else "prev_hash mismatch"},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests.
+
+
+def encode_span(span: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(span)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The bytes around the spans of every request: resource and scope, encoded once."""
+
+    head: bytes
+    tail: bytes = b"]}]}]}"
+
+    def body(self, spans: Sequence[bytes]) -> bytes:
+        return self.head + b",".join(spans) + self.tail
+
+    def size(self, spans_bytes: int, count: int) -> int:
+        return len(self.head) + spans_bytes + max(count - 1, 0) + len(self.tail)
+
+
+def resource_attributes(service_name: str, extra: Mapping[str, str], dd_llmobs_enabled: bool) -> dict[str, str]:
+    attrs = dict(extra)
+    attrs["service.name"] = service_name  # OTEL_SERVICE_NAME wins over OTEL_RESOURCE_ATTRIBUTES
+    attrs.setdefault("service.namespace", "enchanter")
+    if dd_llmobs_enabled:
+        attrs.setdefault("dd_llmobs_enabled", "true")
+    return attrs
+
+
+def make_envelope(attributes: Mapping[str, str]) -> Envelope:
+    resource = {"attributes": [_kv(k, v) for k, v in attributes.items()]}
+    scope = {"name": SCOPE_NAME, "version": __version__}
+    head = (
+        b'{"resourceSpans":[{"resource":'
+        + orjson.dumps(resource)
+        + b',"scopeSpans":[{"scope":'
+        + orjson.dumps(scope)
+        + b',"spans":['
+    )
+    return Envelope(head)
+
+
+def iter_attributes(span: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
+    """(key, plain value) pairs of a span dict: a helper for tests and `--dry-run` readers."""
+    for kv in span.get("attributes", ()):
+        (kind, value), = kv["value"].items()
+        yield kv["key"], int(value) if kind == "intValue" else value
