@@ -59,7 +59,8 @@ class Collector:
         self.responder = responder or (lambda doc, n: Reply())
         self.requests: list[Received] = []
         self.invalid: list[str] = []
-        self._lock = threading.Lock()
+        # Re-entrant: wait_for() holds it while predicates call accepted()/accepted_seqs().
+        self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._count = 0
         collector = self

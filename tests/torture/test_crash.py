@@ -1,0 +1,248 @@
+"""Crash consistency: SIGKILL the installed daemon at random moments (while it reads, while a
+request is in flight, while the checkpoint is being written) as a writer appends rows and the
+file is rotated, then check that nothing was lost, that duplicates stay within what in-flight
+requests can explain, and that the checkpoint file was always whole JSON.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from auditgen import AuditWriter
+from collector import Collector
+from harness import (
+    ROTATIONS,
+    ChaosResponder,
+    DaemonProcess,
+    acknowledged_seqs,
+    duplicates,
+    read_checkpoint,
+    wait_delivered_or_quiet,
+    wait_until,
+    write_config,
+)
+
+MAX_SPANS = 20
+MAX_IN_FLIGHT = 4
+EXPORT_TIMEOUT = 1.0
+MOMENTS = ("reading", "request", "checkpoint", "random")
+
+
+@dataclass
+class CrashReport:
+    trials: int = 0
+    rows: int = 0
+    moments: collections.Counter[str] = field(default_factory=collections.Counter)
+    rotations: collections.Counter[str] = field(default_factory=collections.Counter)
+    checkpoint_reads: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    duplicate_bound: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    # Rows acknowledged before a kill but past the checkpoint it left: what the next run repeats.
+    acked_past_checkpoint: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return json.dumps({
+            "trials": self.trials, "rows": self.rows, "kills_by_moment": dict(self.moments),
+            "rotations": dict(self.rotations), "checkpoint_reads": self.checkpoint_reads,
+            "lost": self.lost, "duplicates": self.duplicates, "duplicate_bound": self.duplicate_bound,
+            "collector_answers": self.faults, "acked_past_checkpoint_per_kill": self.acked_past_checkpoint,
+        }, sort_keys=True)
+
+
+class Writer(threading.Thread):
+    """Appends rows in small bursts until stopped; rotations take the same lock (like a producer)."""
+
+    def __init__(self, writer: AuditWriter, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.writer = writer
+        self.lock = threading.Lock()
+        self.halt = threading.Event()
+        self.rng = random.Random(seed)
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            with self.lock:
+                self.writer.append(self.rng.randint(1, 15))
+            self.halt.wait(self.rng.uniform(0.002, 0.02))  # pacing of the producer, not a synchronisation
+
+
+def kill_at(daemon: DaemonProcess, moment: str, rng: random.Random, responder: ChaosResponder,
+            writer: Writer) -> str:
+    """SIGKILL the daemon at the given kind of moment; returns what actually happened."""
+    tmp = daemon.checkpoint.with_name(f".{daemon.checkpoint.name}.tmp")
+    hit = moment
+    if moment == "reading":
+        with writer.lock:
+            writer.writer.append(rng.randint(500, 2000))
+        wait_until(lambda: False, rng.uniform(0.0, 0.05), 0.005)  # a random instant within the read
+    elif moment == "request":
+        responder.in_request.clear()
+        if not wait_until(responder.in_request.is_set, 5.0, 0.002):
+            hit = "request-missed"
+    elif moment == "checkpoint":
+        if not wait_until(tmp.exists, 3.0, 0.0005):
+            hit = "checkpoint-missed"
+    else:
+        wait_until(lambda: False, rng.uniform(0.05, 1.5), 0.01)
+    daemon.kill()
+    return hit
+
+
+def seq_before_offset(source: Path, offset: int) -> int:
+    """The `seq` of the row that ends at `offset` (0 at the start of the file)."""
+    with open(source, "rb") as fh:
+        head = fh.read(offset)
+    lines = head.rstrip(b"\n").rsplit(b"\n", 1)
+    return int(json.loads(lines[-1])["seq"]) if head else 0
+
+
+def checkpoint_in_tail(checkpoint: Path, source: Path, lines: int) -> bool:
+    """True when the checkpoint's last delivered line is among the last `lines` lines of `source`."""
+    doc = read_checkpoint(checkpoint)
+    if not doc or not doc.get("last_line_sha256"):
+        return False
+    tail = source.read_bytes().rstrip(b"\n").split(b"\n")[-lines:]
+    return doc["last_line_sha256"] in {hashlib.sha256(line).hexdigest() for line in tail}
+
+
+def run_crash_trials(cli: str, tmp_path: Path, trials: int, seed: int, rotation: str | None) -> CrashReport:
+    rng = random.Random(seed)
+    source = tmp_path / "audit.jsonl"
+    checkpoint = tmp_path / "state" / "checkpoint.json"
+    config = write_config(
+        tmp_path / "audit-otlp.toml",
+        batch={"max_spans": MAX_SPANS, "max_wait": "50ms"},
+        export={"max_in_flight": MAX_IN_FLIGHT, "timeout": EXPORT_TIMEOUT},
+        retry={"initial_backoff": "50ms", "max_backoff": "300ms"},
+        source={"poll_interval": "100ms"},
+        checkpoint={"interval": os.environ.get("TORTURE_CKPT_INTERVAL", "250ms")},
+    )
+    responder = ChaosResponder(seed, {"ok": 6, "slow": 3, "503": 1, "reset": 0.5}, EXPORT_TIMEOUT)
+    report = CrashReport()
+    audit = AuditWriter(source)
+    audit.append(200)
+    writer = Writer(audit, seed + 1)
+    with Collector(responder) as collector:
+        writer.start()
+        try:
+            for trial in range(trials):
+                daemon = DaemonProcess(cli, source, checkpoint, collector.endpoint, tmp_path / "daemon.log", config).start()
+                if rotation is not None and (trials < 10 or rng.random() < 0.7):
+                    wait_until(lambda: False, rng.uniform(0.0, 0.5), 0.01)  # a random moment to rotate
+                    with writer.lock:
+                        if rotation == "tail_rewrite":
+                            # Fair play: rows more than 1000 lines behind are deleted from disk by this
+                            # rotation, so no tailer could recover them after a crash. Let the checkpoint
+                            # reach the kept tail first (the writer is paused: we hold its lock).
+                            assert wait_until(lambda: checkpoint_in_tail(checkpoint, source, 900), 60, 0.05), \
+                                daemon.log_text()[-3000:]
+                        ROTATIONS[rotation](source, trial + 1)
+                    report.rotations[rotation] += 1
+                moment = MOMENTS[trial % len(MOMENTS)] if trials >= len(MOMENTS) else rng.choice(MOMENTS)
+                report.moments[kill_at(daemon, moment, rng, responder, writer)] += 1
+                report.trials += 1
+                doc = read_checkpoint(checkpoint)  # raises if the file is torn or not JSON
+                report.checkpoint_reads += 1
+                if rotation is None:
+                    acked = set(collector.accepted_seqs())
+                    done = seq_before_offset(source, doc["offset"] if doc else 0)
+                    report.acked_past_checkpoint.append(len([s for s in acked if s > done]))
+        finally:
+            writer.halt.set()
+            writer.join(10)
+        # One last run, undisturbed, delivers the rest.
+        responder.enabled = False
+        expected = set(range(1, audit.seq + 1))
+        daemon = DaemonProcess(cli, source, checkpoint, collector.endpoint, tmp_path / "daemon.log", config).start()
+        try:
+            delivered_all = wait_delivered_or_quiet(collector, daemon, expected, timeout=120)
+        finally:
+            assert daemon.stop() == 0, daemon.log_text()[-3000:]
+        read_checkpoint(checkpoint)
+        counts = acknowledged_seqs(collector)
+        report.rows = len(expected)
+        report.lost = len(expected - set(counts))
+        report.duplicates = duplicates(counts)
+        report.duplicate_bound = trials * MAX_IN_FLIGHT * MAX_SPANS
+        report.faults = dict(responder.counts)
+        unexpected = set(counts) - expected
+        assert not unexpected, f"rows nobody wrote: {sorted(unexpected)[:10]}"
+        # (collector.invalid is not checked here: a kill mid-send leaves a truncated body.)
+        print("CRASH-REPORT", rotation or "none", report.summary())
+        assert delivered_all and report.lost == 0, (
+            f"{report.lost} rows never acknowledged, e.g. {sorted(expected - set(counts))[:20]}; "
+            f"{report.summary()}\n{daemon.log_text()[-4000:]}"
+        )
+    return report
+
+
+# Style -> reason, from what main does today (the rotation work is in progress in parallel).
+_RESUME_GAP = ("bug (tailer.py resume): after SIGKILL + {style} rotation the restart logs 'RESUME GAP: the "
+               "last delivered line ... is not in audit.jsonl; reading the current file from its beginning' "
+               "and never reads the rotated copy ({glob}), so rows written before the rotation are lost")
+ROTATION_XFAIL: dict[str, str] = {
+    style: _RESUME_GAP.format(style=style, glob="audit.jsonl.N")
+    for style in ("rename_create", "copytruncate")
+}
+
+CHECKPOINT_LAG = (
+    "bug (app.py CheckpointKeeper): the checkpoint is written every checkpoint.interval (250 ms), "
+    "not when a batch settles, so a SIGKILL repeats every row acknowledged since the last write "
+    "(measured up to 340 rows per kill) on top of the in-flight window of max_in_flight x max_spans = 80"
+)
+
+
+def _rotation_param(style: str | None) -> object:
+    if style in ROTATION_XFAIL:
+        return pytest.param(style, marks=pytest.mark.xfail(strict=True, reason=ROTATION_XFAIL[style]))
+    return style
+
+
+def assert_duplicates_within_in_flight_window(report: CrashReport) -> None:
+    window = MAX_IN_FLIGHT * MAX_SPANS
+    assert max(report.acked_past_checkpoint, default=0) <= window, report.summary()
+    assert report.duplicates <= report.duplicate_bound, report.summary()
+
+
+@pytest.fixture(scope="module")
+def crash_run(audit_cli_path: str, tmp_path_factory: pytest.TempPathFactory) -> CrashReport:
+    """Five SIGKILL trials without rotation, shared by the invariants below (run once)."""
+    return run_crash_trials(audit_cli_path, tmp_path_factory.mktemp("crash"), trials=5, seed=1, rotation=None)
+
+
+def test_sigkill_loses_no_row_and_checkpoint_stays_json(crash_run: CrashReport) -> None:
+    assert crash_run.lost == 0 and crash_run.checkpoint_reads == crash_run.trials
+
+
+@pytest.mark.xfail(strict=True, reason=CHECKPOINT_LAG)
+def test_sigkill_repeats_only_in_flight_requests(crash_run: CrashReport) -> None:
+    assert_duplicates_within_in_flight_window(crash_run)
+
+
+@pytest.mark.parametrize("rotation", [_rotation_param(s) for s in ROTATIONS])
+def test_sigkill_with_rotation_loses_no_row(audit_cli: str, tmp_path: Path, rotation: str) -> None:
+    report = run_crash_trials(audit_cli, tmp_path, trials=2, seed=2, rotation=rotation)
+    assert report.lost == 0 and report.rotations[rotation] >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("rotation", [None, *[_rotation_param(s) for s in ROTATIONS]])
+def test_sigkill_long(audit_cli: str, tmp_path: Path, rotation: str | None) -> None:
+    """50 trials; no loss is asserted (duplicates are reported: see the xfail above)."""
+    seed = int(os.environ.get("TORTURE_SEED", "0")) or int(time.time())
+    print(f"seed {seed}")
+    report = run_crash_trials(audit_cli, tmp_path, trials=50, seed=seed, rotation=rotation)
+    assert report.lost == 0
