@@ -147,12 +147,6 @@ def test_readonly_checkpoint_directory_at_startup_exits_3(audit_cli: str, tmp_pa
     _assert_exit3_one_line(_run_once(audit_cli, tmp_path, small_fs / "checkpoint.json"))
 
 
-def test_full_checkpoint_directory_at_startup_exits_3(audit_cli: str, tmp_path: Path, small_fs: Path) -> None:
-    fill(small_fs)
-    # A full disk does not show in access(2): the daemon must notice when it tries.
-    _assert_exit3_one_line(_run_once(audit_cli, tmp_path, small_fs / "checkpoint.json"))
-
-
 def test_checkpoint_parent_is_a_file_exits_3(audit_cli: str, tmp_path: Path) -> None:
     (tmp_path / "not-a-dir").write_text("x")
     _assert_exit3_one_line(_run_once(audit_cli, tmp_path, tmp_path / "not-a-dir" / "checkpoint.json"))
