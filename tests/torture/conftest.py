@@ -1,12 +1,13 @@
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
+"""The torture suite's fixtures; `harness` is importable from the tests as a top-level module."""
 
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="module")
@@ -16,3 +17,9 @@ def audit_cli_path() -> str:
     if exe is None:
         pytest.fail("audit-otlp is not installed: pip install '.[test]'")
     return exe
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Long mode fuzzes 20x harder (test_fuzz reads this when it is imported, after this hook).
+    if config.getoption("--runslow", default=False):
+        os.environ.setdefault("TORTURE_FUZZ_EXAMPLES", "1600")

@@ -104,7 +104,7 @@ def run_chaos(cli: str, tmp_path: Path, seconds: float, seed: int) -> dict[str, 
 
 
 def test_collector_chaos(audit_cli: str, tmp_path: Path) -> None:
-    run_chaos(audit_cli, tmp_path, seconds=20, seed=3)
+    run_chaos(audit_cli, tmp_path, seconds=15, seed=3)
 
 
 @pytest.mark.slow
