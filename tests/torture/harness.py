@@ -217,6 +217,12 @@ class ChaosResponder:
             raise AssertionError(kind)
 
 
+def quiet(collector: Collector) -> Collector:
+    """Silence the server's tracebacks for connections the test broke on purpose (kills, resets)."""
+    collector.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+    return collector
+
+
 def acknowledged_seqs(collector: Collector) -> collections.Counter[int]:
     """How many times each row (by `seq`) reached the collector in a request answered 2xx."""
     return collections.Counter(collector.accepted_seqs())

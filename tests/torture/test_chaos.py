@@ -25,6 +25,7 @@ from harness import (
     DaemonProcess,
     acknowledged_seqs,
     duplicates,
+    quiet,
     read_checkpoint,
     wait_until,
     write_config,
@@ -54,7 +55,7 @@ def run_chaos(cli: str, tmp_path: Path, seconds: float, seed: int) -> dict[str, 
             audit.append(rng.randint(1, 20))
             halt.wait(rng.uniform(0.01, 0.05))  # the producer's pace, not a synchronisation
 
-    with Collector(responder) as collector:
+    with quiet(Collector(responder)) as collector:
         daemon = DaemonProcess(cli, source, checkpoint, collector.endpoint, tmp_path / "daemon.log", config).start()
         writer = threading.Thread(target=write, daemon=True)
         writer.start()
