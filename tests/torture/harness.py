@@ -199,7 +199,7 @@ class ChaosResponder:
                 return Reply(200)
             if kind == "slow":
                 self.in_request.set()
-                return Reply(200, delay=self.rng.uniform(0.05, self.export_timeout / 4))
+                return Reply(200, delay=self.rng.uniform(0.02, self.export_timeout / 10))
             if kind == "503":
                 return Reply(503, b'{"message":"overloaded"}')
             if kind == "429":

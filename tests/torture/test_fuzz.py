@@ -88,7 +88,7 @@ def nasty_line(draw: st.DrawFn) -> bytes:
     if kind == "audit_row":
         row = draw(st.fixed_dictionaries({}, optional={
             "event": st.sampled_from(["tool_use", "action_blocked", "secret_detected", ""]) | json_values,
-            "ts": st.sampled_from(["2026-04-15T14:23:00Z", "1970-01-01T00:00:00Z", "2554-07-21T23:34:33Z",
+            "ts": st.sampled_from(["2026-04-15T14:23:00Z", "1970-01-01T00:00:00Z", "2500-01-01T00:00:00Z",
                                    "2026-02-30T25:61:61Z", "not a time", ""]) | json_values,
             "duration_ms": st.integers(-(2**70), 2**70) | json_values,
             "trace_id": st.sampled_from(["0" * 32, "F" * 32, "abc"]) | json_values,
@@ -219,16 +219,20 @@ def test_lone_surrogate_escape_maps_without_crash(field: str) -> None:
 
 TIME_RANGE_BUG = (
     "bug (mapping.row_span/parse_timestamp_ns): a `ts` before 1970 or after 2554-07-21 gives a negative or "
-    ">2^64 startTimeUnixNano (e.g. 9999-12-31 -> 253402300799999000000), which is not a valid fixed64: the "
+    ">2^64 startTimeUnixNano (e.g. 9999-12-31 -> 253402300799999000000), and ts 2554-07-21T23:34:33Z with "
+    "duration_ms 710 an endTimeUnixNano > 2^64, which is not a valid fixed64: the "
     "collector answers 400 and the row is dead-lettered instead of delivered (should fall back to the "
     "observed time with audit.ts_invalid, as for an unparseable ts)"
 )
 
 
 @pytest.mark.xfail(strict=True, reason=TIME_RANGE_BUG)
-@pytest.mark.parametrize("ts", ["9999-12-31T23:59:59.999Z", "1900-01-01T00:00:00Z", "0001-01-01T00:00:00Z"])
-def test_out_of_range_timestamp_gives_valid_otlp(ts: str) -> None:
-    data = orjson.dumps({"event": "tool_use", "ts": ts, "duration_ms": 5})
+@pytest.mark.parametrize("ts, duration_ms", [
+    ("9999-12-31T23:59:59.999Z", 5), ("1900-01-01T00:00:00Z", 5), ("0001-01-01T00:00:00Z", 5),
+    ("2554-07-21T23:34:33Z", 710),  # a valid start, but start + duration passes 2^64 ns
+])
+def test_out_of_range_timestamp_gives_valid_otlp(ts: str, duration_ms: int) -> None:
+    data = orjson.dumps({"event": "tool_use", "ts": ts, "duration_ms": duration_ms})
     mapper = RowMapper(MappingOptions(), ChainHasher(), ChainState(), Recorder())
     mapped = mapper.map_line(Line(0, len(data) + 1, data), observed_ns=1)
     to_proto(orjson.loads(ENVELOPE.body(mapped.spans)))
