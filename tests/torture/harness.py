@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import orjson
 
-from collector import Collector, Reply, seq_of
+from collector import Collector, Reply
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
@@ -36,6 +36,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def fault_pause(seconds: float) -> None:
+    """Let a random amount of time pass before injecting a fault (the timing *is* the fault;
+    this never stands in for waiting on a condition)."""
+    threading.Event().wait(seconds)
 
 
 def free_port() -> int:

@@ -25,6 +25,7 @@ from harness import (
     ChaosResponder,
     DaemonProcess,
     acknowledged_seqs,
+    fault_pause,
     duplicates,
     quiet,
     read_checkpoint,
@@ -87,7 +88,7 @@ def kill_at(daemon: DaemonProcess, moment: str, rng: random.Random, responder: C
     if moment == "reading":
         with writer.lock:
             writer.writer.append(rng.randint(500, 2000))
-        wait_until(lambda: False, rng.uniform(0.0, 0.05), 0.005)  # a random instant within the read
+        fault_pause(rng.uniform(0.0, 0.05))  # a random instant within the read
     elif moment == "request":
         responder.in_request.clear()
         if not wait_until(responder.in_request.is_set, 5.0, 0.002):
@@ -96,7 +97,7 @@ def kill_at(daemon: DaemonProcess, moment: str, rng: random.Random, responder: C
         if not wait_until(tmp.exists, 3.0, 0.0005):
             hit = "checkpoint-missed"
     else:
-        wait_until(lambda: False, rng.uniform(0.05, 1.5), 0.01)
+        fault_pause(rng.uniform(0.05, 1.5))
     daemon.kill()
     return hit
 
@@ -141,7 +142,7 @@ def run_crash_trials(cli: str, tmp_path: Path, trials: int, seed: int, rotation:
             for trial in range(trials):
                 daemon = DaemonProcess(cli, source, checkpoint, collector.endpoint, tmp_path / "daemon.log", config).start()
                 if rotation is not None and (trials < 10 or rng.random() < 0.7):
-                    wait_until(lambda: False, rng.uniform(0.0, 0.5), 0.01)  # a random moment to rotate
+                    fault_pause(rng.uniform(0.0, 0.5))  # a random moment to rotate
                     with writer.lock:
                         if rotation == "tail_rewrite":
                             # Fair play: rows more than 1000 lines behind are deleted from disk by this
