@@ -166,12 +166,13 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
     elif report.intact:
-        print(f"intact: {report.rows} rows in {len(paths)} file(s); last hash {report.last_hash}")
+        print(f"intact: {report.rows} chained rows in {len(paths)} file(s); last hash {report.last_hash}")
+        if report.anchored:
+            print("note: the first row continues an earlier chain; its own prev_hash could not be checked")
     else:
-        first = report.breaks[0]
-        print(f"BROKEN at {first.file} line {first.line} ({first.kind}): expected prev_hash {first.expected}, found {first.found}")
-        if len(report.breaks) > 1:
-            print(f"{len(report.breaks) - 1} more break(s); --json lists them")
+        print(f"BROKEN at {report.breaks[0].describe()}")
+        if report.break_count > 1:
+            print(f"{report.break_count - 1} more break(s); --json lists them")
     return 0 if report.intact else 1
 
 
