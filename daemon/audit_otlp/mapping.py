@@ -38,6 +38,7 @@ _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 _TS_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?([Zz]|[+-]\d{2}:?\d{2})", re.ASCII
 )
+_SURROGATES = re.compile("[\ud800-\udfff]")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
@@ -388,7 +389,22 @@ def chain_broken_span(
 
 
 def encode_span(span: Mapping[str, Any]) -> bytes:
-    return orjson.dumps(span)
+    try:
+        return orjson.dumps(span)
+    except TypeError:
+        # A lone surrogate (valid JSON escape, not valid UTF-8) reached a string: send U+FFFD,
+        # as jq shows it.
+        return orjson.dumps(_scrub(span))
+
+
+def _scrub(value: Any) -> Any:
+    if type(value) is str:
+        return _SURROGATES.sub("\ufffd", value)
+    if type(value) is dict:
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_scrub(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
