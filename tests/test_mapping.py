@@ -225,9 +225,15 @@ def test_action_blocked_is_an_error_with_a_low_cardinality_type() -> None:
     ({"error": True}, "_OTHER"),
     ({"error": {"code": 5}}, "_OTHER"),
     ({"error_type": "timeout", "error": "took 31 s"}, "timeout"),
+    ({"error": False}, None),
+    ({"error": ""}, None),
+    ({"error": None, "error_type": None}, None),
 ])
-def test_error_rows(fields: dict[str, Any], error_type: str) -> None:
+def test_error_rows(fields: dict[str, Any], error_type: str | None) -> None:
     span = span_of({**TOOL_ROW, **fields})
+    if error_type is None:
+        assert span["status"] == {"code": 1} and "error.type" not in attrs(span)
+        return
     assert span["status"]["code"] == 2 and attrs(span)["error.type"] == error_type
     if isinstance(fields.get("error"), str):
         assert span["status"]["message"] == fields["error"]
@@ -290,8 +296,9 @@ def test_any_row_maps_to_a_valid_span(row: dict[str, Any], trace_id_from: str) -
     assert HEX16.fullmatch(span["spanId"]) and span["spanId"].strip("0")
     start, end = int(span["startTimeUnixNano"]), int(span["endTimeUnixNano"])
     assert 0 <= start <= end < 2**64
-    assert span["status"]["code"] == (2 if row.get("event") == "action_blocked" or row.get("error") is not None
-                                      or row.get("error_type") is not None else 1)
+    has_error = any(row.get(k) not in (None, False, "") for k in ("error", "error_type"))
+    assert span["status"]["code"] == (2 if row.get("event") == "action_blocked" or has_error else 1)
+    assert ("error.type" in attrs(span)) == (span["status"]["code"] == 2)
     keys = [kv["key"] for kv in span["attributes"]]
     assert len(keys) == len(set(keys))
     valid_request([span])

@@ -283,6 +283,10 @@ def row_span(
     # OK otherwise (interface.md); the free-text error, when there is one, is the message.
     error_type = get("error_type")
     error = get("error")
+    if error is False or error == "":  # "error": false / "" says there was none
+        error = None
+    if error_type is False or error_type == "":
+        error_type = None
     if error_type is not None or error is not None:
         add(_kv("error.type", _error_type(error_type if error_type is not None else error)))
         message = error if type(error) is str and error else "error"
