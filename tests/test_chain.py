@@ -132,6 +132,26 @@ def test_fast_and_slow_paths_agree() -> None:
         assert canonical_json(row) == _slow_canonical(row).encode("utf-8", "surrogatepass")
 
 
+def test_fast_path_floats_print_as_jq_prints_them() -> None:
+    """The orjson fast path takes non-integral floats in [1e-4, 1e15): pin that orjson formats
+    them exactly like jq's printer (a new orjson release could change its float formatting)."""
+    import random
+    import struct
+
+    from audit_otlp.chain import _jq_number
+
+    rng = random.Random(5)
+    floats = [rng.choice((-1, 1)) * 10 ** rng.uniform(-4, 15) for _ in range(20000)]
+    floats += [struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0] for _ in range(20000)]
+    floats += [1e-4, 0.00011, 0.1, 0.30000000000000004, 999999999999999.9, 123456789012345.6, 2.5, -7.125]
+    checked = 0
+    for f in floats:
+        if f == f and 1e-4 <= abs(f) < 1e15 and not f.is_integer():
+            assert canonical_json([f]) == f"[{_jq_number(f)}]".encode(), repr(f)
+            checked += 1
+    assert checked > 20000
+
+
 def test_canonical_json_of_a_typical_row() -> None:
     row = {"tool": "Write", "event": "tool_use", "ts": "2026-04-15T14:23:00Z", "prev_hash": GENESIS, "n": 1.0}
     assert canonical_json(row) == b'{"event":"tool_use","n":1,"prev_hash":"GENESIS","tool":"Write","ts":"2026-04-15T14:23:00Z"}'

@@ -99,8 +99,8 @@ def _slow_canonical(value: Any) -> str:
 
 
 def _orjson_safe(value: Any) -> bool:
-    """True when orjson's sorted output can be what jq prints: no floats and no integer beyond
-    2**53 anywhere (strings are checked on the output: DEL, and orjson refuses lone surrogates).
+    """True when orjson's sorted output can be what jq prints: no integer beyond 2**53 and only
+    floats orjson formats as jq does (strings are checked on the output: DEL, and orjson refuses lone surrogates).
     Written flat for the common row of strings and small integers: this runs for every row."""
     for v in value.values() if type(value) is dict else value:
         t = type(v)
@@ -108,6 +108,12 @@ def _orjson_safe(value: Any) -> bool:
             continue
         if t is int:
             if -_EXACT_INT_LIMIT < v < _EXACT_INT_LIMIT:
+                continue
+            return False
+        if t is float:
+            # orjson prints these exactly as jq does (shortest digits, no exponent); integral
+            # values (1.0 -> "1") and exponent forms (1e-05, 1e+16) take the slow path.
+            if 1e-4 <= abs(v) < 1e15 and not v.is_integer():
                 continue
             return False
         if t is dict or t is list:
