@@ -129,17 +129,42 @@ def _parse_int_keeping_negative_zero(text: str) -> int | float:
     return -0.0 if text == "-0" else int(text)
 
 
+class _Unrepresentable(Exception):
+    pass
+
+
+def _for_orjson(value: Any) -> Any:
+    """A copy orjson prints as jq would: integral floats (jq prints 3.0 as 3) become ints.
+    Raises _Unrepresentable for what only the slow printer gets right (exponent forms, -0.0,
+    integers beyond 2**53)."""
+    t = type(value)
+    if t is dict:
+        return {k: _for_orjson(v) for k, v in value.items()}
+    if t is list:
+        return [_for_orjson(v) for v in value]
+    if t is float:
+        if value.is_integer() and 0 < abs(value) < _EXACT_INT_LIMIT:
+            return int(value)
+        if 1e-4 <= abs(value) < 1e15:
+            return value
+        raise _Unrepresentable
+    if t is int and not -_EXACT_INT_LIMIT < value < _EXACT_INT_LIMIT:
+        raise _Unrepresentable
+    return value
+
+
 def canonical_json(row: Any) -> bytes:
     """The row exactly as `jq -c -S` prints it, without the trailing newline."""
     if type(row) is dict or type(row) is list:
-        if _orjson_safe(row):
-            try:
-                out = orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
-            except TypeError:  # lone surrogates
-                pass
-            else:
-                if b"\x7f" not in out:
-                    return out
+        # Fast path: orjson, when its output is jq's (checked on the values, and on the output
+        # for DEL, which jq escapes); rows with integral floats are converted first.
+        try:
+            out = orjson.dumps(row if _orjson_safe(row) else _for_orjson(row), option=orjson.OPT_SORT_KEYS)
+        except (TypeError, _Unrepresentable):  # TypeError: lone surrogates
+            pass
+        else:
+            if b"\x7f" not in out:
+                return out
     return _slow_canonical(row).encode("utf-8", "surrogatepass")
 
 
