@@ -25,9 +25,12 @@ class _Events:
 
 
 def per_row(label: str, n: int, fn) -> None:  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
-    fn()
-    print(f"{label:<28} {(time.perf_counter() - start) / n * 1e6:6.2f} µs/row")
+    best = float("inf")
+    for _ in range(3):  # best of three: the machine is shared
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    print(f"{label:<30} {best / n * 1e6:6.2f} µs/row")
 
 
 def main() -> None:
@@ -49,8 +52,8 @@ def main() -> None:
         objs.append(Line(offset, offset + len(line) + 1, line, None))
         offset += len(line) + 1
     for label, h in (("RowMapper.map_line, verify", hasher), ("RowMapper.map_line, no verify", None)):
-        mapper = RowMapper(options, h, ChainState(), _Events())
-        per_row(label, n, lambda: [mapper.map_line(o, 1) for o in objs])
+        per_row(label, n, lambda: [mapper.map_line(o, 1) for mapper in [RowMapper(options, h, ChainState(), _Events())]
+                                   for o in objs])
 
 
 if __name__ == "__main__":

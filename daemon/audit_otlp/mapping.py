@@ -234,16 +234,20 @@ def row_span(
     tool = get("tool")
     tool_name = tool if type(tool) is str and tool else None
 
-    agent = _first_present(row, "agent_id", "session_id")
+    session = get("session_id")
+    agent_id = get("agent_id")
+    agent = agent_id if agent_id is not None else session
     if agent is not None:
-        add(_kv("agent.id", agent))
+        add({"key": "agent.id", "value": any_value(agent)})
     for source, attribute in _DIRECT_ATTRIBUTES:
         value = get(source)
         if value is not None:
-            add(_kv(attribute, value))
-    outcome = _first_present(row, "policy_outcome", "outcome")
+            add({"key": attribute, "value": any_value(value)})
+    outcome = get("policy_outcome")
+    if outcome is None:
+        outcome = get("outcome")
     if outcome is not None:
-        add(_kv("policy.outcome", outcome))
+        add({"key": "policy.outcome", "value": any_value(outcome)})
 
     # GenAI identity: every span gets one, because Datadog LLM Observability drops spans
     # without a gen_ai.* attribute. A row naming a tool is an execute_tool span of that tool
@@ -259,7 +263,7 @@ def row_span(
     if genai_tool is not None:
         name = f"execute_tool {genai_tool}"
         add(_OP_EXECUTE_TOOL)
-        add(_kv("gen_ai.tool.name", genai_tool))
+        add({"key": "gen_ai.tool.name", "value": {"stringValue": genai_tool}})
         add(_TOOL_TYPE_FUNCTION if tool_name is not None else _TOOL_TYPE_EXTENSION)
         add(_SENTRY_OP_TOOL)
         call_id = _first_present(row, *_TOOL_CALL_ID_FIELDS)
@@ -269,10 +273,8 @@ def row_span(
         name = f"invoke_workflow {event_name}" if event_name else "invoke_workflow audit"
         add(_OP_WORKFLOW)
         add(_SENTRY_OP_WORKFLOW)
-    session = get("session_id")
     if session is not None:
-        add(_kv("gen_ai.conversation.id", _text(session)))
-    agent_id = get("agent_id")
+        add({"key": "gen_ai.conversation.id", "value": {"stringValue": _text(session)}})
     if agent_id is not None:
         add(_kv("gen_ai.agent.id", _text(agent_id)))
     agent_name = get("agent_name")
@@ -302,12 +304,12 @@ def row_span(
     if chain is not None:
         if chain.verified is not None:
             add(_VERIFIED_TRUE if chain.verified else _VERIFIED_FALSE)
-        add(_kv("audit.hash", chain.row_hash))
+        add({"key": "audit.hash", "value": {"stringValue": chain.row_hash}})
         if chain.restart:
             add(_kv("audit.chain.restart", True))
         if chain.anchor:
             add(_kv("audit.chain.anchor", True))  # first row seen: its prev_hash is unchecked
-    add(_kv("audit.offset", offset))
+    add({"key": "audit.offset", "value": {"intValue": str(offset)}})
 
     start = parse_timestamp_ns(get("ts"))
     if start is None:
