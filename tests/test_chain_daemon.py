@@ -47,6 +47,13 @@ def broken_spans(spans: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [s for s in spans if s["name"] == "audit.chain_broken"]
 
 
+def assert_chain_intact(spans: list[dict[str, Any]]) -> None:
+    """No break and every chained row verified (for rotation / restart tests to reuse)."""
+    assert not broken_spans(spans), [attrs(s) for s in broken_spans(spans)]
+    unverified = [attrs(s) for s in row_spans(spans) if attrs(s).get("audit.chain.verified") is not True]
+    assert not unverified, unverified
+
+
 def test_intact_chain_every_span_verified(tmp_path: Path, audit_cli: str) -> None:
     audit = tmp_path / "audit.jsonl"
     writer = AuditWriter(audit)
@@ -121,8 +128,9 @@ def test_no_false_break_across_restarts(tmp_path: Path, audit_cli: str) -> None:
             writer.append(batch)
             run_once(audit_cli, audit, checkpoint, collector.endpoint)
         spans = collector.accepted_spans()
-    assert len(spans) == 36 and not broken_spans(spans)
-    assert all(attrs(s)["audit.chain.verified"] is True and "audit.chain.anchor" not in attrs(s) for s in spans)
+    assert len(spans) == 36
+    assert_chain_intact(spans)
+    assert not any("audit.chain.anchor" in attrs(s) for s in spans)
     assert orjson.loads(checkpoint.read_bytes())["chain"]["breaks"] == 0
 
 
@@ -139,8 +147,8 @@ def test_partial_last_line_then_restart(tmp_path: Path, audit_cli: str) -> None:
         writer.append(3)
         run_once(audit_cli, audit, tmp_path / "cp.json", collector.endpoint)
         spans = collector.accepted_spans()
-    assert len(spans) == 9 and not broken_spans(spans)
-    assert all(attrs(s)["audit.chain.verified"] is True for s in spans)
+    assert len(spans) == 9
+    assert_chain_intact(spans)
 
 
 def test_hmac_chain_and_wrong_key(tmp_path: Path, audit_cli: str) -> None:
