@@ -169,6 +169,15 @@ def test_sha256_and_hmac_row_hash() -> None:
     assert ChainHasher(key).row_hash(row) != ChainHasher().row_hash(row)
 
 
+@pytest.mark.parametrize("key_length", [0, 1, 32, 63, 64, 65, 200])
+def test_hmac_matches_the_standard_library_for_any_key_length(key_length: int) -> None:
+    key = bytes(range(256))[:key_length]
+    for canonical in (b"", b"{}", b'{"a":"\xc3\xa9"}', b"x" * 1000):
+        want = base64.b64encode(hmac.new(key, canonical, hashlib.sha256).digest()).decode()
+        assert ChainHasher(key).hash_canonical(canonical) == want
+    assert repr(ChainHasher(b"s3cret")) == "ChainHasher(key=***)"
+
+
 @needs_jq
 def test_row_hash_is_sha256_of_jq_output() -> None:
     """What a producer computing `jq -c -S . | sha256sum` gets, line by line."""
