@@ -1,0 +1,144 @@
+"""Helpers for the delivery tests: batches of real spans built from auditgen rows, exporters
+wired to a throw-away Metrics/RunState, and Prometheus text parsing."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+from audit_otlp.batching import Batch, SpanSource
+from audit_otlp.chain import ChainState
+from audit_otlp.checkpoint import Cursor
+from audit_otlp.deadletter import DurableLog
+from audit_otlp.exporter import Exporter, ExportSettings
+from audit_otlp.fileid import FileIdentity
+from audit_otlp.lines import Line
+from audit_otlp.mapping import MappingOptions, make_envelope, resource_attributes
+from audit_otlp.metrics import Metrics
+from audit_otlp.rows import RowMapper
+from audit_otlp.runstate import RunState
+from auditgen import AuditWriter
+
+ENVELOPE = make_envelope(resource_attributes("test", {}, False))
+IDENTITY = FileIdentity(1, 2, "ab" * 32, 1024)
+
+
+class _NoEvents:
+    def malformed_line(self, reason: str) -> None: ...
+    def chain_break(self, verdict: Any, offset: int, line_number: int) -> None: ...
+
+
+def make_batch(tmp: Path, n: int, marker_seqs: frozenset[int] = frozenset(), seq: int = 0, pad: int = 0) -> Batch:
+    """A batch of `n` spans from chained rows; rows in `marker_seqs` carry target POISON_<seq>."""
+    writer = AuditWriter(tmp / "unused.jsonl")
+    mapper = RowMapper(MappingOptions("prev_hash"), None, ChainState(), _NoEvents())
+    spans: list[bytes] = []
+    sources: list[SpanSource] = []
+    offset = 0
+    for _ in range(n):
+        nxt = writer.seq + 1
+        extra: dict[str, Any] = {"target": f"POISON_{nxt}"} if nxt in marker_seqs else {}
+        if pad:
+            extra["dest_host"] = "x" * pad  # a mapped attribute, so the span grows
+        data = orjson.dumps(writer.row(**extra))
+        line = Line(offset, offset + len(data) + 1, data)
+        mapped = mapper.map_line(line, time.time_ns())
+        for span in mapped.spans:
+            spans.append(span)
+            sources.append(SpanSource(tmp / "audit.jsonl", IDENTITY, line.offset, data, mapped.digest.hex(), line.end))
+        offset = line.end
+    return Batch(seq, spans, sources, Cursor(str(tmp / "audit.jsonl"), IDENTITY, offset))
+
+
+def settings(endpoint: str, **overrides: Any) -> ExportSettings:
+    base: dict[str, Any] = dict(
+        endpoint=endpoint, headers={}, vendor_headers={}, timeout=5.0, compression="none", max_in_flight=4,
+        initial_backoff=0.01, max_backoff=0.05, auth_backoff=0.05,
+    )
+    base.update(overrides)
+    return ExportSettings(**base)
+
+
+class Sleeps:
+    """An injectable sleep that records each delay and returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+def make_exporter(tmp: Path, endpoint: str, receipts: bool = False, sleep: Callable[[float], Any] | None = None,
+                  dead_letter: Path | None = None, **overrides: Any) -> Exporter:
+    kwargs: dict[str, Any] = {}
+    if sleep is not None:
+        kwargs["sleep"] = sleep
+    return Exporter(
+        settings(endpoint, **overrides), ENVELOPE, Metrics(), RunState(),
+        DurableLog(dead_letter or tmp / "dead-letter.jsonl"),
+        DurableLog(tmp / "receipts.jsonl") if receipts else None, **kwargs,
+    )
+
+
+def read_ndjson(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def target_of(span: dict[str, Any]) -> str | None:
+    for kv in span.get("attributes", []):
+        if kv["key"] == "audit.target":
+            return kv["value"].get("stringValue")
+    return None
+
+
+def has_marker(doc: dict[str, Any]) -> bool:
+    return any((target_of(s) or "").startswith("POISON_")
+               for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"])
+
+
+def span_count(doc: dict[str, Any]) -> int:
+    return sum(len(ss["spans"]) for rs in doc["resourceSpans"] for ss in rs["scopeSpans"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text from /metrics as {'name{labels}': value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and not line.startswith("#"):
+            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
