@@ -142,3 +142,22 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, interval: f
             return True
         time.sleep(interval)
     return predicate()
+
+
+def daemon_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without any OTLP/vendor variables, plus `extra`."""
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OTEL_", "SENTRY_", "DD_", "AUDIT_OTLP_"))}
+    env.update(extra)
+    return env
+
+
+def write_config(path: Path, text: str) -> Path:
+    """A TOML config with fast retries for tests, plus `text`."""
+    path.write_text(
+        "[retry]\ninitial_backoff = \"10ms\"\nmax_backoff = \"100ms\"\nauth_backoff = \"200ms\"\n"
+        "[checkpoint]\ninterval = \"20ms\"\n" + text
+    )
+    return path

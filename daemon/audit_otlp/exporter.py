@@ -265,10 +265,9 @@ class Exporter:
                 return _Answer(response.status_code, b"".join(chunks)[:RESPONSE_LIMIT], parse_retry_after(response.headers.get("retry-after")), "")
         except httpx.TimeoutException as exc:
             return _Answer(None, b"", None, f"timeout ({type(exc).__name__})")
-        except httpx.TransportError as exc:
-            tls = _caused_by(exc, ssl.SSLCertVerificationError)
+        except (httpx.HTTPError, OSError) as exc:  # OSError: ssl.SSLError can escape httpx unwrapped
             detail = str(exc)[:200] or type(exc).__name__
-            return _Answer(None, b"", None, f"{type(exc).__name__}: {detail}", tls_rejected=tls)
+            return _Answer(None, b"", None, f"{type(exc).__name__}: {detail}", tls_rejected=_tls_trust_failure(exc))
 
     async def _settle_ok(self, batch: Batch, lo: int, hi: int, answer: _Answer) -> Outcome:
         rejected, message = parse_partial_success(answer.body)
@@ -364,12 +363,15 @@ def _line_end(source: SpanSource) -> int:
     return source.offset + (len(source.line) + 1 if source.line is not None else 0)
 
 
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+def _tls_trust_failure(exc: BaseException) -> bool:
+    """Did a TLS handshake fail over certificates (ours or theirs)? That is configuration."""
     seen: BaseException | None = exc
     for _ in range(10):
         if seen is None:
             return False
-        if isinstance(seen, kind):
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        if isinstance(seen, ssl.SSLError) and any(w in str(seen).upper() for w in ("CERTIFICATE", "UNKNOWN_CA")):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
