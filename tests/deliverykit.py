@@ -161,3 +161,85 @@ def write_config(path: Path, text: str) -> Path:
         "[checkpoint]\ninterval = \"20ms\"\n" + text
     )
     return path
+
+
+class DaemonProcess:
+    """`audit-otlp run` as a subprocess with a health port; stderr goes to a file."""
+
+    def __init__(self, audit_cli: str, tmp: Path, endpoint: str, config_text: str = "", env: dict[str, str] | None = None,
+                 audit: Path | None = None) -> None:
+        import subprocess
+
+        self.tmp = tmp
+        self.audit = audit or tmp / "audit.jsonl"
+        self.checkpoint = tmp / "cp.json"
+        self.health_port = free_port()
+        self.log_path = tmp / f"daemon-{self.health_port}.log"
+        config = write_config(tmp / "daemon.toml", config_text)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [audit_cli, "run", "--config", str(config), "--file", str(self.audit), "--checkpoint", str(self.checkpoint),
+             "--endpoint", endpoint, "--health-listen", f"127.0.0.1:{self.health_port}"],
+            env=daemon_env(**(env or {})), stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        assert wait_until(self._metrics_up, 30), self.log()
+
+    def _metrics_up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log()}")
+        try:
+            scrape(self.health_port)
+            return True
+        except OSError:
+            return False
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.health_port)
+
+    def checkpoint_offset(self) -> int:
+        try:
+            return int(orjson.loads(self.checkpoint.read_bytes())["offset"])
+        except FileNotFoundError:
+            return 0
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int | None = None) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        self._log.close()
+        return code
+
+    def __enter__(self) -> "DaemonProcess":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc.poll() is None:
+            self.stop()
+
+
+def row_offsets(path: Path) -> list[tuple[int, int | None]]:
+    """(offset, seq) of every line of an audit file, in order (seq None for non-rows)."""
+    out: list[tuple[int, int | None]] = []
+    offset = 0
+    for line in path.read_bytes().splitlines(keepends=True):
+        try:
+            seq = orjson.loads(line).get("seq")
+        except (orjson.JSONDecodeError, AttributeError):
+            seq = None
+        out.append((offset, seq))
+        offset += len(line)
+    return out
+
+
+def first_unsettled_offset(rows: list[tuple[int, int | None]], settled: set[int], file_size: int) -> int:
+    """Offset of the first row whose seq is not settled (acknowledged or dead-lettered)."""
+    for offset, seq in rows:
+        if seq is not None and seq not in settled:
+            return offset
+    return file_size
