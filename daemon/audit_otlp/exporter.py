@@ -208,12 +208,14 @@ class Exporter:
             return await self._dead_letter(batch, lo, _Answer(None, b"", None, "too_large"),
                                            f"larger than export.max_request_bytes ({len(body)} bytes)")
         backoff = Backoff(self.settings.initial_backoff, self.settings.max_backoff)
+        payload = await self._compress(body)  # once, not on every retry
         while True:
             started = time.monotonic()
-            answer = await self._post(body)
+            answer = await self._post(payload)
             latency = time.monotonic() - started
             label = str(answer.status) if answer.status is not None else "error"
             self.metrics.export_requests.labels(status=label).inc()
+            self.metrics.export_duration.observe(latency)
             verdict = "config" if answer.tls_rejected else classify(answer.status)
             log.debug("request: status=%s spans=%d bytes=%d latency=%.0fms", label, hi - lo, len(body), latency * 1000)
 
@@ -249,10 +251,13 @@ class Exporter:
         first = await self._deliver_range(batch, lo, mid)
         return first + await self._deliver_range(batch, mid, hi)
 
+    async def _compress(self, body: bytes) -> bytes:
+        if self.settings.compression != "gzip":
+            return body
+        return await asyncio.to_thread(gzip.compress, body, 5) if len(body) > 65536 else gzip.compress(body, 5)
+
     async def _post(self, body: bytes) -> _Answer:
         assert self._client is not None, "start() first"
-        if self.settings.compression == "gzip":
-            body = await asyncio.to_thread(gzip.compress, body, 5) if len(body) > 65536 else gzip.compress(body, 5)
         try:
             async with self._client.stream("POST", self.settings.endpoint, content=body) as response:
                 chunks: list[bytes] = []
