@@ -94,6 +94,7 @@ def build_export_settings(config: Config) -> ExportSettings:
         initial_backoff=config["retry.initial_backoff"],
         max_backoff=config["retry.max_backoff"],
         auth_backoff=config["retry.auth_backoff"],
+        max_request_bytes=config["export.max_request_bytes"],
         certificate=str(config["export.certificate"]) if config["export.certificate"] else None,
         client_certificate=str(config["export.client_certificate"]) if config["export.client_certificate"] else None,
         client_key=str(config["export.client_key"]) if config["export.client_key"] else None,
@@ -379,7 +380,7 @@ class Daemon:
                 for span in mapped.spans:
                     if not builder.fits(span):
                         await self._flush(builder, cursor)
-                    builder.add(span, SpanSource(path, identity, line.offset, line.data, sha))
+                    builder.add(span, SpanSource(path, identity, line.offset, line.data, sha, line.end))
             else:
                 builder.touch()
             cursor = Cursor(str(path), identity, line.end, mapped.digest.hex(),

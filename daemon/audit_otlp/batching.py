@@ -20,6 +20,7 @@ class SpanSource(NamedTuple):
     offset: int
     line: bytes | None  # the original line (None for an oversize line)
     line_sha256: str
+    end: int = -1  # byte offset just after the line's newline (-1: unknown)
 
 
 @dataclass

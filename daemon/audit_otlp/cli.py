@@ -96,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                "check-config": cmd_check_config, "health": cmd_health}[args.command]
     try:
         return handler(args, config)
+    except ConfigError as exc:  # found at start-up, e.g. an unreadable TLS certificate
+        print(f"audit-otlp: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except FatalError as exc:
         if logging.getLogger().handlers:
             log.critical("fatal: %s", exc)
