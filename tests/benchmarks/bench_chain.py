@@ -1,7 +1,7 @@
 """Micro-benchmarks of the per-row work (not a test): µs/row for parse, chain hash, map+encode
 and the whole RowMapper, on rows like the agent's hooks write.
 
-    python tests/bench_chain.py [ROWS]
+    python tests/benchmarks/bench_chain.py [ROWS]
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from audit_otlp.chain import ChainHasher, ChainState, verify_row  # noqa: E402
 from audit_otlp.lines import Line  # noqa: E402
@@ -41,7 +41,8 @@ def main() -> None:
     options, hasher = MappingOptions(), ChainHasher()
     per_row("parse_line", n, lambda: [parse_line(line) for line in lines])
     per_row("chain hash (SHA-256)", n, lambda: [hasher.line_hash(line, row) for line, row in zip(lines, rows)])
-    per_row("chain hash (HMAC)", n, lambda: [ChainHasher(b"k").line_hash(line, row) for line, row in zip(lines, rows)])
+    keyed = ChainHasher(b"k3y")
+    per_row("chain hash (HMAC)", n, lambda: [keyed.line_hash(line, row) for line, row in zip(lines, rows)])
     state = ChainState()
     verdicts = [verify_row(state, row, hasher, line) for line, row in zip(lines, rows)]
     per_row("row_span + encode", n, lambda: [
