@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from audit_otlp.chain import GENESIS, ChainHasher
 from audit_otlp.verify import verify_files
@@ -193,3 +195,56 @@ def test_hmac_key_file(tmp_path: Path, audit_cli: str) -> None:
     (tmp_path / "key").write_bytes(b"k3y\n")
     (tmp_path / "c.toml").write_text(f'[chain]\nkey_file = "{tmp_path / "key"}"\n')
     assert run_verify(audit_cli, "--config", str(tmp_path / "c.toml"), str(path)).returncode == 0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["edit", "delete", "insert", "insert_bogus", "swap", "genesis", "blank",
+                                           "unchained"]), st.integers(1, 38)), min_size=1, max_size=3))
+def test_verify_and_the_daemon_agree_on_any_tampering(tmp_path: Path, ops: list[tuple[str, int]]) -> None:
+    """`verify`'s inline fast path and the daemon's RowMapper report the same lines."""
+    from audit_otlp.lines import Line
+    from audit_otlp.mapping import MappingOptions
+    from audit_otlp.rows import RowMapper
+    from audit_otlp.chain import ChainState
+
+    lines = chained_lines(tmp_path, 40)
+    for op, i in ops:
+        i = min(i, len(lines) - 1)
+        if op in ("edit", "insert", "insert_bogus", "genesis") and b"prev_hash" not in lines[i]:
+            continue  # a blank or unchained line inserted before
+        if op == "edit":
+            lines[i] = edited(lines[i], target="x")
+        elif op == "delete":
+            del lines[i]
+        elif op == "insert":
+            lines.insert(i, edited(lines[i], seq=-1))
+        elif op == "insert_bogus":
+            lines.insert(i, edited(lines[i], prev_hash="bogus"))
+        elif op == "swap":
+            lines[i - 1], lines[i] = lines[i], lines[i - 1]
+        elif op == "genesis":
+            lines[i] = edited(lines[i], prev_hash=GENESIS)
+        elif op == "blank":
+            lines.insert(i, b"")
+        else:
+            lines.insert(i, b'{"event":"note"}')
+    path = write(tmp_path / "fuzz.jsonl", lines)
+    report = verify_files([path], ChainHasher())
+
+    class Events:
+        def __init__(self) -> None:
+            self.lines: list[int] = []
+
+        def malformed_line(self, reason: str) -> None: ...
+
+        def chain_break(self, verdict: Any, offset: int, line_number: int) -> None:
+            self.lines.append(line_number)
+
+    events = Events()
+    mapper = RowMapper(MappingOptions(), ChainHasher(), ChainState(), events)
+    offset = 0
+    for line in lines:
+        mapper.map_line(Line(offset, offset + len(line) + 1, line, None), 1)
+        offset += len(line) + 1
+    assert [b.line for b in report.breaks] == events.lines
+    assert report.break_count == len(events.lines)
