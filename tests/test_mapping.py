@@ -127,6 +127,11 @@ def test_times_from_ts_and_duration() -> None:
     ("2026-04-15T09:23:00-0500", 1776262980_000000000),
     ("2026-04-15t14:23:00z", 1776262980_000000000),
     ("1970-01-01T00:00:00Z", 0),
+    ("2026-04-15T14:23:00.000000001Z", 1776262980_000000001),
+    ("2026-04-15T14:23:00,1234567+00:00", 1776262980_123456700),
+    ("2016-12-31T23:59:60Z", calendar.timegm((2017, 1, 1, 0, 0, 0)) * 10**9),  # leap second
+    ("2026-04-15T14:23:00.999999Z", 1776262980_999999000),
+    ("2026-04-15T14:23:00.5-00:30", 1776264780_500000000),
 ])
 def test_parse_timestamp(text: str, expected: int) -> None:
     assert parse_timestamp_ns(text) == expected
@@ -134,11 +139,35 @@ def test_parse_timestamp(text: str, expected: int) -> None:
 
 @pytest.mark.parametrize("text", ["2026-02-30T00:00:00Z", "2026-04-15T24:00:00Z", "2026-04-15", "2026-04-15T14:23:00",
                                   "1969-12-31T23:59:59Z", "9999-12-31T23:59:59Z", "２０２６-04-15T14:23:00Z",
+                                  "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00", "2026-04-15T14:23:00.1234567",
                                   "2026-04-15T14:23:00Z\n", 1776262980, None])
 def test_bad_timestamps_fall_back_to_observed_time(text: Any) -> None:
     assert parse_timestamp_ns(text) is None
     span = span_of({**TOOL_ROW, "ts": text})
     assert span["startTimeUnixNano"] == str(OBSERVED) and attrs(span)["audit.ts_invalid"] is True
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**64 // 10**9 - 86400 * 2), st.integers(0, 999_999_999), st.integers(0, 9),
+       st.integers(-23 * 60 - 59, 23 * 60 + 59), st.sampled_from(["T", "t", " "]), st.booleans())
+def test_fast_and_exact_timestamp_parsers_agree(seconds: int, nanos: int, digits: int, offset_min: int, sep: str,
+                                                zulu: bool) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from audit_otlp.mapping import _parse_rfc3339_ns
+
+    offset = timedelta(minutes=0 if zulu else offset_min)
+    local = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds) + offset
+    frac = f"{nanos:09d}"[:digits]
+    sign = "-" if offset_min < 0 else "+"
+    tz = "Z" if zulu else f"{sign}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"
+    text = local.strftime(f"%Y-%m-%d{sep}%H:%M:%S") + (f".{frac}" if digits else "") + tz
+    if local.year < 1 or local.year > 9999 or len(local.strftime("%Y")) != 4:
+        return
+    want = _parse_rfc3339_ns(text)
+    assert parse_timestamp_ns(text) == want
+    if want is not None:
+        assert want == seconds * 10**9 + int(frac.ljust(9, "0") or 0)
 
 
 def test_time_zone_of_the_machine_does_not_matter() -> None:

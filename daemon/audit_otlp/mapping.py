@@ -17,7 +17,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 import orjson
@@ -40,6 +40,8 @@ _TS_RE = re.compile(
 )
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,28 @@ def _refuse_constant(name: str) -> Any:
 
 
 def parse_timestamp_ns(value: Any) -> int | None:
-    """RFC 3339 -> nanoseconds since the epoch, in UTC whatever the machine's time zone."""
-    if not isinstance(value, str):
+    """RFC 3339 -> nanoseconds since the epoch, in UTC whatever the machine's time zone (never
+    local time). Times without an offset, and times a fixed64 cannot hold, give None."""
+    if type(value) is not str:
         return None
+    dot = value.find(".")
+    if dot < 0:
+        dot = value.find(",")
+    if dot < 0 or not value[dot + 7:dot + 8].isdigit():
+        # Fast path (C parser, a quarter of the cost) when microseconds hold every digit.
+        try:
+            parsed = datetime.fromisoformat(value)
+            if parsed.tzinfo is None:
+                return None
+            ns = (parsed - _EPOCH) // _ONE_MICROSECOND * 1000
+        except (ValueError, OverflowError):
+            return _parse_rfc3339_ns(value)  # e.g. a leap second, which datetime refuses
+        return ns if 0 <= ns <= _UINT64_MAX else None
+    return _parse_rfc3339_ns(value)
+
+
+def _parse_rfc3339_ns(value: str) -> int | None:
+    """The exact parser: nanosecond digits and leap seconds (23:59:60 counts as the next second)."""
     m = _TS_RE.fullmatch(value)
     if m is None:
         return None
