@@ -29,6 +29,7 @@ from audit_otlp.exporter import Exporter, ExportSettings, Outcome
 from audit_otlp.health import HealthServer
 from audit_otlp.mapping import Envelope, MappingOptions, make_envelope, resource_attributes
 from audit_otlp.metrics import Metrics
+from audit_otlp.retry import Backoff
 from audit_otlp.rows import RowMapper
 from audit_otlp.runstate import RunState
 from audit_otlp.sdnotify import Notifier
@@ -407,7 +408,7 @@ class Daemon:
             self._busy_workers += 1
             self._idle.clear()
             try:
-                outcome = await self.sink.deliver(batch)
+                outcome = await self._deliver_until_settled(batch)
                 self.state.dead_lettered_spans += outcome.dead_lettered
                 frontier = self.acks.settle(batch.seq)
                 self.keeper.advance(frontier, outcome, self._row_events.breaks)
@@ -418,6 +419,17 @@ class Daemon:
                 if self._busy_workers == 0:
                     self._idle.set()
                 self.queue.task_done()
+
+    async def _deliver_until_settled(self, batch: Batch) -> Outcome:
+        """The sink retries every failure it knows; an unexpected error must not kill the worker
+        (the batch would never settle and the checkpoint would stall), so log it and try again."""
+        backoff = Backoff(self.config["retry.initial_backoff"], self.config["retry.max_backoff"])
+        while True:
+            try:
+                return await self.sink.deliver(batch)
+            except Exception:  # noqa: BLE001 - any bug in a sink must cost time, never rows
+                log.exception("unexpected error while delivering a batch of %d spans; retrying it", len(batch))
+                await asyncio.sleep(backoff.next_delay())
 
     async def _drain_in_flight(self, grace: float) -> None:
         """Let requests already being sent finish within the grace period; abandon the rest."""

@@ -100,13 +100,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"audit-otlp: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except FatalError as exc:
-        if logging.getLogger().handlers:
-            log.critical("fatal: %s", exc)
-        else:
-            print(f"audit-otlp: fatal: {exc}", file=sys.stderr)
-        return EXIT_FATAL
+        return _fatal(str(exc))
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the operator, details in the log
+        return _fatal(f"unexpected {type(exc).__name__}: {exc}", with_traceback=True)
+
+
+def _fatal(reason: str, with_traceback: bool = False) -> int:
+    """Exit 3 with a one-line reason (through the log once it is set up, else on stderr)."""
+    if logging.getLogger().handlers:
+        log.critical("fatal: %s", reason, exc_info=with_traceback)
+    else:
+        print(f"audit-otlp: fatal: {reason}", file=sys.stderr)
+    return EXIT_FATAL
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
