@@ -147,3 +147,19 @@ def test_cli_exits_2_on_invalid_configuration(tmp_path: Path, audit_cli: str) ->
 def test_cli_usage_error_exits_2(audit_cli: str) -> None:
     result = subprocess.run([audit_cli, "run", "--no-such-option"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
+
+
+def test_service_name_from_resource_attributes_applies_when_otel_service_name_is_unset() -> None:
+    from audit_otlp.app import build_envelope
+
+    def service_name(env: dict[str, str]) -> str:
+        head = build_envelope(load_config(None, {}, env)).head.decode()
+        return head.split('"service.name","value":{"stringValue":"')[1].split('"')[0]
+
+    assert service_name({}) == "hydra.audit-trail"
+    assert service_name({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs"}) == "from-attrs"
+    assert service_name({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs", "OTEL_SERVICE_NAME": "wins"}) == "wins"
+
+
+def test_empty_chain_key_means_plain_sha256() -> None:
+    assert load_config(None, {}, {"AUDIT_OTLP_CHAIN_KEY": ""}).chain_key is None

@@ -78,9 +78,12 @@ class RunOptions:
 
 
 def build_envelope(config: Config) -> Envelope:
-    return make_envelope(
-        resource_attributes(config["resource.service_name"], config["resource.attributes"], config["mapping.dd_llmobs_enabled"])
-    )
+    # The OpenTelemetry rule: OTEL_SERVICE_NAME (or our own key) wins; otherwise a service.name
+    # given in OTEL_RESOURCE_ATTRIBUTES applies; the embedded default comes last.
+    service_name = config["resource.service_name"]
+    if config.origin["resource.service_name"] == "default":
+        service_name = config["resource.attributes"].get("service.name", service_name)
+    return make_envelope(resource_attributes(service_name, config["resource.attributes"], config["mapping.dd_llmobs_enabled"]))
 
 
 def build_export_settings(config: Config) -> ExportSettings:
