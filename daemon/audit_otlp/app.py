@@ -446,8 +446,10 @@ class Daemon:
 
     def _status_line(self) -> str:
         self._refresh_gauges()
+        waiting = "" if self.tailer.current is not None or self.tailer.draining else f"waiting for {self.config.source_path}; "
         return (
-            f"delivered {self.state.delivered_spans} spans, backlog {self.state.backlog_bytes} bytes, "
+            f"{waiting}delivered {self.state.delivered_spans} spans of {self.state.rows_read} rows read, "
+            f"backlog {self.state.backlog_bytes} bytes, "
             f"{self.acks.unsettled} batches in flight"
             + (f", last error: {self.state.last_error}" if self.state.failing_since is not None else "")
         )
