@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Protocol
@@ -31,6 +32,9 @@ from audit_otlp.mapping import Envelope, MappingOptions, make_envelope, resource
 from audit_otlp.metrics import Metrics
 from audit_otlp.rows import RowMapper
 from audit_otlp.runstate import RunState
+from audit_otlp.logs import apply_log_settings
+from audit_otlp.progress import Progress, ProgressReporter, TerminalLine
+from audit_otlp.reload import ReloadPlan, reload_config
 from audit_otlp.sdnotify import Notifier
 from audit_otlp.tailer import LineChunk, ResumePoint, Tailer
 
@@ -150,9 +154,17 @@ class CheckpointKeeper:
 
 
 class Daemon:
-    def __init__(self, config: Config, options: RunOptions, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, options: RunOptions, notifier: Notifier | None = None,
+                 terminal: TerminalLine | None = None, reloader: Callable[[], Config] | None = None,
+                 verbose: bool = False) -> None:
         self.config = config
         self.options = options
+        self.terminal = terminal  # --foreground on a TTY: the live progress line
+        self.reloader = reloader  # SIGHUP: how to read the configuration again
+        self.verbose = verbose
+        self._builder: BatchBuilder | None = None
+        self._settled_spans = 0  # this run, delivered or dead-lettered (for rates)
+        self._settled_bytes = 0
         self.metrics = Metrics()
         self.state = RunState()
         self.notifier = notifier or Notifier()
@@ -226,16 +238,39 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        if self.reloader is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             return await self._run()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
             log.info("stopping: no more reading; in-flight requests get %.1f s", self.config["shutdown.grace_period"])
             self.stopping.set()
+
+    def request_reload(self) -> None:
+        assert self.reloader is not None
+        result = reload_config(self.config, self.reloader)
+        if isinstance(result, str):
+            log.error("SIGHUP: the new configuration is invalid, keeping the running one: %s", result)
+            return
+        self.apply_reload(result)
+
+    def apply_reload(self, plan: ReloadPlan) -> None:
+        """Put reloadable settings into effect: new requests and batches use them at once."""
+        self.config = config = plan.config
+        # --foreground chose its format for a person at a terminal; SIGHUP leaves that alone.
+        apply_log_settings(None if self.options.foreground else config["log.format"], config["log.level"], self.verbose)
+        if self._builder is not None:
+            self._builder.limits = BatchLimits(config["batch.max_spans"], config["batch.max_bytes"], config["batch.max_wait"])
+        if isinstance(self.sink, Exporter):
+            self.sink.settings = dataclasses.replace(
+                self.sink.settings, initial_backoff=config["retry.initial_backoff"],
+                max_backoff=config["retry.max_backoff"], auth_backoff=config["retry.auth_backoff"])
+        (log.warning if plan.needs_restart else log.info)("SIGHUP: configuration reloaded: %s", plan.describe())
 
     async def _run(self) -> int:
         checkpoint = self._load_checkpoint()
@@ -271,6 +306,9 @@ class Daemon:
             asyncio.create_task(self.keeper.run(), name="checkpoint"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
+        if self.terminal is not None:
+            reporter = ProgressReporter(self.terminal, self._progress)
+            housekeeping.append(asyncio.create_task(reporter.run(), name="progress"))
         reader = asyncio.create_task(self._read_loop(), name="reader")
         self.notifier.ready(self._status_line())
         log.info(
@@ -297,10 +335,11 @@ class Daemon:
             await asyncio.gather(*workers, *housekeeping, return_exceptions=True)
             await self.keeper.flush()
             await self.sink.aclose()
+            final_status = self._status_line()
             await self.tailer.close()
             if health is not None:
                 await health.aclose()
-            log.info("stopped: %s", self._status_line())
+            log.info("stopped: %s", final_status)
         return exit_code
 
     async def _run_once(self, reader: asyncio.Task[None]) -> int:
@@ -348,7 +387,7 @@ class Daemon:
 
     async def _read_loop(self) -> None:
         limits = BatchLimits(self.config["batch.max_spans"], self.config["batch.max_bytes"], self.config["batch.max_wait"])
-        builder = BatchBuilder(self.envelope, limits)
+        builder = self._builder = BatchBuilder(self.envelope, limits)
         settled_cursor = self._last_cursor
         complete_cursor = settled_cursor  # the end of the last line whose spans are all in `builder`
         once = self.options.once
@@ -411,6 +450,8 @@ class Daemon:
                 frontier = self.acks.settle(batch.seq)
                 self.keeper.advance(frontier, outcome, self._row_events.breaks)
                 self._unsettled_source_bytes -= batch.source_bytes
+                self._settled_spans += len(batch.spans)
+                self._settled_bytes += batch.source_bytes
                 self._settled_event.set()
             finally:
                 self._busy_workers -= 1
@@ -444,6 +485,10 @@ class Daemon:
         self.state.backlog_bytes = backlog
         self.metrics.backlog_bytes.set(backlog)
 
+    def _progress(self) -> Progress:
+        self._refresh_gauges()
+        return Progress(self._settled_spans, self._settled_bytes, self.state.backlog_bytes)
+
     def _status_line(self) -> str:
         self._refresh_gauges()
         waiting = "" if self.tailer.current is not None or self.tailer.draining else f"waiting for {self.config.source_path}; "
@@ -455,6 +500,8 @@ class Daemon:
         )
 
 
-def run_daemon(config: Config, options: RunOptions, runner: Callable[[Awaitable[int]], int] = asyncio.run) -> int:
-    daemon = Daemon(config, options)
+def run_daemon(config: Config, options: RunOptions, runner: Callable[[Awaitable[int]], int] = asyncio.run,
+               terminal: TerminalLine | None = None, reloader: Callable[[], Config] | None = None,
+               verbose: bool = False) -> int:
+    daemon = Daemon(config, options, terminal=terminal, reloader=reloader, verbose=verbose)
     return runner(daemon.run())

@@ -117,9 +117,20 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         if not args.once:
             print("audit-otlp: --deadline: only valid with --once", file=sys.stderr)
             return EXIT_USAGE
-    setup_logging(config["log.format"], config["log.level"], config.secrets, verbose=args.verbose)
+    terminal = None
+    log_format = config["log.format"]
+    if args.foreground:
+        # For a person: readable text (unless --log-format json was asked for on this command line),
+        # coloured on a TTY, and a live progress line on a TTY only.
+        if config.origin.get("log.format") != "option":
+            log_format = "text"
+        if sys.stderr.isatty():
+            from audit_otlp.progress import TerminalLine
+            terminal = TerminalLine(sys.stderr)
+    setup_logging(log_format, config["log.level"], config.secrets, verbose=args.verbose, stream=terminal)
     options = RunOptions(once=args.once, deadline=deadline, dry_run=args.dry_run, foreground=args.foreground)
-    return run_daemon(config, options)
+    return run_daemon(config, options, terminal=terminal, verbose=args.verbose,
+                      reloader=lambda: load_config(getattr(args, "config", None), _options(args)))
 
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
