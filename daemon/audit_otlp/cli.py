@@ -187,14 +187,26 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
+    import os
+
     masked = config.masked()
+    origin = dict(config.origin)
+    # Values that are not keys of their own: where the chain key and vendor preset came from.
+    if config.chain_key:
+        origin["chain.key"] = "env:AUDIT_OTLP_CHAIN_KEY" if os.environ.get("AUDIT_OTLP_CHAIN_KEY") else "file:chain.key_file"
+    else:
+        origin["chain.key"] = "default"
+    if config.vendor:
+        origin["vendor"] = f"env:{config.vendor.env_name}"
     if args.json:
-        print(orjson.dumps({"values": masked, "origin": dict(config.origin)}, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode())
+        doc = {"config_file": str(config.config_file) if config.config_file else None, "values": masked, "origin": origin}
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode())
         return EXIT_OK
+    print(f"# configuration file: {config.config_file or 'none (defaults, environment and options only)'}")
+    print("# origin: default | file | env:VARIABLE | option; secrets are shown as ***")
     width = max(len(k) for k in masked)
     for key in sorted(masked):
-        origin = config.origin.get(key, "derived")
-        print(f"{key:<{width}} = {_show(masked[key])}    # {origin}")
+        print(f"{key:<{width}} = {_show(masked[key])}    # {origin.get(key, 'derived')}")
     return EXIT_OK
 
 
