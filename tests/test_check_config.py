@@ -92,3 +92,35 @@ def test_invalid_configuration_exits_2_naming_the_key_without_the_secret(tmp_pat
     result = check_config(audit_cli, env={"OTEL_EXPORTER_OTLP_HEADERS": f"broken{HEADER_TOKEN}"})
     assert result.returncode == 2 and "export.headers" in result.stderr
     assert_no_secret(result.stderr)
+
+
+def test_example_config_documents_every_key_and_is_valid_when_uncommented(tmp_path: Path) -> None:
+    """config/audit-otlp.toml: each key of config.KEYS appears (commented) and the file parses."""
+    import re
+
+    from audit_otlp.config import load_config
+
+    example = Path(__file__).resolve().parent.parent / "config" / "audit-otlp.toml"
+    text = example.read_text()
+    uncommented, table = [], ""
+    documented: set[str] = set()
+    for line in text.splitlines():
+        m = re.match(r"^# (\[[a-z_.]+\])$", line)
+        if m:
+            table = m.group(1)[1:-1]
+            uncommented.append(m.group(1))
+            continue
+        m = re.match(r'^# ("?[a-z_.]+"?) = (.+)$', line)
+        if m:
+            name = m.group(1).strip('"')
+            documented.add(f"{table}.{name}")
+            uncommented.append(line[2:])
+    for table_key in ("export.headers", "resource.attributes"):  # tables that are values
+        documented = {k for k in documented if not k.startswith(table_key + ".")} | {table_key}
+    assert {k.name for k in KEYS} <= documented, {k.name for k in KEYS} - documented
+    key_file = tmp_path / "chain-key"
+    key_file.write_text("k3y")
+    body = "\n".join(uncommented).replace('"/etc/audit-otlp/chain-key"', f'"{key_file}"')
+    (tmp_path / "all.toml").write_text(body)
+    config = load_config(tmp_path / "all.toml", {}, {})
+    assert config["batch.max_spans"] == 512 and config["health.listen"] == ("127.0.0.1", 9464)
