@@ -79,6 +79,7 @@ def test_rotated_file_held_and_the_overlap_of_the_new_file_is_not_counted(tmp_pa
     delivered.append(5)
     status = status_json(audit_cli, tmp_path)
     held = status["rotated_files_held"]
+    assert held, (status, json.loads((tmp_path / "cp.json").read_text()), os.stat(tmp_path / "audit.jsonl.1"))
     assert held == [{"path": str(tmp_path / "audit.jsonl.1"),
                      "pending_bytes": (tmp_path / "audit.jsonl.1").stat().st_size - delivered_size, "pending_rows": 4}]
     assert status["backlog_rows"] == 4 + 5  # the 3 repeated lines are not counted twice
