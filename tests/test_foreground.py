@@ -150,12 +150,23 @@ def test_progress_line_reports_rate_bytes_left_and_eta_then_clears_when_caught_u
     now = [0.0]
     snap = [Progress(0, 0, 10_000)]
     reporter = ProgressReporter(line, lambda: snap[0], clock=lambda: now[0])
-    reporter.tick()
+    assert reporter.tick() == ""  # not yet: a backlog must be seen twice before it counts as catching up
     now[0], snap[0] = 2.0, Progress(200, 2_000, 8_000)  # 100 rows/s, 1000 B/s -> 8 s left
     assert reporter.tick() == "catching up: 100 rows/s, 7.8 KiB left, ETA 8s"
     now[0], snap[0] = 3.0, Progress(300, 10_000, 0)
     assert reporter.tick() == ""
     assert out.getvalue().endswith("\r\x1b[K")  # erased once caught up
+
+
+def test_a_backlog_that_is_gone_by_the_next_sample_draws_nothing() -> None:
+    out = FakeTty()
+    now = [0.0]
+    snap = [Progress(0, 0, 0)]
+    reporter = ProgressReporter(TerminalLine(out), lambda: snap[0], clock=lambda: now[0])
+    for step, backlog in enumerate([0, 300, 0, 0, 200, 0]):
+        now[0], snap[0] = float(step), Progress(step, step * 100, backlog)
+        assert reporter.tick() == ""
+    assert "catching up" not in out.getvalue()
 
 
 def test_log_records_erase_and_redraw_the_progress_line() -> None:

@@ -411,6 +411,10 @@ class Daemon:
         mapper = self.mapper
         path, identity = chunk.path, chunk.identity
         mapper.line_number = chunk.first_line_number - 1
+        consumed = chunk.lines[-1].end - chunk.lines[0].offset
+        # Counted as backlog from the moment the tailer hands the lines over: _flush below may wait
+        # a long time for a free export worker, and those bytes are not delivered meanwhile.
+        self._unsettled_source_bytes += consumed
         for line in chunk.lines:
             mapped = mapper.map_line(line, observed_ns)
             if mapped.spans:
@@ -426,9 +430,7 @@ class Daemon:
                             mapper.chain.last_hash, mapper.line_number)
             if builder.full:
                 await self._flush(builder, cursor)
-        consumed = chunk.lines[-1].end - chunk.lines[0].offset
         builder.source_bytes += consumed
-        self._unsettled_source_bytes += consumed
         self.metrics.lines_read.inc(len(chunk.lines))
         self.state.rows_read += len(chunk.lines)
         return cursor

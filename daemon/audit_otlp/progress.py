@@ -78,6 +78,8 @@ class ProgressReporter:
         if current.backlog_bytes <= 0:
             self.line.clear()
             return ""
+        if not self.line.text and (len(self._samples) < 2 or self._samples[-2][1].backlog_bytes <= 0):
+            return ""  # a backlog must last two samples: rows that arrive and leave at once are not catching up
         then, old = self._samples[0]
         elapsed = now - then
         rows_rate = (current.rows_settled - old.rows_settled) / elapsed if elapsed > 0 else 0.0
