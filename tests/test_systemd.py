@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -9,6 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from auditgen import AuditWriter
+from collector import Collector
 
 pytestmark = pytest.mark.systemd
 
@@ -66,3 +71,23 @@ def test_unit_is_notify_type_with_watchdog_state_directory_and_no_inline_secrets
     for value in s.get("Environment", []):
         name = value.split("=", 1)[0]
         assert not re.search(r"HEADERS|DSN|API_KEY|CHAIN_KEY|TOKEN|PASSWORD", name), value
+
+
+def test_daemon_under_the_units_environment_keeps_its_checkpoint_in_state_directory(tmp_path: Path, audit_cli: str) -> None:
+    """What systemd passes (StateDirectory= -> $STATE_DIRECTORY, an empty AUDIT_OTLP_CONFIG=) is
+    what the daemon uses: the checkpoint lands in the state directory, nothing else is needed."""
+    state = tmp_path / "var-lib-audit-otlp"
+    state.mkdir(mode=0o700)
+    AuditWriter(tmp_path / "audit.jsonl").append(3)
+    with Collector() as collector:
+        env = {**os.environ, "STATE_DIRECTORY": str(state), "AUDIT_OTLP_CONFIG": "",
+               "AUDIT_OTLP_FILE": str(tmp_path / "audit.jsonl"), "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.endpoint}
+        result = subprocess.run([audit_cli, "run", "--once", "--deadline", "30"], env=env, cwd=state,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert len(collector.accepted_spans()) == 3
+    assert (state / "checkpoint.json").exists()
+    shown = subprocess.run([audit_cli, "check-config", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    doc = json.loads(shown.stdout)
+    assert doc["values"]["checkpoint.path"] == str(state / "checkpoint.json")
+    assert doc["origin"]["checkpoint.path"] == "env:STATE_DIRECTORY"
