@@ -3,7 +3,6 @@ changed keys that need a restart are named; an invalid new file keeps the runnin
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import threading

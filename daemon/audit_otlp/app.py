@@ -11,11 +11,11 @@ collector falls behind: when it is away, reading simply stops and the file is th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Protocol
@@ -28,13 +28,13 @@ from audit_otlp.config import Config, mask_url
 from audit_otlp.deadletter import DurableLog
 from audit_otlp.exporter import Exporter, ExportSettings, Outcome
 from audit_otlp.health import HealthServer
+from audit_otlp.logs import apply_log_settings
 from audit_otlp.mapping import Envelope, MappingOptions, make_envelope, resource_attributes
 from audit_otlp.metrics import Metrics
-from audit_otlp.rows import RowMapper
-from audit_otlp.runstate import RunState
-from audit_otlp.logs import apply_log_settings
 from audit_otlp.progress import Progress, ProgressReporter, TerminalLine
 from audit_otlp.reload import ReloadPlan, reload_config
+from audit_otlp.rows import RowMapper
+from audit_otlp.runstate import RunState
 from audit_otlp.sdnotify import Notifier
 from audit_otlp.tailer import LineChunk, ResumePoint, Tailer
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import urllib.request
 from pathlib import Path
@@ -187,8 +188,6 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
-    import os
-
     masked = config.masked()
     origin = dict(config.origin)
     # Values that are not keys of their own: where the chain key and vendor preset came from.
