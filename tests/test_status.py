@@ -34,6 +34,9 @@ def delivered(tmp_path: Path, audit_cli: str) -> AuditWriter:
                      "--checkpoint", str(tmp_path / "cp.json"), "--endpoint", collector.endpoint)
         assert result.returncode == 0, result.stderr
         assert len(collector.accepted_spans()) == 10
+    # The daemon's own promise, checked here so that a failure below is about status, not about it.
+    checkpoint = (tmp_path / "cp.json").read_text()
+    assert json.loads(checkpoint)["offset"] == (tmp_path / "audit.jsonl").stat().st_size, (checkpoint, result.stderr)
     return writer
 
 
@@ -95,7 +98,7 @@ def test_rewritten_file_is_searched_by_last_line_else_reported_as_resume_gap(tmp
     log.write_bytes(b"".join(lines[-2:]))
     delivered.append(3)
     status = status_json(audit_cli, tmp_path)
-    assert status["offset"] == len(lines[-2]) + len(lines[-1])
+    assert status["offset"] == len(lines[-2]) + len(lines[-1]), (status, (tmp_path / "cp.json").read_text())
     assert status["backlog_rows"] == 3 and status["resume_gap"] is False
     # Rewritten without it: delivery would restart at byte 0; status says so.
     log.write_bytes(b"".join(lines[:2]))
