@@ -59,7 +59,7 @@ class Collector:
         self.responder = responder or (lambda doc, n: Reply())
         self.requests: list[Received] = []
         self.invalid: list[str] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # wait_for predicates may call accepted()
         self._cond = threading.Condition(self._lock)
         self._count = 0
         collector = self

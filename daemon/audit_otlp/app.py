@@ -11,6 +11,7 @@ collector falls behind: when it is away, reading simply stops and the file is th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -27,8 +28,11 @@ from audit_otlp.config import Config, mask_url
 from audit_otlp.deadletter import DurableLog
 from audit_otlp.exporter import Exporter, ExportSettings, Outcome
 from audit_otlp.health import HealthServer
+from audit_otlp.logs import apply_log_settings
 from audit_otlp.mapping import Envelope, MappingOptions, make_envelope, resource_attributes
 from audit_otlp.metrics import Metrics
+from audit_otlp.progress import Progress, ProgressReporter, TerminalLine
+from audit_otlp.reload import ReloadPlan, reload_config
 from audit_otlp.retry import Backoff
 from audit_otlp.rows import RowMapper
 from audit_otlp.runstate import RunState
@@ -155,9 +159,17 @@ class CheckpointKeeper:
 
 
 class Daemon:
-    def __init__(self, config: Config, options: RunOptions, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, options: RunOptions, notifier: Notifier | None = None,
+                 terminal: TerminalLine | None = None, reloader: Callable[[], Config] | None = None,
+                 verbose: bool = False) -> None:
         self.config = config
         self.options = options
+        self.terminal = terminal  # --foreground on a TTY: the live progress line
+        self.reloader = reloader  # SIGHUP: how to read the configuration again
+        self.verbose = verbose
+        self._builder: BatchBuilder | None = None
+        self._settled_spans = 0  # this run, delivered or dead-lettered (for rates)
+        self._settled_bytes = 0
         self.metrics = Metrics()
         self.state = RunState()
         self.notifier = notifier or Notifier()
@@ -231,16 +243,39 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        if self.reloader is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             return await self._run()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
             log.info("stopping: no more reading; in-flight requests get %.1f s", self.config["shutdown.grace_period"])
             self.stopping.set()
+
+    def request_reload(self) -> None:
+        assert self.reloader is not None
+        result = reload_config(self.config, self.reloader)
+        if isinstance(result, str):
+            log.error("SIGHUP: the new configuration is invalid, keeping the running one: %s", result)
+            return
+        self.apply_reload(result)
+
+    def apply_reload(self, plan: ReloadPlan) -> None:
+        """Put reloadable settings into effect: new requests and batches use them at once."""
+        self.config = config = plan.config
+        # --foreground chose its format for a person at a terminal; SIGHUP leaves that alone.
+        apply_log_settings(None if self.options.foreground else config["log.format"], config["log.level"], self.verbose)
+        if self._builder is not None:
+            self._builder.limits = BatchLimits(config["batch.max_spans"], config["batch.max_bytes"], config["batch.max_wait"])
+        if isinstance(self.sink, Exporter):
+            self.sink.settings = dataclasses.replace(
+                self.sink.settings, initial_backoff=config["retry.initial_backoff"],
+                max_backoff=config["retry.max_backoff"], auth_backoff=config["retry.auth_backoff"])
+        (log.warning if plan.needs_restart else log.info)("SIGHUP: configuration reloaded: %s", plan.describe())
 
     async def _run(self) -> int:
         checkpoint = self._load_checkpoint()
@@ -276,6 +311,9 @@ class Daemon:
             asyncio.create_task(self.keeper.run(), name="checkpoint"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
+        if self.terminal is not None:
+            reporter = ProgressReporter(self.terminal, self._progress)
+            housekeeping.append(asyncio.create_task(reporter.run(), name="progress"))
         reader = asyncio.create_task(self._read_loop(), name="reader")
         self.notifier.ready(self._status_line())
         log.info(
@@ -302,10 +340,11 @@ class Daemon:
             await asyncio.gather(*workers, *housekeeping, return_exceptions=True)
             await self.keeper.flush()
             await self.sink.aclose()
+            final_status = self._status_line()
             await self.tailer.close()
             if health is not None:
                 await health.aclose()
-            log.info("stopped: %s", self._status_line())
+            log.info("stopped: %s", final_status)
         return exit_code
 
     async def _run_once(self, reader: asyncio.Task[None]) -> int:
@@ -353,7 +392,7 @@ class Daemon:
 
     async def _read_loop(self) -> None:
         limits = BatchLimits(self.config["batch.max_spans"], self.config["batch.max_bytes"], self.config["batch.max_wait"])
-        builder = BatchBuilder(self.envelope, limits)
+        builder = self._builder = BatchBuilder(self.envelope, limits)
         settled_cursor = self._last_cursor
         complete_cursor = settled_cursor  # the end of the last line whose spans are all in `builder`
         once = self.options.once
@@ -377,6 +416,10 @@ class Daemon:
         mapper = self.mapper
         path, identity = chunk.path, chunk.identity
         mapper.line_number = chunk.first_line_number - 1
+        consumed = chunk.lines[-1].end - chunk.lines[0].offset
+        # Counted as backlog from the moment the tailer hands the lines over: _flush below may wait
+        # a long time for a free export worker, and those bytes are not delivered meanwhile.
+        self._unsettled_source_bytes += consumed
         for line in chunk.lines:
             mapped = mapper.map_line(line, observed_ns)
             if mapped.spans:
@@ -392,9 +435,7 @@ class Daemon:
                             mapper.chain.last_hash, mapper.line_number)
             if builder.full:
                 await self._flush(builder, cursor)
-        consumed = chunk.lines[-1].end - chunk.lines[0].offset
         builder.source_bytes += consumed
-        self._unsettled_source_bytes += consumed
         self.metrics.lines_read.inc(len(chunk.lines))
         self.state.rows_read += len(chunk.lines)
         return cursor
@@ -416,6 +457,8 @@ class Daemon:
                 frontier = self.acks.settle(batch.seq)
                 self.keeper.advance(frontier, outcome, self._row_events.breaks)
                 self._unsettled_source_bytes -= batch.source_bytes
+                self._settled_spans += len(batch.spans)
+                self._settled_bytes += batch.source_bytes
                 self._settled_event.set()
             finally:
                 self._busy_workers -= 1
@@ -460,15 +503,23 @@ class Daemon:
         self.state.backlog_bytes = backlog
         self.metrics.backlog_bytes.set(backlog)
 
+    def _progress(self) -> Progress:
+        self._refresh_gauges()
+        return Progress(self._settled_spans, self._settled_bytes, self.state.backlog_bytes)
+
     def _status_line(self) -> str:
         self._refresh_gauges()
+        waiting = "" if self.tailer.current is not None or self.tailer.draining else f"waiting for {self.config.source_path}; "
         return (
-            f"delivered {self.state.delivered_spans} spans, backlog {self.state.backlog_bytes} bytes, "
+            f"{waiting}delivered {self.state.delivered_spans} spans of {self.state.rows_read} rows read, "
+            f"backlog {self.state.backlog_bytes} bytes, "
             f"{self.acks.unsettled} batches in flight"
             + (f", last error: {self.state.last_error}" if self.state.failing_since is not None else "")
         )
 
 
-def run_daemon(config: Config, options: RunOptions, runner: Callable[[Awaitable[int]], int] = asyncio.run) -> int:
-    daemon = Daemon(config, options)
+def run_daemon(config: Config, options: RunOptions, runner: Callable[[Awaitable[int]], int] = asyncio.run,
+               terminal: TerminalLine | None = None, reloader: Callable[[], Config] | None = None,
+               verbose: bool = False) -> int:
+    daemon = Daemon(config, options, terminal=terminal, reloader=reloader, verbose=verbose)
     return runner(daemon.run())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import urllib.request
 from pathlib import Path
@@ -127,9 +128,20 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         if not args.once:
             print("audit-otlp: --deadline: only valid with --once", file=sys.stderr)
             return EXIT_USAGE
-    setup_logging(config["log.format"], config["log.level"], config.secrets, verbose=args.verbose)
+    terminal = None
+    log_format = config["log.format"]
+    if args.foreground:
+        # For a person: readable text (unless --log-format json was asked for on this command line),
+        # coloured on a TTY, and a live progress line on a TTY only.
+        if config.origin.get("log.format") != "option":
+            log_format = "text"
+        if sys.stderr.isatty():
+            from audit_otlp.progress import TerminalLine
+            terminal = TerminalLine(sys.stderr)
+    setup_logging(log_format, config["log.level"], config.secrets, verbose=args.verbose, stream=terminal)
     options = RunOptions(once=args.once, deadline=deadline, dry_run=args.dry_run, foreground=args.foreground)
-    return run_daemon(config, options)
+    return run_daemon(config, options, terminal=terminal, verbose=args.verbose,
+                      reloader=lambda: load_config(getattr(args, "config", None), _options(args)))
 
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
@@ -188,13 +200,23 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     masked = config.masked()
+    origin = dict(config.origin)
+    # Values that are not keys of their own: where the chain key and vendor preset came from.
+    if config.chain_key:
+        origin["chain.key"] = "env:AUDIT_OTLP_CHAIN_KEY" if os.environ.get("AUDIT_OTLP_CHAIN_KEY") else "file:chain.key_file"
+    else:
+        origin["chain.key"] = "default"
+    if config.vendor:
+        origin["vendor"] = f"env:{config.vendor.env_name}"
     if args.json:
-        print(orjson.dumps({"values": masked, "origin": dict(config.origin)}, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode())
+        doc = {"config_file": str(config.config_file) if config.config_file else None, "values": masked, "origin": origin}
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode())
         return EXIT_OK
+    print(f"# configuration file: {config.config_file or 'none (defaults, environment and options only)'}")
+    print("# origin: default | file | env:VARIABLE | option; secrets are shown as ***")
     width = max(len(k) for k in masked)
     for key in sorted(masked):
-        origin = config.origin.get(key, "derived")
-        print(f"{key:<{width}} = {_show(masked[key])}    # {origin}")
+        print(f"{key:<{width}} = {_show(masked[key])}    # {origin.get(key, 'derived')}")
     return EXIT_OK
 
 
