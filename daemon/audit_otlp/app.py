@@ -4,8 +4,9 @@
                                                                                |
     CheckpointKeeper <--frontier-- AckTracker <--settled batch (delivered / dead-lettered)
 
-The queue holds at most `export.max_in_flight` batches, so memory is bounded however far the
-collector falls behind: when it is away, reading simply stops and the file is the buffer.
+At most `export.max_in_flight` batches are being sent and one more waits in the queue, so memory
+is bounded however far the collector falls behind: when it is away, reading simply stops and the
+file is the buffer.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from audit_otlp.config import Config, mask_url
 from audit_otlp.deadletter import DurableLog
 from audit_otlp.exporter import Exporter, ExportSettings, Outcome
 from audit_otlp.health import HealthServer
+from audit_otlp.lines import Line
 from audit_otlp.logs import apply_log_settings
 from audit_otlp.mapping import Envelope, MappingOptions, make_envelope, resource_attributes
 from audit_otlp.metrics import Metrics
@@ -176,7 +178,9 @@ class Daemon:
         self.envelope = build_envelope(config)
         self.store = CheckpointStore(config.checkpoint_path)
         self.acks = AckTracker()
-        self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=config["export.max_in_flight"])
+        # One batch waiting is enough to keep every worker busy (the reader refills it while they
+        # send); each extra one would cost ~1 MB of RSS for nothing.
+        self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         self.stopping = asyncio.Event()
         self._busy_workers = 0
         self._idle = asyncio.Event()
@@ -412,29 +416,46 @@ class Daemon:
                 return
 
     async def _consume(self, chunk: LineChunk, builder: BatchBuilder, cursor: Cursor) -> Cursor:
+        """Map a chunk's lines into `builder`; returns the cursor after its last line.
+
+        The hot loop of a catch-up: per line it only maps and appends. A Cursor (a frozen
+        dataclass, ~1 µs to build) is made only when a batch is handed over and at the end of
+        the chunk, from `done`: what the cursor after the last fully added line needs.
+        """
         observed_ns = time.time_ns()
         mapper = self.mapper
+        chain = mapper.chain
         path, identity = chunk.path, chunk.identity
+        path_str = str(path)
         mapper.line_number = chunk.first_line_number - 1
         consumed = chunk.lines[-1].end - chunk.lines[0].offset
         # Counted as backlog from the moment the tailer hands the lines over: _flush below may wait
         # a long time for a free export worker, and those bytes are not delivered meanwhile.
         self._unsettled_source_bytes += consumed
+        done: tuple[Line, bytes, str | None, int] | None = None  # (line, digest, chain hash, line number)
+
+        def cursor_after() -> Cursor:
+            if done is None:
+                return cursor
+            line, digest, chain_hash, line_number = done
+            return Cursor(path_str, identity, line.end, digest.hex(), line.length if line.data is not None else None,
+                          chain_hash, line_number)
+
         for line in chunk.lines:
             mapped = mapper.map_line(line, observed_ns)
-            if mapped.spans:
+            spans = mapped.spans
+            if spans:
                 sha = mapped.digest.hex()
-                for span in mapped.spans:
+                for span in spans:
                     if not builder.fits(span):
-                        await self._flush(builder, cursor)
+                        await self._flush(builder, cursor_after())
                     builder.add(span, SpanSource(path, identity, line.offset, line.data, sha, line.end))
             else:
                 builder.touch()
-            cursor = Cursor(str(path), identity, line.end, mapped.digest.hex(),
-                            line.length if line.data is not None else None,
-                            mapper.chain.last_hash, mapper.line_number)
+            done = (line, mapped.digest, chain.last_hash, mapper.line_number)
             if builder.full:
-                await self._flush(builder, cursor)
+                await self._flush(builder, cursor_after())
+        cursor = cursor_after()
         builder.source_bytes += consumed
         self.metrics.lines_read.inc(len(chunk.lines))
         self.state.rows_read += len(chunk.lines)
