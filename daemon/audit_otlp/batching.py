@@ -32,18 +32,6 @@ class Batch:
     source_bytes: int = 0  # bytes of the audit log this batch accounts for
     created: float = field(default_factory=time.monotonic)
 
-    @property
-    def limits(self) -> BatchLimits:
-        return self._limits
-
-    @limits.setter
-    def limits(self, limits: BatchLimits) -> None:
-        """Limits may change while running (SIGHUP); the derived budget follows them."""
-        self._limits = limits
-        # Body size = envelope + spans + one comma between each two: the span-independent
-        # part of the max_bytes test, computed once (fits() runs for every span).
-        self._bytes_budget = limits.max_bytes - self.envelope.size(0, 1)
-
     def __len__(self) -> int:
         return len(self.spans)
 
@@ -66,6 +54,18 @@ class BatchBuilder:
         self._bytes = 0
         self.opened_at: float | None = None  # when the first pending line arrived
         self.source_bytes = 0  # bytes of lines consumed since the last take (set by the reader)
+
+    @property
+    def limits(self) -> BatchLimits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: BatchLimits) -> None:
+        """Limits may change while running (SIGHUP); the derived budget follows them."""
+        self._limits = limits
+        # Body size = envelope + spans + one comma between each two: the span-independent
+        # part of the max_bytes test, computed once (fits() runs for every span).
+        self._bytes_budget = limits.max_bytes - self.envelope.size(0, 1)
 
     def __len__(self) -> int:
         return len(self.spans)
