@@ -55,18 +55,18 @@ class Received:
 class Collector:
     """Start with `with Collector() as c:`; `c.endpoint` is the traces URL."""
 
-    def __init__(self, responder: Callable[[dict[str, Any], int], Reply] | None = None) -> None:
+    def __init__(self, responder: Callable[[dict[str, Any], int], Reply] | None = None, port: int = 0) -> None:
         self.responder = responder or (lambda doc, n: Reply())
         self.requests: list[Received] = []
         self.invalid: list[str] = []
-        # Re-entrant: wait_for() holds it while predicates call accepted()/accepted_seqs().
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # wait_for predicates may call accepted()
         self._cond = threading.Condition(self._lock)
         self._count = 0
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: avoid 40 ms delayed-ACK stalls
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -108,7 +108,8 @@ class Collector:
                 self.end_headers()
                 self.wfile.write(reply.body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ThreadingHTTPServer.allow_reuse_address = True  # a test may restart a collector on the same port
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.endpoint = f"http://127.0.0.1:{self.port}/v1/traces"

@@ -4,13 +4,15 @@
                                                                                |
     CheckpointKeeper <--frontier-- AckTracker <--settled batch (delivered / dead-lettered)
 
-The queue holds at most `export.max_in_flight` batches, so memory is bounded however far the
-collector falls behind: when it is away, reading simply stops and the file is the buffer.
+At most `export.max_in_flight` batches are being sent and one more waits in the queue, so memory
+is bounded however far the collector falls behind: when it is away, reading simply stops and the
+file is the buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -27,8 +29,13 @@ from audit_otlp.config import Config, mask_url
 from audit_otlp.deadletter import DurableLog
 from audit_otlp.exporter import Exporter, ExportSettings, Outcome
 from audit_otlp.health import HealthServer
+from audit_otlp.lines import Line
+from audit_otlp.logs import apply_log_settings
 from audit_otlp.mapping import Envelope, MappingOptions, make_envelope, resource_attributes
 from audit_otlp.metrics import Metrics
+from audit_otlp.progress import Progress, ProgressReporter, TerminalLine
+from audit_otlp.reload import ReloadPlan, reload_config
+from audit_otlp.retry import Backoff
 from audit_otlp.rows import RowMapper
 from audit_otlp.runstate import RunState
 from audit_otlp.sdnotify import Notifier
@@ -77,9 +84,12 @@ class RunOptions:
 
 
 def build_envelope(config: Config) -> Envelope:
-    return make_envelope(
-        resource_attributes(config["resource.service_name"], config["resource.attributes"], config["mapping.dd_llmobs_enabled"])
-    )
+    # The OpenTelemetry rule: OTEL_SERVICE_NAME (or our own key) wins; otherwise a service.name
+    # given in OTEL_RESOURCE_ATTRIBUTES applies; the embedded default comes last.
+    service_name = config["resource.service_name"]
+    if config.origin["resource.service_name"] == "default":
+        service_name = config["resource.attributes"].get("service.name", service_name)
+    return make_envelope(resource_attributes(service_name, config["resource.attributes"], config["mapping.dd_llmobs_enabled"]))
 
 
 def build_export_settings(config: Config) -> ExportSettings:
@@ -94,6 +104,7 @@ def build_export_settings(config: Config) -> ExportSettings:
         initial_backoff=config["retry.initial_backoff"],
         max_backoff=config["retry.max_backoff"],
         auth_backoff=config["retry.auth_backoff"],
+        max_request_bytes=config["export.max_request_bytes"],
         certificate=str(config["export.certificate"]) if config["export.certificate"] else None,
         client_certificate=str(config["export.client_certificate"]) if config["export.client_certificate"] else None,
         client_key=str(config["export.client_key"]) if config["export.client_key"] else None,
@@ -150,16 +161,26 @@ class CheckpointKeeper:
 
 
 class Daemon:
-    def __init__(self, config: Config, options: RunOptions, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, options: RunOptions, notifier: Notifier | None = None,
+                 terminal: TerminalLine | None = None, reloader: Callable[[], Config] | None = None,
+                 verbose: bool = False) -> None:
         self.config = config
         self.options = options
+        self.terminal = terminal  # --foreground on a TTY: the live progress line
+        self.reloader = reloader  # SIGHUP: how to read the configuration again
+        self.verbose = verbose
+        self._builder: BatchBuilder | None = None
+        self._settled_spans = 0  # this run, delivered or dead-lettered (for rates)
+        self._settled_bytes = 0
         self.metrics = Metrics()
         self.state = RunState()
         self.notifier = notifier or Notifier()
         self.envelope = build_envelope(config)
         self.store = CheckpointStore(config.checkpoint_path)
         self.acks = AckTracker()
-        self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=config["export.max_in_flight"])
+        # One batch waiting is enough to keep every worker busy (the reader refills it while they
+        # send); each extra one would cost ~1 MB of RSS for nothing.
+        self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
         self.stopping = asyncio.Event()
         self._busy_workers = 0
         self._idle = asyncio.Event()
@@ -226,16 +247,39 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        if self.reloader is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             return await self._run()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
             log.info("stopping: no more reading; in-flight requests get %.1f s", self.config["shutdown.grace_period"])
             self.stopping.set()
+
+    def request_reload(self) -> None:
+        assert self.reloader is not None
+        result = reload_config(self.config, self.reloader)
+        if isinstance(result, str):
+            log.error("SIGHUP: the new configuration is invalid, keeping the running one: %s", result)
+            return
+        self.apply_reload(result)
+
+    def apply_reload(self, plan: ReloadPlan) -> None:
+        """Put reloadable settings into effect: new requests and batches use them at once."""
+        self.config = config = plan.config
+        # --foreground chose its format for a person at a terminal; SIGHUP leaves that alone.
+        apply_log_settings(None if self.options.foreground else config["log.format"], config["log.level"], self.verbose)
+        if self._builder is not None:
+            self._builder.limits = BatchLimits(config["batch.max_spans"], config["batch.max_bytes"], config["batch.max_wait"])
+        if isinstance(self.sink, Exporter):
+            self.sink.settings = dataclasses.replace(
+                self.sink.settings, initial_backoff=config["retry.initial_backoff"],
+                max_backoff=config["retry.max_backoff"], auth_backoff=config["retry.auth_backoff"])
+        (log.warning if plan.needs_restart else log.info)("SIGHUP: configuration reloaded: %s", plan.describe())
 
     async def _run(self) -> int:
         checkpoint = self._load_checkpoint()
@@ -271,6 +315,9 @@ class Daemon:
             asyncio.create_task(self.keeper.run(), name="checkpoint"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
+        if self.terminal is not None:
+            reporter = ProgressReporter(self.terminal, self._progress)
+            housekeeping.append(asyncio.create_task(reporter.run(), name="progress"))
         reader = asyncio.create_task(self._read_loop(), name="reader")
         self.notifier.ready(self._status_line())
         log.info(
@@ -297,10 +344,11 @@ class Daemon:
             await asyncio.gather(*workers, *housekeeping, return_exceptions=True)
             await self.keeper.flush()
             await self.sink.aclose()
+            final_status = self._status_line()
             await self.tailer.close()
             if health is not None:
                 await health.aclose()
-            log.info("stopped: %s", self._status_line())
+            log.info("stopped: %s", final_status)
         return exit_code
 
     async def _run_once(self, reader: asyncio.Task[None]) -> int:
@@ -348,7 +396,7 @@ class Daemon:
 
     async def _read_loop(self) -> None:
         limits = BatchLimits(self.config["batch.max_spans"], self.config["batch.max_bytes"], self.config["batch.max_wait"])
-        builder = BatchBuilder(self.envelope, limits)
+        builder = self._builder = BatchBuilder(self.envelope, limits)
         settled_cursor = self._last_cursor
         complete_cursor = settled_cursor  # the end of the last line whose spans are all in `builder`
         once = self.options.once
@@ -368,28 +416,47 @@ class Daemon:
                 return
 
     async def _consume(self, chunk: LineChunk, builder: BatchBuilder, cursor: Cursor) -> Cursor:
+        """Map a chunk's lines into `builder`; returns the cursor after its last line.
+
+        The hot loop of a catch-up: per line it only maps and appends. A Cursor (a frozen
+        dataclass, ~1 µs to build) is made only when a batch is handed over and at the end of
+        the chunk, from `done`: what the cursor after the last fully added line needs.
+        """
         observed_ns = time.time_ns()
         mapper = self.mapper
+        chain = mapper.chain
         path, identity = chunk.path, chunk.identity
+        path_str = str(path)
         mapper.line_number = chunk.first_line_number - 1
+        consumed = chunk.lines[-1].end - chunk.lines[0].offset
+        # Counted as backlog from the moment the tailer hands the lines over: _flush below may wait
+        # a long time for a free export worker, and those bytes are not delivered meanwhile.
+        self._unsettled_source_bytes += consumed
+        done: tuple[Line, bytes, str | None, int] | None = None  # (line, digest, chain hash, line number)
+
+        def cursor_after() -> Cursor:
+            if done is None:
+                return cursor
+            line, digest, chain_hash, line_number = done
+            return Cursor(path_str, identity, line.end, digest.hex(), line.length if line.data is not None else None,
+                          chain_hash, line_number)
+
         for line in chunk.lines:
             mapped = mapper.map_line(line, observed_ns)
-            if mapped.spans:
+            spans = mapped.spans
+            if spans:
                 sha = mapped.digest.hex()
-                for span in mapped.spans:
+                for span in spans:
                     if not builder.fits(span):
-                        await self._flush(builder, cursor)
-                    builder.add(span, SpanSource(path, identity, line.offset, line.data, sha))
+                        await self._flush(builder, cursor_after())
+                    builder.add(span, SpanSource(path, identity, line.offset, line.data, sha, line.end))
             else:
                 builder.touch()
-            cursor = Cursor(str(path), identity, line.end, mapped.digest.hex(),
-                            line.length if line.data is not None else None,
-                            mapper.chain.last_hash, mapper.line_number)
+            done = (line, mapped.digest, chain.last_hash, mapper.line_number)
             if builder.full:
-                await self._flush(builder, cursor)
-        consumed = chunk.lines[-1].end - chunk.lines[0].offset
+                await self._flush(builder, cursor_after())
+        cursor = cursor_after()
         builder.source_bytes += consumed
-        self._unsettled_source_bytes += consumed
         self.metrics.lines_read.inc(len(chunk.lines))
         self.state.rows_read += len(chunk.lines)
         return cursor
@@ -406,17 +473,30 @@ class Daemon:
             self._busy_workers += 1
             self._idle.clear()
             try:
-                outcome = await self.sink.deliver(batch)
+                outcome = await self._deliver_until_settled(batch)
                 self.state.dead_lettered_spans += outcome.dead_lettered
                 frontier = self.acks.settle(batch.seq)
                 self.keeper.advance(frontier, outcome, self._row_events.breaks)
                 self._unsettled_source_bytes -= batch.source_bytes
+                self._settled_spans += len(batch.spans)
+                self._settled_bytes += batch.source_bytes
                 self._settled_event.set()
             finally:
                 self._busy_workers -= 1
                 if self._busy_workers == 0:
                     self._idle.set()
                 self.queue.task_done()
+
+    async def _deliver_until_settled(self, batch: Batch) -> Outcome:
+        """The sink retries every failure it knows; an unexpected error must not kill the worker
+        (the batch would never settle and the checkpoint would stall), so log it and try again."""
+        backoff = Backoff(self.config["retry.initial_backoff"], self.config["retry.max_backoff"])
+        while True:
+            try:
+                return await self.sink.deliver(batch)
+            except Exception:  # noqa: BLE001 - any bug in a sink must cost time, never rows
+                log.exception("unexpected error while delivering a batch of %d spans; retrying it", len(batch))
+                await asyncio.sleep(backoff.next_delay())
 
     async def _drain_in_flight(self, grace: float) -> None:
         """Let requests already being sent finish within the grace period; abandon the rest."""
@@ -444,15 +524,23 @@ class Daemon:
         self.state.backlog_bytes = backlog
         self.metrics.backlog_bytes.set(backlog)
 
+    def _progress(self) -> Progress:
+        self._refresh_gauges()
+        return Progress(self._settled_spans, self._settled_bytes, self.state.backlog_bytes)
+
     def _status_line(self) -> str:
         self._refresh_gauges()
+        waiting = "" if self.tailer.current is not None or self.tailer.draining else f"waiting for {self.config.source_path}; "
         return (
-            f"delivered {self.state.delivered_spans} spans, backlog {self.state.backlog_bytes} bytes, "
+            f"{waiting}delivered {self.state.delivered_spans} spans of {self.state.rows_read} rows read, "
+            f"backlog {self.state.backlog_bytes} bytes, "
             f"{self.acks.unsettled} batches in flight"
             + (f", last error: {self.state.last_error}" if self.state.failing_since is not None else "")
         )
 
 
-def run_daemon(config: Config, options: RunOptions, runner: Callable[[Awaitable[int]], int] = asyncio.run) -> int:
-    daemon = Daemon(config, options)
+def run_daemon(config: Config, options: RunOptions, runner: Callable[[Awaitable[int]], int] = asyncio.run,
+               terminal: TerminalLine | None = None, reloader: Callable[[], Config] | None = None,
+               verbose: bool = False) -> int:
+    daemon = Daemon(config, options, terminal=terminal, reloader=reloader, verbose=verbose)
     return runner(daemon.run())

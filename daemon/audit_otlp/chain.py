@@ -8,11 +8,12 @@ text raw, control characters and DEL escaped, and every number printed as jq pri
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import hmac
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,10 @@ import orjson
 GENESIS = "GENESIS"
 _EXACT_INT_LIMIT = 2**53  # beyond this jq's doubles no longer hold every integer
 _DBL_MAX = 1.7976931348623157e308
+_SURROGATES = re.compile("[\ud800-\udfff]")
+# Where an integer -0 may stand as a JSON value ("-0" then `,` `]` or `}`). A match inside a
+# string only costs the slow path; a leading literal keeps the search fast.
+_NEGATIVE_ZERO = re.compile(rb"-0\s*[,\]}]")
 
 
 def _jq_number(value: float) -> str:
@@ -53,24 +58,31 @@ def _jq_number(value: float) -> str:
 
 
 def _jq_string(value: str) -> str:
-    # json.dumps escapes the same set as jq except DEL, which jq writes as \u007f; lone
-    # surrogates (invalid UTF-16 escapes) become U+FFFD as jq does.
+    # json.dumps escapes the same set as jq except DEL, which jq writes as \u007f; a lone
+    # surrogate (an unpaired \udc00 escape) becomes U+FFFD as jq makes it.
     text = json.dumps(value, ensure_ascii=False)
     if "\x7f" in text:
         text = text.replace("\x7f", "\\u007f")
-    if any("\ud800" <= ch <= "\udfff" for ch in text):
-        text = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
     return text
+
+
+def _jq_text(value: str) -> str:
+    """The string as jq holds it: lone surrogates replaced by U+FFFD (before any sorting)."""
+    if _SURROGATES.search(value) is None:
+        return value
+    return _SURROGATES.sub("\ufffd", value)
 
 
 def _slow_canonical(value: Any) -> str:
     if isinstance(value, dict):
-        items = sorted(value.items())
+        # Keys are compared as jq stores them (UTF-8 bytes, which sort like code points), so
+        # the U+FFFD replacement comes first; a key repeated after replacement keeps its last value.
+        items = sorted({_jq_text(k): v for k, v in value.items()}.items())
         return "{" + ",".join(_jq_string(k) + ":" + _slow_canonical(v) for k, v in items) + "}"
     if isinstance(value, list):
         return "[" + ",".join(_slow_canonical(v) for v in value) + "]"
     if isinstance(value, str):
-        return _jq_string(value)
+        return _jq_string(_jq_text(value))
     if value is True:
         return "true"
     if value is False:
@@ -78,7 +90,7 @@ def _slow_canonical(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, int):
-        if -_EXACT_INT_LIMIT < value < _EXACT_INT_LIMIT and abs(value) < 10**16:
+        if -_EXACT_INT_LIMIT < value < _EXACT_INT_LIMIT:
             return str(value)
         return _jq_number(float(value)) if abs(value) < 2**1024 else _jq_number(math.copysign(math.inf, value))
     if isinstance(value, float):
@@ -86,29 +98,73 @@ def _slow_canonical(value: Any) -> str:
     raise TypeError(f"not a JSON value: {type(value).__name__}")
 
 
-def _orjson_safe(value: Any) -> bool:
-    """True when orjson's sorted output is byte-for-byte what jq prints (no floats, small ints,
-    no DEL or lone surrogates in strings)."""
-    t = type(value)
-    if t is str:
-        return "\x7f" not in value
-    if t is int:
-        return -_EXACT_INT_LIMIT < value < _EXACT_INT_LIMIT
-    if t is dict:
-        return all(_orjson_safe(k) and _orjson_safe(v) for k, v in value.items())
-    if t is list:
-        return all(_orjson_safe(v) for v in value)
-    return value is None or t is bool
+def _parse_int_keeping_negative_zero(text: str) -> int | float:
+    # jq reads every number as a double, so the integer literal -0 is negative zero for it.
+    return -0.0 if text == "-0" else int(text)
+
+
+class _Unrepresentable(Exception):
+    pass
+
+
+def _for_orjson(value: Any) -> Any:
+    """`value` itself when orjson's sorted output is what jq prints, else a copy that orjson
+    prints as jq would (integral floats such as 3.0, which jq prints as 3, become ints). Raises
+    _Unrepresentable for what only the slow printer gets right: exponent forms (1e-05, 1e+16),
+    -0.0 and 0.0, integers beyond 2**53. Strings are checked on the output (DEL) and by orjson
+    (lone surrogates). One flat pass, no copy in the common case: this runs for every row."""
+    changed: Any = None
+    for key, v in value.items() if type(value) is dict else enumerate(value):
+        t = type(v)
+        if t is str or t is bool or v is None:
+            continue
+        if t is int:
+            if -_EXACT_INT_LIMIT < v < _EXACT_INT_LIMIT:
+                continue
+            raise _Unrepresentable
+        if t is float:
+            if 1e-4 <= abs(v) < 1e15 and not v.is_integer():
+                continue  # orjson prints these exactly as jq (shortest digits, no exponent)
+            if not (v.is_integer() and 0 < abs(v) < _EXACT_INT_LIMIT):
+                raise _Unrepresentable
+            new: Any = int(v)
+        elif t is dict or t is list:
+            new = _for_orjson(v)
+            if new is v:
+                continue
+        else:
+            raise _Unrepresentable
+        if changed is None:
+            changed = dict(value) if type(value) is dict else list(value)
+        changed[key] = new
+    return value if changed is None else changed
 
 
 def canonical_json(row: Any) -> bytes:
     """The row exactly as `jq -c -S` prints it, without the trailing newline."""
-    if _orjson_safe(row):
+    if type(row) is dict or type(row) is list:
+        # Fast path: orjson, when its output is jq's (checked on the values, and on the output
+        # for DEL, which jq escapes); rows with integral floats are converted first.
         try:
-            return orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
-        except TypeError:  # lone surrogates and the like
+            out = orjson.dumps(_for_orjson(row), option=orjson.OPT_SORT_KEYS)
+        except (TypeError, _Unrepresentable):  # TypeError: lone surrogates
             pass
+        else:
+            if b"\x7f" not in out:
+                return out
     return _slow_canonical(row).encode("utf-8", "surrogatepass")
+
+
+def canonical_line(data: bytes, row: Any) -> bytes:
+    """Canonical JSON of a line already parsed into `row`. The line's text is needed for one
+    case its value loses: the integer literal -0, which jq keeps as -0."""
+    if _NEGATIVE_ZERO.search(data) is not None:
+        try:
+            return _slow_canonical(json.loads(data, parse_int=_parse_int_keeping_negative_zero)).encode(
+                "utf-8", "surrogatepass")
+        except ValueError:
+            pass
+    return canonical_json(row)
 
 
 @dataclass(frozen=True)
@@ -117,13 +173,35 @@ class ChainHasher:
 
     key: bytes | None = None
 
-    def row_hash(self, row: Any) -> str:
-        canonical = canonical_json(row)
+    def __post_init__(self) -> None:
+        # HMAC (RFC 2104) from precomputed inner and outer SHA-256 states: the same digest as
+        # hmac.digest, at half the cost per row.
+        if self.key is not None:
+            block = self.key if len(self.key) <= 64 else hashlib.sha256(self.key).digest()
+            block = block.ljust(64, b"\0")
+            object.__setattr__(self, "_inner", hashlib.sha256(bytes(b ^ 0x36 for b in block)))
+            object.__setattr__(self, "_outer", hashlib.sha256(bytes(b ^ 0x5C for b in block)))
+
+    def __repr__(self) -> str:
+        return f"ChainHasher(key={'***' if self.key is not None else None})"  # never the key
+
+    def hash_canonical(self, canonical: bytes) -> str:
         if self.key is None:
             digest = hashlib.sha256(canonical).digest()
         else:
-            digest = hmac.new(self.key, canonical, hashlib.sha256).digest()
-        return base64.b64encode(digest).decode("ascii")
+            inner = self._inner.copy()  # type: ignore[attr-defined]
+            inner.update(canonical)
+            outer = self._outer.copy()  # type: ignore[attr-defined]
+            outer.update(inner.digest())
+            digest = outer.digest()
+        return binascii.b2a_base64(digest, newline=False).decode("ascii")
+
+    def row_hash(self, row: Any) -> str:
+        return self.hash_canonical(canonical_json(row))
+
+    def line_hash(self, data: bytes, row: Any) -> str:
+        """The hash of a line already parsed into `row` (see `canonical_line`)."""
+        return self.hash_canonical(canonical_line(data, row))
 
 
 @dataclass(frozen=True)
@@ -135,42 +213,77 @@ class ChainVerdict:
     expected: str | None  # the prev_hash this row should have carried
     found: str | None  # the prev_hash it carries
     restart: bool = False  # a GENESIS row after the chain had begun
+    anchor: bool = False  # the first row seen continues a chain we have no hash for: unchecked
+    resumed: bool = False  # links to the row before a broken one (which was out of chain)
 
     @property
     def broken(self) -> bool:
         return self.verified is False
 
+    @property
+    def kind(self) -> str:
+        """Low-cardinality name of a break: "restart" (GENESIS mid-stream) or "mismatch"."""
+        return "restart" if self.restart else "mismatch"
+
 
 @dataclass
 class ChainState:
-    """The verifier's memory: the hash of the last row seen (None before the first row)."""
+    """The verifier's memory. `last_hash` (the hash of the last chained row; None before the
+    first) is all that must survive a restart; the rest only sharpens reports mid-stream."""
 
     last_hash: str | None = None
     rows: int = 0
     breaks: int = 0
+    before_last_hash: str | None = None  # the hash of the row before the last one
+    last_broken: bool = False  # the last row was a break
 
 
-def verify_row(state: ChainState, row: Any, hasher: ChainHasher) -> ChainVerdict:
-    """Check `row` against the row before it and advance `state` (the only mutation here)."""
-    row_hash = hasher.row_hash(row)
-    found = row.get("prev_hash") if isinstance(row, dict) else None
-    expected = state.last_hash if state.last_hash is not None else GENESIS
+def verify_row(state: ChainState, row: Any, hasher: ChainHasher, data: bytes | None = None) -> ChainVerdict:
+    """Check `row` (parsed from `data`, when given) against the row before it and advance
+    `state`. See `judge` for what "expected" means after a break."""
+    row_hash = hasher.line_hash(data, row) if data is not None else hasher.row_hash(row)
+    return judge(state, row.get("prev_hash") if type(row) is dict else None, row_hash)
+
+
+def judge(state: ChainState, found: Any, row_hash: str) -> ChainVerdict:
+    """The verdict on a row whose prev_hash is `found` and whose own hash is `row_hash`, and
+    `state` advanced past it (the only mutation here).
+
+    After a break the verifier re-anchors on the row it found: the next row is checked against
+    this row's hash, so one edited, deleted or inserted row gives one break, not a cascade:
+      - edited row k: row k+1 breaks (its prev_hash is the hash of the original row k);
+      - deleted row k: the row after the gap breaks (its prev_hash is the missing row's hash);
+      - inserted row x: x breaks if its prev_hash is wrong, and the row after it, which links
+        to the row before x, is accepted as resuming the chain; if x's prev_hash was forged
+        right, the row after x breaks;
+      - reordered rows: the first displaced row breaks.
+    """
+    last = state.last_hash
     if found is None:
-        verdict = ChainVerdict(None, row_hash, None, None)
-    elif not isinstance(found, str):
-        verdict = ChainVerdict(False, row_hash, expected, repr(found))
+        # Not part of the chain; the chain skips it, so the next chained row is compared with
+        # the last chained row.
+        return ChainVerdict(None, row_hash, None, None)
+    if type(found) is not str:
+        verdict = ChainVerdict(False, row_hash, last or GENESIS, json.dumps(found))
+    elif found == last:
+        verdict = ChainVerdict(True, row_hash, last, found)
+    elif last is None:
+        # Nothing to compare against: the very first row, or we start mid-chain (start_at=end,
+        # a single rotated file): a GENESIS row starts the chain, anything else is its anchor.
+        verdict = ChainVerdict(True, row_hash, GENESIS if found == GENESIS else None, found,
+                               anchor=found != GENESIS)
     elif found == GENESIS:
-        # The first row of a chain; in mid-stream it restarts the chain, which is reported.
-        restart = state.last_hash is not None
-        verdict = ChainVerdict(not restart, row_hash, expected, found, restart=restart)
-    elif state.last_hash is None:
-        # We start mid-chain (start_at=end, or a checkpoint without chain state): nothing to
-        # compare against, so the row is accepted as the anchor.
-        verdict = ChainVerdict(True, row_hash, None, found)
+        verdict = ChainVerdict(False, row_hash, last, found, restart=True)
+    elif state.last_broken and found == state.before_last_hash:
+        # The row before this one broke, and this row links to the row before *that*: the
+        # broken row was inserted; the chain resumes here.
+        verdict = ChainVerdict(True, row_hash, last, found, resumed=True)
     else:
-        verdict = ChainVerdict(found == expected, row_hash, expected, found)
+        verdict = ChainVerdict(False, row_hash, last, found)
+    state.before_last_hash = last
     state.last_hash = row_hash
+    state.last_broken = verdict.verified is False
     state.rows += 1
-    if verdict.broken:
+    if state.last_broken:
         state.breaks += 1
     return verdict

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import urllib.request
 from pathlib import Path
@@ -96,14 +97,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                "check-config": cmd_check_config, "health": cmd_health}[args.command]
     try:
         return handler(args, config)
+    except ConfigError as exc:  # found at start-up, e.g. an unreadable TLS certificate
+        print(f"audit-otlp: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except FatalError as exc:
-        if logging.getLogger().handlers:
-            log.critical("fatal: %s", exc)
-        else:
-            print(f"audit-otlp: fatal: {exc}", file=sys.stderr)
-        return EXIT_FATAL
+        return _fatal(str(exc))
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the operator, details in the log
+        return _fatal(f"unexpected {type(exc).__name__}: {exc}", with_traceback=True)
+
+
+def _fatal(reason: str, with_traceback: bool = False) -> int:
+    """Exit 3 with a one-line reason (through the log once it is set up, else on stderr)."""
+    if logging.getLogger().handlers:
+        log.critical("fatal: %s", reason, exc_info=with_traceback)
+    else:
+        print(f"audit-otlp: fatal: {reason}", file=sys.stderr)
+    return EXIT_FATAL
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
@@ -117,9 +128,20 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         if not args.once:
             print("audit-otlp: --deadline: only valid with --once", file=sys.stderr)
             return EXIT_USAGE
-    setup_logging(config["log.format"], config["log.level"], config.secrets, verbose=args.verbose)
+    terminal = None
+    log_format = config["log.format"]
+    if args.foreground:
+        # For a person: readable text (unless --log-format json was asked for on this command line),
+        # coloured on a TTY, and a live progress line on a TTY only.
+        if config.origin.get("log.format") != "option":
+            log_format = "text"
+        if sys.stderr.isatty():
+            from audit_otlp.progress import TerminalLine
+            terminal = TerminalLine(sys.stderr)
+    setup_logging(log_format, config["log.level"], config.secrets, verbose=args.verbose, stream=terminal)
     options = RunOptions(once=args.once, deadline=deadline, dry_run=args.dry_run, foreground=args.foreground)
-    return run_daemon(config, options)
+    return run_daemon(config, options, terminal=terminal, verbose=args.verbose,
+                      reloader=lambda: load_config(getattr(args, "config", None), _options(args)))
 
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
@@ -166,24 +188,35 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
     elif report.intact:
-        print(f"intact: {report.rows} rows in {len(paths)} file(s); last hash {report.last_hash}")
+        print(f"intact: {report.rows} chained rows in {len(paths)} file(s); last hash {report.last_hash}")
+        if report.anchored:
+            print("note: the first row continues an earlier chain; its own prev_hash could not be checked")
     else:
-        first = report.breaks[0]
-        print(f"BROKEN at {first.file} line {first.line} ({first.kind}): expected prev_hash {first.expected}, found {first.found}")
-        if len(report.breaks) > 1:
-            print(f"{len(report.breaks) - 1} more break(s); --json lists them")
+        print(f"BROKEN at {report.breaks[0].describe()}")
+        if report.break_count > 1:
+            print(f"{report.break_count - 1} more break(s); --json lists them")
     return 0 if report.intact else 1
 
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     masked = config.masked()
+    origin = dict(config.origin)
+    # Values that are not keys of their own: where the chain key and vendor preset came from.
+    if config.chain_key:
+        origin["chain.key"] = "env:AUDIT_OTLP_CHAIN_KEY" if os.environ.get("AUDIT_OTLP_CHAIN_KEY") else "file:chain.key_file"
+    else:
+        origin["chain.key"] = "default"
+    if config.vendor:
+        origin["vendor"] = f"env:{config.vendor.env_name}"
     if args.json:
-        print(orjson.dumps({"values": masked, "origin": dict(config.origin)}, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode())
+        doc = {"config_file": str(config.config_file) if config.config_file else None, "values": masked, "origin": origin}
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS, default=str).decode())
         return EXIT_OK
+    print(f"# configuration file: {config.config_file or 'none (defaults, environment and options only)'}")
+    print("# origin: default | file | env:VARIABLE | option; secrets are shown as ***")
     width = max(len(k) for k in masked)
     for key in sorted(masked):
-        origin = config.origin.get(key, "derived")
-        print(f"{key:<{width}} = {_show(masked[key])}    # {origin}")
+        print(f"{key:<{width}} = {_show(masked[key])}    # {origin.get(key, 'derived')}")
     return EXIT_OK
 
 

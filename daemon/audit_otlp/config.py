@@ -414,7 +414,8 @@ def load_config(
         explicit_endpoint = True
 
     try:
-        vendor = vendors.resolve(env)
+        vendor = vendors.resolve(env, values["export.endpoint"] if explicit_endpoint else None)
+        vendor_secrets = [secret for preset in vendors.presets(env) for secret in preset.secrets]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if vendor is not None and not explicit_endpoint:
@@ -455,8 +456,7 @@ def load_config(
             raise ConfigError("chain.key_file: the key file is empty; accepted: a file holding the HMAC key")
 
     secrets = [v for v in values["export.headers"].values() if v]
-    if vendor is not None:
-        secrets.extend(vendor.secrets)
+    secrets.extend(vendor_secrets)  # redacted even when the preset is not used
     if chain_key:
         secrets.append(chain_key.decode("utf-8", "replace"))
     parts = urllib.parse.urlsplit(values["export.endpoint"])

@@ -14,7 +14,11 @@ BODY_LIMIT = 4096
 
 
 class DurableLog:
-    """Appends NDJSON records and fsyncs them; writes happen in a worker thread."""
+    """Appends NDJSON records and fsyncs them; writes happen in a worker thread.
+
+    `append` returns only once the records are on stable storage (file fsynced, and the
+    directory too when the file was just created), which is what lets the checkpoint move.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -23,6 +27,7 @@ class DurableLog:
     def _append(self, records: list[dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+        created = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             view = memoryview(data)
@@ -31,6 +36,12 @@ class DurableLog:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if created:  # the new directory entry must survive a crash too
+            dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     async def append(self, records: list[dict[str, Any]]) -> None:
         """Durably append; raises OSError (the caller retries, the checkpoint stays put)."""

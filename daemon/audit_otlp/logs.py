@@ -76,18 +76,30 @@ def setup_logging(fmt: str, level: str, secrets: Iterable[str] = (), verbose: bo
     """Configure the root logger once; returns the handler (SIGHUP may change its level)."""
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        # journald adds its own timestamps; a terminal gets them, coloured.
-        under_journald = "JOURNAL_STREAM" in os.environ
-        handler.setFormatter(TextFormatter(colour=stream.isatty(), timestamps=not under_journald))
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else getattr(logging, level.upper()))
+    apply_log_settings(fmt, level, verbose)
     for noisy in ("httpx", "httpcore", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return handler
+
+
+def _formatter(fmt: str, stream) -> logging.Formatter:
+    if fmt == "json":
+        return JsonFormatter()
+    # journald adds its own timestamps; a terminal gets them, coloured; a pipe or file plain.
+    under_journald = "JOURNAL_STREAM" in os.environ
+    isatty = getattr(stream, "isatty", None)
+    return TextFormatter(colour=bool(isatty and isatty()), timestamps=not under_journald)
+
+
+def apply_log_settings(fmt: str | None, level: str, verbose: bool = False) -> None:
+    """Set the format (None: keep it) and level of the root handlers (at start-up and on SIGHUP)."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if fmt is not None and isinstance(handler, logging.StreamHandler):
+            handler.setFormatter(_formatter(fmt, handler.stream))
+    root.setLevel(logging.DEBUG if verbose else getattr(logging, level.upper()))

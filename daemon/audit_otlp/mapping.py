@@ -13,9 +13,11 @@ a crash is recognisably the same span.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 import orjson
@@ -27,15 +29,19 @@ SPAN_KIND_INTERNAL = 1
 STATUS_OK = 1
 STATUS_ERROR = 2
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_UINT64_MAX = 2**64 - 1
 SCOPE_NAME = "audit-otlp"
 
 # Events that record a guardrail decision rather than a tool call.
 GUARDRAIL_EVENTS = frozenset({"secret_detected", "action_blocked", "policy_violation", "policy_decision"})
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 _TS_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?([Zz]|[+-]\d{2}:?\d{2})$"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?([Zz]|[+-]\d{2}:?\d{2})", re.ASCII
 )
+_SURROGATES = re.compile("[\ud800-\udfff]")
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,6 @@ def parse_line(data: bytes) -> tuple[dict[str, Any] | None, str | None]:
         # orjson refuses integers beyond 64 bits and lone surrogate escapes, which are valid
         # JSON; the standard library parses those (NaN and Infinity stay refused).
         try:
-            import json
-
             row = json.loads(text, parse_constant=_refuse_constant)
         except ValueError:
             return None, "invalid_json"
@@ -74,10 +78,29 @@ def _refuse_constant(name: str) -> Any:
 
 
 def parse_timestamp_ns(value: Any) -> int | None:
-    """RFC 3339 -> nanoseconds since the epoch, in UTC whatever the machine's time zone."""
-    if not isinstance(value, str):
+    """RFC 3339 -> nanoseconds since the epoch, in UTC whatever the machine's time zone (never
+    local time). Times without an offset, and times a fixed64 cannot hold, give None."""
+    if type(value) is not str:
         return None
-    m = _TS_RE.match(value)
+    dot = value.find(".")
+    if dot < 0:
+        dot = value.find(",")
+    if dot < 0 or not value[dot + 7:dot + 8].isdigit():
+        # Fast path (C parser, a quarter of the cost) when microseconds hold every digit.
+        try:
+            parsed = datetime.fromisoformat(value)
+            if parsed.tzinfo is None:
+                return None
+            ns = (parsed - _EPOCH) // _ONE_MICROSECOND * 1000
+        except (ValueError, OverflowError):
+            return _parse_rfc3339_ns(value)  # e.g. a leap second, which datetime refuses
+        return ns if 0 <= ns <= _UINT64_MAX else None
+    return _parse_rfc3339_ns(value)
+
+
+def _parse_rfc3339_ns(value: str) -> int | None:
+    """The exact parser: nanosecond digits and leap seconds (23:59:60 counts as the next second)."""
+    m = _TS_RE.fullmatch(value)
     if m is None:
         return None
     year, month, day, hour, minute, second, frac, tz = m.groups()
@@ -95,7 +118,9 @@ def parse_timestamp_ns(value: Any) -> int | None:
         offset = sign * (int(tz_digits[:2]) * 3600 + int(tz_digits[2:]) * 60)
     seconds = days * 86400 + h * 3600 + mi * 60 + s - offset
     nanos = int((frac or "0")[:9].ljust(9, "0"))
-    return seconds * 1_000_000_000 + nanos
+    ns = seconds * 1_000_000_000 + nanos
+    # startTimeUnixNano is a fixed64: times before 1970 or after 2554 cannot be sent.
+    return ns if 0 <= ns <= _UINT64_MAX else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,20 +129,23 @@ def parse_timestamp_ns(value: Any) -> int | None:
 
 def any_value(value: Any) -> dict[str, Any]:
     """An OTLP AnyValue for a JSON value; 64-bit integers as decimal strings."""
-    if isinstance(value, bool):
+    t = type(value)
+    if t is str:
+        return {"stringValue": value}
+    if t is bool:
         return {"boolValue": value}
-    if isinstance(value, int):
+    if t is int:
         if INT64_MIN <= value <= INT64_MAX:
             return {"intValue": str(value)}
         return {"stringValue": str(value)}
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+    if t is float:
+        if value != value or value in (math.inf, -math.inf):
             return {"stringValue": str(value)}
         return {"doubleValue": value}
-    if isinstance(value, str):
-        return {"stringValue": value}
-    # Objects, arrays and null: a JSON string (Sentry drops kvlists and stringifies arrays).
-    return {"stringValue": orjson.dumps(value).decode("utf-8") if value is not None else "null"}
+    if value is None:
+        return {"stringValue": "null"}
+    # Objects and arrays: a JSON string (Sentry drops kvlists and stringifies arrays).
+    return {"stringValue": _text(value)}
 
 
 def _kv(key: str, value: Any) -> dict[str, Any]:
@@ -168,6 +196,19 @@ _DIRECT_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("prev_hash", "audit.prev_hash"),
 )
 _TOOL_CALL_ID_FIELDS = ("tool_call_id", "tool_use_id", "call_id")
+_MAX_ERROR_TYPE = 64  # longer `error` text is a message, not a type: error.type becomes _OTHER
+_MAX_STATUS_MESSAGE = 256
+
+# Pre-encoded attributes every span of a kind carries (shared, never mutated).
+_OP_EXECUTE_TOOL = _kv("gen_ai.operation.name", "execute_tool")
+_SENTRY_OP_TOOL = _kv("sentry.op", "gen_ai.execute_tool")
+_TOOL_TYPE_FUNCTION = _kv("gen_ai.tool.type", "function")
+_TOOL_TYPE_EXTENSION = _kv("gen_ai.tool.type", "extension")
+_OP_WORKFLOW = _kv("gen_ai.operation.name", "invoke_workflow")
+_SENTRY_OP_WORKFLOW = _kv("sentry.op", "gen_ai.invoke_workflow")
+_VERIFIED_TRUE = _kv("audit.chain.verified", True)
+_VERIFIED_FALSE = _kv("audit.chain.verified", False)
+_TS_INVALID = _kv("audit.ts_invalid", True)
 
 
 def _first_present(row: Mapping[str, Any], *fields: str) -> Any:
@@ -176,6 +217,23 @@ def _first_present(row: Mapping[str, Any], *fields: str) -> Any:
         if value is not None:
             return value
     return None
+
+
+def _text(value: Any) -> str:
+    """A field as text for an identifier attribute: strings as they are, anything else as JSON."""
+    if type(value) is str:
+        return value
+    try:
+        return orjson.dumps(value).decode("utf-8")
+    except TypeError:  # integers beyond 64 bits, lone surrogates
+        return json.dumps(value)
+
+
+def _error_type(error: Any) -> str:
+    """A low-cardinality error.type: a short token is kept, free text becomes `_OTHER`."""
+    if type(error) is str and 0 < len(error) <= _MAX_ERROR_TYPE and not any(c.isspace() for c in error):
+        return error
+    return "_OTHER"
 
 
 def row_span(
@@ -190,28 +248,33 @@ def row_span(
     """The span for one audit row (interface.md, "Spans")."""
     attributes: list[dict[str, Any]] = []
     add = attributes.append
+    get = row.get
 
-    event = row.get("event")
-    event_name = event if isinstance(event, str) and event else None
-    tool = row.get("tool")
-    tool_name = tool if isinstance(tool, str) and tool else None
+    event = get("event")
+    event_name = event if type(event) is str and event else None
+    tool = get("tool")
+    tool_name = tool if type(tool) is str and tool else None
 
-    agent = _first_present(row, "agent_id", "session_id")
+    session = get("session_id")
+    agent_id = get("agent_id")
+    agent = agent_id if agent_id is not None else session
     if agent is not None:
-        add(_kv("agent.id", agent))
+        add({"key": "agent.id", "value": any_value(agent)})
     for source, attribute in _DIRECT_ATTRIBUTES:
-        value = row.get(source)
+        value = get(source)
         if value is not None:
-            add(_kv(attribute, value))
-    outcome = _first_present(row, "policy_outcome", "outcome")
+            add({"key": attribute, "value": any_value(value)})
+    outcome = get("policy_outcome")
+    if outcome is None:
+        outcome = get("outcome")
     if outcome is not None:
-        add(_kv("policy.outcome", outcome))
-    error = _first_present(row, "error_type", "error")
-    blocked = event_name == "action_blocked"
+        add({"key": "policy.outcome", "value": any_value(outcome)})
 
     # GenAI identity: every span gets one, because Datadog LLM Observability drops spans
-    # without a gen_ai.* attribute. Tool rows are execute_tool spans; guardrail events are
-    # execute_tool spans of a "guardrail.<event>" tool; anything else is a workflow step.
+    # without a gen_ai.* attribute. A row naming a tool is an execute_tool span of that tool
+    # (a blocked call included: ERROR below); a guardrail event without a tool is an
+    # execute_tool span of the guardrail ("guardrail.secret_detected"); anything else is a
+    # workflow step. Sentry reads the op only from sentry.op.
     if tool_name is not None:
         genai_tool: str | None = tool_name
     elif event_name in GUARDRAIL_EVENTS:
@@ -220,49 +283,64 @@ def row_span(
         genai_tool = None
     if genai_tool is not None:
         name = f"execute_tool {genai_tool}"
-        add(_kv("gen_ai.operation.name", "execute_tool"))
-        add(_kv("gen_ai.tool.name", genai_tool))
-        add(_kv("gen_ai.tool.type", "function" if tool_name is not None else "extension"))
-        add(_kv("sentry.op", "gen_ai.execute_tool"))
+        add(_OP_EXECUTE_TOOL)
+        add({"key": "gen_ai.tool.name", "value": {"stringValue": genai_tool}})
+        add(_TOOL_TYPE_FUNCTION if tool_name is not None else _TOOL_TYPE_EXTENSION)
+        add(_SENTRY_OP_TOOL)
         call_id = _first_present(row, *_TOOL_CALL_ID_FIELDS)
         if call_id is not None:
-            add(_kv("gen_ai.tool.call.id", str(call_id)))
+            add(_kv("gen_ai.tool.call.id", _text(call_id)))
     else:
         name = f"invoke_workflow {event_name}" if event_name else "invoke_workflow audit"
-        add(_kv("gen_ai.operation.name", "invoke_workflow"))
-        add(_kv("sentry.op", "gen_ai.invoke_workflow"))
-    session = row.get("session_id")
+        add(_OP_WORKFLOW)
+        add(_SENTRY_OP_WORKFLOW)
     if session is not None:
-        add(_kv("gen_ai.conversation.id", str(session)))
-    agent_id = row.get("agent_id")
+        add({"key": "gen_ai.conversation.id", "value": {"stringValue": _text(session)}})
     if agent_id is not None:
-        add(_kv("gen_ai.agent.id", str(agent_id)))
+        add(_kv("gen_ai.agent.id", _text(agent_id)))
+    agent_name = get("agent_name")
+    if agent_name is not None:
+        add(_kv("gen_ai.agent.name", _text(agent_name)))
 
-    if error is not None:
-        add(_kv("error.type", error if isinstance(error, str) and error else "_OTHER"))
-        status: dict[str, Any] = {"code": STATUS_ERROR, "message": "tool error"}
-    elif blocked:
+    # Status: ERROR with a low-cardinality error.type for error rows and blocked actions,
+    # OK otherwise (interface.md); the free-text error, when there is one, is the message.
+    error_type = get("error_type")
+    error = get("error")
+    if error is False or error == "":  # "error": false / "" says there was none
+        error = None
+    if error_type is False or error_type == "":
+        error_type = None
+    if error_type is not None or error is not None:
+        add(_kv("error.type", _error_type(error_type if error_type is not None else error)))
+        message = error if type(error) is str and error else "error"
+        status: dict[str, Any] = {"code": STATUS_ERROR, "message": message[:_MAX_STATUS_MESSAGE]}
+    elif event_name == "action_blocked":
         add(_kv("error.type", "action_blocked"))
-        status = {"code": STATUS_ERROR, "message": "action blocked"}
+        reason = get("reason")
+        message = reason if type(reason) is str and reason else "action blocked"
+        status = {"code": STATUS_ERROR, "message": message[:_MAX_STATUS_MESSAGE]}
     else:
         status = {"code": STATUS_OK}
 
     if chain is not None:
         if chain.verified is not None:
-            add(_kv("audit.chain.verified", chain.verified))
-        add(_kv("audit.hash", chain.row_hash))
+            add(_VERIFIED_TRUE if chain.verified else _VERIFIED_FALSE)
+        add({"key": "audit.hash", "value": {"stringValue": chain.row_hash}})
         if chain.restart:
             add(_kv("audit.chain.restart", True))
-    add(_kv("audit.offset", offset))
+        if chain.anchor:
+            add(_kv("audit.chain.anchor", True))  # first row seen: its prev_hash is unchecked
+    add({"key": "audit.offset", "value": {"intValue": str(offset)}})
 
-    start = parse_timestamp_ns(row.get("ts"))
+    start = parse_timestamp_ns(get("ts"))
     if start is None:
         start = observed_ns
-        add(_kv("audit.ts_invalid", True))
+        add(_TS_INVALID)
     end = start
-    duration = row.get("duration_ms")
-    if isinstance(duration, (int, float)) and not isinstance(duration, bool) and 0 <= duration < 10**12:
-        end = start + int(duration * 1_000_000)
+    duration = get("duration_ms")
+    if type(duration) is int or type(duration) is float:
+        if 0 < duration < 10**12:  # NaN and negative durations fail this too
+            end = min(start + int(duration * 1_000_000), _UINT64_MAX)
 
     return {
         "traceId": trace_id_for(row, digest, options),
@@ -287,8 +365,10 @@ def malformed_span(*, offset: int, length: int, digest: bytes, reason: str, obse
         "endTimeUnixNano": str(observed_ns),
         "attributes": [
             _kv("audit.event", "audit.malformed_line"),
-            _kv("gen_ai.operation.name", "execute_tool"),
+            _OP_EXECUTE_TOOL,
             _kv("gen_ai.tool.name", "guardrail.malformed_line"),
+            _TOOL_TYPE_EXTENSION,
+            _SENTRY_OP_TOOL,
             _kv("error.type", reason),
             _kv("audit.offset", offset),
             _kv("audit.length", length),
@@ -301,13 +381,18 @@ def malformed_span(*, offset: int, length: int, digest: bytes, reason: str, obse
 def chain_broken_span(
     *, verdict: ChainVerdict, offset: int, line_number: int, digest: bytes, start_ns: int
 ) -> dict[str, Any]:
-    """The evidence span for a row whose prev_hash does not match the row before it."""
+    """The evidence span for a row whose prev_hash does not match the row before it (or that
+    restarts the chain with GENESIS in mid-stream). Its ids derive from the row's line, so a
+    re-delivery after a crash repeats the same span."""
     marker = hashlib.sha256(b"chain_broken:" + digest).digest()
+    kind = "chain_restart" if verdict.restart else "chain_broken"
     attributes = [
         _kv("audit.event", "audit.chain_broken"),
-        _kv("gen_ai.operation.name", "execute_tool"),
+        _OP_EXECUTE_TOOL,
         _kv("gen_ai.tool.name", "guardrail.chain_integrity"),
-        _kv("error.type", "chain_restart" if verdict.restart else "chain_broken"),
+        _TOOL_TYPE_EXTENSION,
+        _SENTRY_OP_TOOL,
+        _kv("error.type", kind),
         _kv("audit.offset", offset),
         _kv("audit.line_number", line_number),
         _kv("audit.chain.expected", verdict.expected or ""),
@@ -322,7 +407,7 @@ def chain_broken_span(
         "startTimeUnixNano": str(start_ns),
         "endTimeUnixNano": str(start_ns),
         "attributes": attributes,
-        "status": {"code": STATUS_ERROR, "message": "chain restart" if verdict.restart else "prev_hash mismatch"},
+        "status": {"code": STATUS_ERROR, "message": "chain restarts with GENESIS" if verdict.restart else "prev_hash mismatch"},
     }
 
 
@@ -331,7 +416,22 @@ def chain_broken_span(
 
 
 def encode_span(span: Mapping[str, Any]) -> bytes:
-    return orjson.dumps(span)
+    try:
+        return orjson.dumps(span)
+    except TypeError:
+        # A lone surrogate (valid JSON escape, not valid UTF-8) reached a string: send U+FFFD,
+        # as jq shows it.
+        return orjson.dumps(_scrub(span))
+
+
+def _scrub(value: Any) -> Any:
+    if type(value) is str:
+        return _SURROGATES.sub("\ufffd", value)
+    if type(value) is dict:
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_scrub(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -352,8 +452,9 @@ def resource_attributes(service_name: str, extra: Mapping[str, str], dd_llmobs_e
     attrs = dict(extra)
     attrs["service.name"] = service_name  # OTEL_SERVICE_NAME wins over OTEL_RESOURCE_ATTRIBUTES
     attrs.setdefault("service.namespace", "enchanter")
-    if dd_llmobs_enabled:
-        attrs.setdefault("dd_llmobs_enabled", "true")
+    # Datadog LLM Observability: documented as automatic with `false` to opt out, reported as
+    # opt-in with `true` since late 2026; sending the switch explicitly is right under both.
+    attrs.setdefault("dd_llmobs_enabled", "true" if dd_llmobs_enabled else "false")
     return attrs
 
 

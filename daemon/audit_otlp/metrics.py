@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 PREFIX = "audit_otlp"
@@ -28,6 +28,10 @@ class Metrics:
         self.last_success = Gauge(f"{PREFIX}_last_success_timestamp_seconds", "Unix time of the last 2xx.", registry=r)
         self.rotated_files_held = Gauge(f"{PREFIX}_rotated_files_held", "Rotated files held open until drained.", registry=r)
         self.rotated_bytes_pending = Gauge(f"{PREFIX}_rotated_bytes_pending", "Unread bytes in rotated files held open.", registry=r)
+        self.export_duration = Histogram(
+            f"{PREFIX}_export_request_duration_seconds", "Time from sending an export request to its answer (or failure).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=r,
+        )
         self.in_flight = Gauge(f"{PREFIX}_requests_in_flight", "Export requests being sent or retried.", registry=r)
 
     def render(self) -> bytes:

@@ -71,7 +71,7 @@ class RowMapper:
             return MappedLine([encode_span(malformed_span(
                 offset=line.offset, length=len(data), digest=digest, reason=reason, observed_ns=observed_ns
             ))], digest)
-        verdict = verify_row(self.chain, row, self.hasher) if self.hasher is not None else None
+        verdict = verify_row(self.chain, row, self.hasher, data) if self.hasher is not None else None
         span = row_span(row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict)
         spans = [encode_span(span)]
         if verdict is not None and (verdict.broken or verdict.restart):

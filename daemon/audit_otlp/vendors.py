@@ -1,7 +1,9 @@
 """Vendor shortcuts: SENTRY_DSN and DD_API_KEY (+ DD_SITE) turned into an endpoint and headers.
 
-A vendor credential is only ever attached to a request whose host is that vendor's own host
-(`VendorPreset.headers_for`), so a DSN or API key can never leak to an arbitrary endpoint.
+A vendor credential is only ever attached to a request whose origin (scheme, host and port) is
+that vendor's own (`VendorPreset.headers_for`), so a DSN or API key can never leak to an
+arbitrary endpoint: not to an OTEL_EXPORTER_OTLP_ENDPOINT set beside it, not to another port of
+the same host, and not through a redirect (the exporter does not follow redirects).
 """
 
 from __future__ import annotations
@@ -19,16 +21,29 @@ class VendorPreset:
     name: str  # "sentry" or "datadog"
     env_name: str
     endpoint: str
-    host: str  # the only host that may receive `headers`
+    host: str  # the vendor's host (for logs); `headers` go only to `origin(endpoint)`
     headers: Mapping[str, str] = field(repr=False)
     secrets: tuple[str, ...] = field(repr=False, default=())
 
     def matches(self, url: str) -> bool:
-        return (urllib.parse.urlsplit(url).hostname or "").lower() == self.host
+        """Is `url` on the vendor's own origin (same scheme, host and port as the preset endpoint)?"""
+        return origin(url) == origin(self.endpoint)
 
     def headers_for(self, url: str) -> Mapping[str, str]:
         """The credential headers for a request to `url`: none unless it is the vendor's host."""
         return self.headers if self.matches(url) else {}
+
+
+def origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, lower-case host, port with the scheme's default filled in); None if unparsable."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)
 
 
 def sentry_from_dsn(dsn: str) -> VendorPreset:
@@ -72,10 +87,20 @@ def datadog(api_key: str, site: str | None) -> VendorPreset:
     )
 
 
-def resolve(env: Mapping[str, str]) -> VendorPreset | None:
-    """The vendor preset the environment asks for; Sentry wins when both are set."""
+def presets(env: Mapping[str, str]) -> list[VendorPreset]:
+    """Every preset the environment configures, Sentry first. Raises ValueError when malformed."""
+    found: list[VendorPreset] = []
     if env.get("SENTRY_DSN"):
-        return sentry_from_dsn(env["SENTRY_DSN"])
+        found.append(sentry_from_dsn(env["SENTRY_DSN"]))
     if env.get("DD_API_KEY"):
-        return datadog(env["DD_API_KEY"], env.get("DD_SITE"))
-    return None
+        found.append(datadog(env["DD_API_KEY"], env.get("DD_SITE")))
+    return found
+
+
+def resolve(env: Mapping[str, str], endpoint: str | None = None) -> VendorPreset | None:
+    """The preset to use. With an explicit `endpoint`: only the preset whose origin it is (so a
+    credential never goes to another host); without: Sentry, else Datadog."""
+    found = presets(env)
+    if endpoint is not None:
+        return next((p for p in found if p.matches(endpoint)), None)
+    return found[0] if found else None
