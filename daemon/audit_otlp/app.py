@@ -113,7 +113,9 @@ def build_export_settings(config: Config) -> ExportSettings:
 
 
 class CheckpointKeeper:
-    """Holds the latest settled position and writes it at most every `interval` (and at exit)."""
+    """Holds the latest settled position and writes it soon after it moves: at once when the last
+    write is older than `interval`, else once the interval has passed (writes are coalesced, and
+    a quiet daemon does not wake up at all). Also written at exit."""
 
     def __init__(self, store: CheckpointStore, initial: Checkpoint, interval: float, metrics: Metrics,
                  state: RunState, enabled: bool) -> None:
@@ -123,8 +125,7 @@ class CheckpointKeeper:
         self.metrics = metrics
         self.state = state
         self.enabled = enabled
-        self._dirty = False
-        self._written = asyncio.Event()
+        self._dirty = asyncio.Event()
 
     def advance(self, frontier: Cursor | None, outcome: Outcome, chain_breaks: int) -> None:
         changes: dict[str, object] = {"chain_breaks": chain_breaks}
@@ -133,17 +134,17 @@ class CheckpointKeeper:
             changes["last_success_unix"] = self.state.last_success_unix
         changes["last_error"] = self.state.last_error
         self.current = self.current.with_cursor(frontier or self.current.cursor, **changes)
-        self._dirty = True
+        self._dirty.set()
 
     async def flush(self) -> bool:
-        if not (self.enabled and self._dirty):
+        if not (self.enabled and self._dirty.is_set()):
             return True
         snapshot = self.current
-        self._dirty = False
+        self._dirty.clear()
         try:
             await asyncio.to_thread(self.store.save, snapshot)
         except CheckpointError as exc:
-            self._dirty = True
+            self._dirty.set()
             self.metrics.checkpoint_errors.inc()
             if self.state.checkpoint_error is None:
                 log.error("%s; the previous checkpoint is intact, retrying", exc)
@@ -156,8 +157,9 @@ class CheckpointKeeper:
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await self._dirty.wait()
             await self.flush()
+            await asyncio.sleep(self.interval)  # coalesce: at most one write per interval
 
 
 class Daemon:
@@ -185,7 +187,10 @@ class Daemon:
         self._busy_workers = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._settled_event = asyncio.Event()  # set whenever a batch is settled (for --once)
+        # Notified whenever a batch is settled: --once waits on it, and so does the reader while
+        # the window of unsettled batches is full.
+        self._settled = asyncio.Condition()
+        self._window = config["export.max_in_flight"]
         self._unsettled_source_bytes = 0  # bytes of lines read but not yet settled
         self.sink: Sink
         if options.dry_run:
@@ -355,9 +360,8 @@ class Daemon:
         deadline = self.options.deadline
         async def finished() -> None:
             await reader
-            while self.acks.unsettled:
-                await self._settled_event.wait()
-                self._settled_event.clear()
+            async with self._settled:
+                await self._settled.wait_for(lambda: not self.acks.unsettled)
         work = asyncio.create_task(finished())
         stop_wait = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait({work, stop_wait}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
@@ -462,7 +466,13 @@ class Daemon:
         return cursor
 
     async def _flush(self, builder: BatchBuilder, end: Cursor) -> None:
-        """Hand the pending spans to the export workers (waits while the queue is full)."""
+        """Hand the pending spans to the export workers.
+
+        At most `export.max_in_flight` batches may be unsettled or settled-but-behind-the-frontier
+        at once: when the oldest request is stuck in retries, the reader waits instead of letting
+        newer batches pile up behind it, so a crash repeats at most the requests in flight."""
+        async with self._settled:
+            await self._settled.wait_for(lambda: self.acks.unsettled < self._window)
         seq = self.acks.register(end)
         batch = builder.take(seq, end)
         await self.queue.put(batch)
@@ -480,7 +490,8 @@ class Daemon:
                 self._unsettled_source_bytes -= batch.source_bytes
                 self._settled_spans += len(batch.spans)
                 self._settled_bytes += batch.source_bytes
-                self._settled_event.set()
+                async with self._settled:
+                    self._settled.notify_all()
             finally:
                 self._busy_workers -= 1
                 if self._busy_workers == 0:

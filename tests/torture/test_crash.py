@@ -252,17 +252,9 @@ def test_sigkill_long(audit_cli: str, tmp_path: Path, rotation: str | None) -> N
     assert report.lost == 0
 
 
-HEAD_OF_LINE = (
-    "bug (acks.py AckTracker / app.py reader): nothing bounds how many batches may settle behind an "
-    "unsettled one. While the oldest request is being retried (503), the other workers keep delivering "
-    "newer batches, the checkpoint cannot pass the stuck one, and a SIGKILL then repeats all of them "
-    "(measured: 380 acknowledged rows past the checkpoint with max_in_flight x max_spans = 80). The window "
-    "should count registered-but-unsettled batches (block the reader at max_in_flight), not only the queue"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=HEAD_OF_LINE)
 def test_stuck_oldest_request_bounds_what_a_crash_repeats(audit_cli: str, tmp_path: Path) -> None:
+    """While the oldest request is retried (503), newer batches may settle only within the
+    in-flight window; reading then waits, so a SIGKILL repeats at most max_in_flight batches."""
     source = tmp_path / "audit.jsonl"
     checkpoint = tmp_path / "state" / "checkpoint.json"
     config = write_config(
