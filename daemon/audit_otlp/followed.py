@@ -36,6 +36,7 @@ class FollowedFile:
     lines_before: int = 0  # complete lines before the read position (handed out or skipped)
     marker: bytes = b""  # the last <= MARKER_BYTES bytes before read_offset
     seen_size: int = 0  # the largest size observed: a smaller one later means a truncation
+    seen_mtime_ns: int = 0  # modification time at the last look
     unread_at_truncation: bool = False  # set on a truncated file's successor when rows may be lost
     opened_at: float = field(default_factory=time.time)
 
@@ -76,6 +77,11 @@ class FollowedFile:
         self.seen_size = max(self.seen_size, size)
         return True
 
+    @property
+    def untouched(self) -> bool:
+        """Nothing was read from it yet (so nothing identifies its old content)."""
+        return self.read_offset == 0 and self.lines_before == 0 and self.splitter.pending_bytes == 0
+
     def refresh_identity(self) -> None:
         """While the file is shorter than the fingerprint size its fingerprint grows with it."""
         if self.identity.fingerprint_len < 1024:
@@ -102,7 +108,9 @@ def open_followed(path: Path, max_line_bytes: int, offset: int = 0) -> FollowedF
     except OSError:
         os.close(fd)
         raise
-    return FollowedFile(path, fd, identity, LineSplitter(max_line_bytes, offset), offset, seen_size=identity.fingerprint_len)
+    mtime_ns = os.fstat(fd).st_mtime_ns
+    return FollowedFile(path, fd, identity, LineSplitter(max_line_bytes, offset), offset,
+                        seen_size=identity.fingerprint_len, seen_mtime_ns=mtime_ns)
 
 
 class RecentLines:

@@ -16,11 +16,11 @@ found: a resume gap, said loudly by the caller, and the current file is read fro
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audit_otlp.fileid import fingerprint_matches
+from audit_otlp.fileid import FileIdentity, fingerprint_matches
 from audit_otlp.followed import (
     MARKER_BYTES,
     FollowedFile,
@@ -42,6 +42,7 @@ class Located:
     files: list[FollowedFile]  # the first starts at the resume point; the others after their overlap
     how: str  # for the log line
     gap: str | None = None  # set when the resume point was not found
+    older: list[FileIdentity] = field(default_factory=list)  # siblings before the resume point: done
 
 
 def open_candidates(path: Path, pattern: str, max_line_bytes: int) -> list[FollowedFile]:
@@ -85,16 +86,18 @@ def locate(path: Path, pattern: str, resume: "ResumePoint", max_line_bytes: int,
     index, offset, how = _find(candidates, resume, max_line_bytes)
     if index is None:
         current = candidates[-1] if candidates and candidates[-1].path == path else None
+        older = [f.identity for f in candidates if f is not current]
         for f in candidates:
             if f is not current:
                 f.close()
         if current is None:
             return None
         if resume.offset == 0 and resume.last_line_sha256 is None:
-            return Located([current], "the start of the current file (nothing was delivered yet)")
+            return Located([current], "the start of the current file (nothing was delivered yet)", older=older)
         digest = (resume.last_line_sha256 or "unknown")[:16]
-        return Located([current], "the start of the current file",
+        return Located([current], "the start of the current file", older=older,
                        gap=f"the last delivered line (sha256 {digest}...) is in none of {path} and its rotated siblings")
+    older = [f.identity for f in candidates[:index]]
     for f in candidates[:index]:
         f.close()
     chain = candidates[index:]
@@ -106,7 +109,7 @@ def locate(path: Path, pattern: str, resume: "ResumePoint", max_line_bytes: int,
     first.seen_size = max(first.seen_size, offset)
     for later in chain[1:]:
         later.start_known = False
-    return Located(chain, f"{how}: {first.path} at byte {offset}")
+    return Located(chain, f"{how}: {first.path} at byte {offset}", older=older)
 
 
 def _find(candidates: list[FollowedFile], resume: "ResumePoint", max_line_bytes: int) -> tuple[int | None, int, str]:

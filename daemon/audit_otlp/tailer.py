@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -43,10 +45,20 @@ from audit_otlp.followed import (
 )
 from audit_otlp.lines import Line, LineSplitter
 from audit_otlp.resume import locate
-from audit_otlp.siblings import rotated_siblings
+from audit_otlp.siblings import Sibling, rotated_siblings
 from audit_otlp.watch import FileWatcher
 
 log = logging.getLogger(__name__)
+
+CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # the clock file times are taken from
+
+
+def coarse_now_ns() -> int:
+    """Now, as the kernel would stamp a file written now (its coarse clock lags time.time())."""
+    try:
+        return time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+    except OSError:
+        return time.time_ns() - 20_000_000
 
 
 class SourceEvents(Protocol):
@@ -114,6 +126,8 @@ class Tailer:
         self._start_at_end = False
         self._lock = asyncio.Lock()  # the reader and the monitor take turns on the queue
         self._monitor_task: asyncio.Task[None] | None = None
+        self._path_seen_at = coarse_now_ns()  # when the path last showed the newest file we hold
+        self._released: deque[FileIdentity] = deque(maxlen=256)  # finished files: never read again
 
     @property
     def current(self) -> FollowedFile | None:
@@ -133,6 +147,7 @@ class Tailer:
         self._start_at_end = resume is None and start_at == "end"
         async with self._lock:
             await self._open_initial()
+        self._path_seen_at = coarse_now_ns()
         self._monitor_task = asyncio.create_task(self._monitor(), name="tailer-monitor")
 
     async def close(self) -> None:
@@ -198,7 +213,12 @@ class Tailer:
                 if not self.files:
                     return None
             head = self.files[0]
+            if await self._rewritten_unseen(head):
+                continue
             if not head.start_known:
+                if not head.unchanged():  # rewritten while it waited its turn
+                    await self._truncated(0)
+                    continue
                 await self._resolve_start(head)
             data = await head.read_chunk()
             if data:
@@ -210,6 +230,9 @@ class Tailer:
                     return self._emit(head, lines)
                 continue  # only part of a long line so far: keep reading
             if len(self.files) > 1:
+                if not head.unchanged():  # truncated after it was rotated away (copytruncate then rename)
+                    await self._truncated(0)
+                    continue
                 if head.quiet_for() < self.rotate_quiet:
                     return None
                 chunk = await self._release_head()
@@ -255,6 +278,7 @@ class Tailer:
                 tail = head.splitter.take_unterminated()
         self.files.pop(0)
         head.close()
+        self._released.append(head.identity)
         log.info("released rotated file %s (read to its end)", head.path)
         self._report_held()
         return self._emit(head, [tail]) if tail is not None else None
@@ -277,6 +301,7 @@ class Tailer:
             else:
                 log.info("resuming at %s", located.how)
             self.files = located.files
+            self._released.extend(located.older)
             for followed in self.files:
                 self.watcher.follow(followed.path)
             self._report_held()
@@ -307,11 +332,14 @@ class Tailer:
             log.warning("cannot stat %s: %s", self.path, exc)
             return False
         newest = self.files[-1]
+        looked_at = coarse_now_ns()
         if newest.identity.same_inode(st):
             if not newest.unchanged():
                 await self._truncated(len(self.files) - 1)
                 return True
+            await self._rewritten_unseen(newest)
             newest.refresh_identity()
+            self._path_seen_at = looked_at
             return False
         if any(f.identity.same_inode(st) for f in self.files):
             return False  # the path points back at a file we already hold
@@ -323,9 +351,81 @@ class Tailer:
             followed.close()
             return False
         followed.start_known = False
-        self.files.append(followed)
+        missed = await asyncio.to_thread(self._missed_versions, followed)
+        self.files.extend([*missed, followed])
+        self._path_seen_at = looked_at
         self.watcher.follow(self.path)
         self.events.rotation("rename", self.path)
+        self._report_held()
+        return True
+
+    def _missed_versions(self, newest: FollowedFile) -> list[FollowedFile]:
+        """Versions of the file that were at the path only between two looks (two rotations in
+        one poll interval): rotated siblings written since the last look that we neither hold,
+        nor released, nor are copies of a file we hold. Oldest first."""
+        since = self._path_seen_at
+        held = [f.identity for f in [*self.files, newest]]
+        siblings = rotated_siblings(self.rotated_glob, self.path)
+        # Only siblings newer than every one we hold or finished can be versions we missed.
+        newest_known = max((n for n, s in enumerate(siblings) if self._known(s, held)), default=-1)
+        found: list[FollowedFile] = []
+        for sibling in siblings[newest_known + 1:]:
+            if sibling.mtime_ns < since or any((i.dev, i.ino) == (sibling.dev, sibling.ino) for i in held):
+                continue
+            try:
+                candidate = open_followed(sibling.path, self.max_line_bytes)
+            except OSError:
+                continue
+            truncated_originals = [f for f in [*self.files, newest]
+                                   if f.identity.fingerprint_len and fingerprint_matches(candidate.fd, f.identity)
+                                   and not f.unchanged()]
+            if truncated_originals or candidate.identity.fingerprint_len == 0:
+                # The copy of a file we hold that was truncated: taken up when its truncation is
+                # handled (at the right offset). Or an empty file: nothing to read.
+                candidate.close()
+                continue
+            # Anything else, even with the same first bytes as a file we hold or finished (a
+            # tail-rewrite of a small file starts like it), is read after skipping its overlap.
+            log.warning("%s was at %s only briefly (two rotations between looks); reading it too",
+                        sibling.path, self.path)
+            candidate.start_known = False
+            found.append(candidate)
+        return found
+
+    def _known(self, sibling: Sibling, held: list[FileIdentity]) -> bool:
+        """Is this sibling a file we hold, or one we finished (same inode *and* first bytes:
+        a finished file's inode may have been reused since)?"""
+        if any((i.dev, i.ino) == (sibling.dev, sibling.ino) for i in held):
+            return True
+        released = [i for i in self._released if (i.dev, i.ino) == (sibling.dev, sibling.ino) and i.fingerprint_len]
+        if not released:
+            return False
+        try:
+            fd = os.open(sibling.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            return any(fingerprint_matches(fd, i) for i in released)
+        finally:
+            os.close(fd)
+
+    async def _rewritten_unseen(self, followed: FollowedFile) -> bool:
+        """A file we only ever saw empty was written since, and maybe copied and truncated again
+        (copytruncate) before we looked: no fingerprint can find that copy, its modification
+        time can. True if copies were queued before it."""
+        if followed.identity.fingerprint_len or not followed.untouched:
+            return False
+        mtime_ns = os.fstat(followed.fd).st_mtime_ns
+        if mtime_ns == followed.seen_mtime_ns:
+            return False
+        followed.seen_mtime_ns = mtime_ns
+        missed = await asyncio.to_thread(self._missed_versions, followed)
+        if not missed:
+            return False
+        index = self.files.index(followed)
+        self.files[index:index] = missed
+        followed.start_known = False
+        self.events.rotation("copytruncate", self.path)
         self._report_held()
         return True
 
@@ -345,6 +445,9 @@ class Tailer:
             self.events.rotation("copytruncate", self.path)
             log.info("%s was truncated; reading its rotated copy %s from byte %d first",
                      old.path, copy.path, old.read_offset)
+        elif old.untouched and (missed := await asyncio.to_thread(self._missed_versions, fresh)):
+            self.files[index:index + 1] = [*missed, fresh]  # we never read it: its copy is all of it
+            self.events.rotation("copytruncate", self.path)
         else:
             fresh.unread_at_truncation = old.seen_size > old.read_offset or old.splitter.pending_bytes > 0
             self.files[index:index + 1] = [fresh]

@@ -137,9 +137,14 @@ class FileWatcher:
         event = self._events[channel]
         limit = self.poll_interval if timeout is None else min(timeout, self.poll_interval)
         if not event.is_set():
+            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event fires, leaving a task that will not stop.
+            waiter = asyncio.ensure_future(event.wait())
             try:
-                await asyncio.wait_for(event.wait(), timeout=max(limit, 0))
-            except TimeoutError:
+                await asyncio.wait({waiter}, timeout=max(limit, 0))
+            finally:
+                waiter.cancel()
+            if not event.is_set():
                 return False
         event.clear()
         return True
