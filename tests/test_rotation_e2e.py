@@ -205,3 +205,64 @@ def test_random_rotations_without_crashes_duplicate_nothing(audit_cli: str, tmp_
 def test_torture_long(audit_cli: str, tmp_path: Path, seed: int) -> None:
     result = torture(audit_cli, tmp_path, seed, 60.0, ALL, crashes=True, outages=True)
     check(result, crashes=True)
+
+
+# -- the rotation table: style x restart while rotated x collector down ---------------------------
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("down", [False, True], ids=["collector_up", "collector_down"])
+@pytest.mark.parametrize("restart", [False, True], ids=["live", "while_stopped"])
+@pytest.mark.parametrize("style", ["rename", "tail_rewrite", "copytruncate", "delete"])
+def test_rotation_table(audit_cli: str, tmp_path: Path, style: str, restart: bool, down: bool) -> None:
+    deleted_while_stopped = style == "delete" and restart  # rows nobody held are gone: say so
+    log = tmp_path / "audit.jsonl"
+    switch = Switch()
+    with Collector(switch) as collector:
+        daemon = Daemon(audit_cli, tmp_path, log, collector.endpoint)
+        writer = AuditWriter(log)
+        writer.append(300)
+        daemon.start()
+        assert wait_until(lambda: len(set(collector.accepted_seqs())) >= 300, timeout=30), daemon.log_text()
+        switch.down = down
+        writer.append(200)  # unread or unacknowledged when the rotation comes
+        if restart:
+            daemon.stop()
+        else:
+            time.sleep(0.3)  # let the daemon read them (held back by the collector when down)
+        rotate(log, style, keep_lines=1000)
+        writer.append(100)
+        if restart:
+            daemon.start()
+        switch.down = False
+        expected = set(range(1, 301)) | set(range(501, 601)) if deleted_while_stopped else set(range(1, 601))
+        assert wait_until(lambda: set(collector.accepted_seqs()) >= expected, timeout=30), daemon.log_text()
+        assert daemon.stop() == 0
+        counts = Counter(collector.accepted_seqs())
+    assert max(counts.values()) == 1, "a graceful stop and restart must not repeat rows"
+    if deleted_while_stopped:
+        assert "RESUME GAP" in daemon.log_text()
+    else:
+        assert set(counts) == expected
+        assert "RESUME GAP" not in daemon.log_text()
+
+
+@pytest.mark.timeout(60)
+def test_symlink_switch_e2e(audit_cli: str, tmp_path: Path) -> None:
+    first, second, link = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "audit.jsonl"
+    writer = AuditWriter(first)
+    writer.append(50)
+    link.symlink_to(first)
+    with Collector() as collector:
+        daemon = Daemon(audit_cli, tmp_path, link, collector.endpoint)
+        daemon.start()
+        assert wait_until(lambda: len(set(collector.accepted_seqs())) >= 50, timeout=30), daemon.log_text()
+        writer.append(20)
+        writer.path = second
+        writer.append(30)
+        tmp = tmp_path / "switch"
+        tmp.symlink_to(second)
+        os.replace(tmp, link)
+        assert wait_until(lambda: set(collector.accepted_seqs()) >= set(range(1, 101)), timeout=30), daemon.log_text()
+        assert daemon.stop() == 0
+        counts = Counter(collector.accepted_seqs())
+    assert set(counts) == set(range(1, 101)) and max(counts.values()) == 1
