@@ -431,7 +431,8 @@ class Tailer:
 
     async def _truncated(self, index: int) -> None:
         """files[index] was truncated (and maybe written again) under us: recover the rows we
-        had not read from its rotated copy, then read it again from its start."""
+        had not read from its rotated copy, then read it again from its start. Versions it had
+        between two looks (truncated more than once) are queued in between."""
         old = self.files[index]
         fresh = FollowedFile(old.path, old.fd, identify_fd(old.fd), LineSplitter(self.max_line_bytes), 0,
                              start_known=False)
@@ -441,16 +442,18 @@ class Tailer:
         if copy is not None:
             copy.splitter, copy.read_offset, copy.marker = old.splitter, old.read_offset, old.marker
             copy.start_known, copy.lines_before = old.start_known, old.lines_before
-            self.files[index:index + 1] = [copy, fresh]
+            self.files[index] = copy
+            index += 1
+        else:
+            self.files.pop(index)
+        missed = await asyncio.to_thread(self._missed_versions, fresh)
+        self.files[index:index] = [*missed, fresh]
+        if copy is not None or missed:
             self.events.rotation("copytruncate", self.path)
-            log.info("%s was truncated; reading its rotated copy %s from byte %d first",
-                     old.path, copy.path, old.read_offset)
-        elif old.untouched and (missed := await asyncio.to_thread(self._missed_versions, fresh)):
-            self.files[index:index + 1] = [*missed, fresh]  # we never read it: its copy is all of it
-            self.events.rotation("copytruncate", self.path)
+            log.info("%s was truncated; reading %s first", old.path,
+                     ", ".join(str(f.path) for f in ([copy] if copy else []) + missed))
         else:
             fresh.unread_at_truncation = old.seen_size > old.read_offset or old.splitter.pending_bytes > 0
-            self.files[index:index + 1] = [fresh]
             self.events.rotation("truncate", self.path)
             log.warning("%s was truncated at byte %d and no rotated copy was found; reading it from its start",
                         old.path, old.read_offset)
