@@ -29,7 +29,6 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -45,7 +44,7 @@ from audit_otlp.followed import (
 )
 from audit_otlp.lines import Line, LineSplitter
 from audit_otlp.resume import locate
-from audit_otlp.siblings import Sibling, rotated_siblings
+from audit_otlp.versions import VersionFinder
 from audit_otlp.watch import FileWatcher
 
 log = logging.getLogger(__name__)
@@ -127,7 +126,7 @@ class Tailer:
         self._lock = asyncio.Lock()  # the reader and the monitor take turns on the queue
         self._monitor_task: asyncio.Task[None] | None = None
         self._path_seen_at = coarse_now_ns()  # when the path last showed the newest file we hold
-        self._released: deque[FileIdentity] = deque(maxlen=256)  # finished files: never read again
+        self.versions = VersionFinder(path, self.rotated_glob, max_line_bytes)
 
     @property
     def current(self) -> FollowedFile | None:
@@ -278,7 +277,7 @@ class Tailer:
                 tail = head.splitter.take_unterminated()
         self.files.pop(0)
         head.close()
-        self._released.append(head.identity)
+        self.versions.finished.append(head.identity)
         log.info("released rotated file %s (read to its end)", head.path)
         self._report_held()
         return self._emit(head, [tail]) if tail is not None else None
@@ -301,7 +300,7 @@ class Tailer:
             else:
                 log.info("resuming at %s", located.how)
             self.files = located.files
-            self._released.extend(located.older)
+            self.versions.finished.extend(located.older)
             for followed in self.files:
                 self.watcher.follow(followed.path)
             self._report_held()
@@ -351,63 +350,13 @@ class Tailer:
             followed.close()
             return False
         followed.start_known = False
-        missed = await asyncio.to_thread(self._missed_versions, followed)
+        missed = await asyncio.to_thread(self.versions.missed, [*self.files, followed], self._path_seen_at)
         self.files.extend([*missed, followed])
         self._path_seen_at = looked_at
         self.watcher.follow(self.path)
         self.events.rotation("rename", self.path)
         self._report_held()
         return True
-
-    def _missed_versions(self, newest: FollowedFile) -> list[FollowedFile]:
-        """Versions of the file that were at the path only between two looks (two rotations in
-        one poll interval): rotated siblings written since the last look that we neither hold,
-        nor released, nor are copies of a file we hold. Oldest first."""
-        since = self._path_seen_at
-        held = [f.identity for f in [*self.files, newest]]
-        siblings = rotated_siblings(self.rotated_glob, self.path)
-        # Only siblings newer than every one we hold or finished can be versions we missed.
-        newest_known = max((n for n, s in enumerate(siblings) if self._known(s, held)), default=-1)
-        found: list[FollowedFile] = []
-        for sibling in siblings[newest_known + 1:]:
-            if sibling.mtime_ns < since or any((i.dev, i.ino) == (sibling.dev, sibling.ino) for i in held):
-                continue
-            try:
-                candidate = open_followed(sibling.path, self.max_line_bytes)
-            except OSError:
-                continue
-            truncated_originals = [f for f in [*self.files, newest]
-                                   if f.identity.fingerprint_len and fingerprint_matches(candidate.fd, f.identity)
-                                   and not f.unchanged()]
-            if truncated_originals or candidate.identity.fingerprint_len == 0:
-                # The copy of a file we hold that was truncated: taken up when its truncation is
-                # handled (at the right offset). Or an empty file: nothing to read.
-                candidate.close()
-                continue
-            # Anything else, even with the same first bytes as a file we hold or finished (a
-            # tail-rewrite of a small file starts like it), is read after skipping its overlap.
-            log.warning("%s was at %s only briefly (two rotations between looks); reading it too",
-                        sibling.path, self.path)
-            candidate.start_known = False
-            found.append(candidate)
-        return found
-
-    def _known(self, sibling: Sibling, held: list[FileIdentity]) -> bool:
-        """Is this sibling a file we hold, or one we finished (same inode *and* first bytes:
-        a finished file's inode may have been reused since)?"""
-        if any((i.dev, i.ino) == (sibling.dev, sibling.ino) for i in held):
-            return True
-        released = [i for i in self._released if (i.dev, i.ino) == (sibling.dev, sibling.ino) and i.fingerprint_len]
-        if not released:
-            return False
-        try:
-            fd = os.open(sibling.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            return any(fingerprint_matches(fd, i) for i in released)
-        finally:
-            os.close(fd)
 
     async def _rewritten_unseen(self, followed: FollowedFile) -> bool:
         """A file we only ever saw empty was written since, and maybe copied and truncated again
@@ -419,7 +368,7 @@ class Tailer:
         if mtime_ns == followed.seen_mtime_ns:
             return False
         followed.seen_mtime_ns = mtime_ns
-        missed = await asyncio.to_thread(self._missed_versions, followed)
+        missed = await asyncio.to_thread(self.versions.missed, [*self.files, followed], self._path_seen_at)
         if not missed:
             return False
         index = self.files.index(followed)
@@ -438,7 +387,7 @@ class Tailer:
                              start_known=False)
         fresh.seen_size = fresh.identity.fingerprint_len
         held = {(f.identity.dev, f.identity.ino) for f in self.files}
-        copy = await asyncio.to_thread(self._find_copy, old, held)
+        copy = await asyncio.to_thread(self.versions.copy_of, old, held)
         if copy is not None:
             copy.splitter, copy.read_offset, copy.marker = old.splitter, old.read_offset, old.marker
             copy.start_known, copy.lines_before = old.start_known, old.lines_before
@@ -446,7 +395,7 @@ class Tailer:
             index += 1
         else:
             self.files.pop(index)
-        missed = await asyncio.to_thread(self._missed_versions, fresh)
+        missed = await asyncio.to_thread(self.versions.missed, [*self.files, fresh], self._path_seen_at)
         self.files[index:index] = [*missed, fresh]
         if copy is not None or missed:
             self.events.rotation("copytruncate", self.path)
@@ -458,24 +407,6 @@ class Tailer:
             log.warning("%s was truncated at byte %d and no rotated copy was found; reading it from its start",
                         old.path, old.read_offset)
         self._report_held()
-
-    def _find_copy(self, old: FollowedFile, held: set[tuple[int, int]]) -> FollowedFile | None:
-        """The sibling with the truncated file's first bytes and the bytes before our offset."""
-        if old.identity.fingerprint_len == 0:
-            return None  # nothing identifies it (we never saw a byte of it)
-        for sibling in reversed(rotated_siblings(self.rotated_glob, self.path)):  # newest first
-            if (sibling.dev, sibling.ino) in held or sibling.size < old.read_offset:
-                continue
-            try:
-                candidate = open_followed(sibling.path, self.max_line_bytes)
-            except OSError:
-                continue
-            marker_ok = not old.marker or os.pread(
-                candidate.fd, len(old.marker), old.read_offset - len(old.marker)) == old.marker
-            if marker_ok and fingerprint_matches(candidate.fd, old.identity):
-                return candidate
-            candidate.close()
-        return None
 
     # -- observability -------------------------------------------------------------------------
 
