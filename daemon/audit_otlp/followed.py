@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -38,7 +38,6 @@ class FollowedFile:
     seen_size: int = 0  # the largest size observed: a smaller one later means a truncation
     seen_mtime_ns: int = 0  # modification time at the last look
     unread_at_truncation: bool = False  # set on a truncated file's successor when rows may be lost
-    opened_at: float = field(default_factory=time.time)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size

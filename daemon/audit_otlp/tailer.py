@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from audit_otlp.fileid import FileIdentity, fingerprint_matches, identify_fd
+from audit_otlp.fileid import FileIdentity, identify_fd
 from audit_otlp.followed import (
     MARKER_BYTES,
     FollowedFile,
