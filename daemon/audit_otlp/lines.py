@@ -21,6 +21,13 @@ class Line(NamedTuple):
     def length(self) -> int:
         return self.end - self.offset - 1
 
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of the line's content (what the checkpoint and overlap searches compare)."""
+        if self.data is None:
+            return self.oversize_sha256 or b"\0" * 32
+        return hashlib.sha256(self.data).digest()
+
 
 class LineSplitter:
     """Feed chunks read from `start_offset` on; get back the complete lines they finish."""
@@ -40,6 +47,12 @@ class LineSplitter:
     @property
     def pending_bytes(self) -> int:
         return self._pending_len
+
+    def pending_data(self) -> bytes | None:
+        """The held partial line (None when there is none or it is already over the limit)."""
+        if self._pending_len == 0 or self._oversize is not None:
+            return None
+        return b"".join(self._pending)
 
     def feed(self, chunk: bytes) -> list[Line]:
         lines: list[Line] = []

@@ -82,7 +82,7 @@ class FileWatcher:
     def __init__(self, path: Path, poll_interval: float) -> None:
         self.path = path
         self.poll_interval = poll_interval
-        self._event = asyncio.Event()
+        self._events: list[asyncio.Event] = [asyncio.Event()]  # one per waiter (reader, monitor)
         self._inotify: _Inotify | None = None
         self._prefixes: set[bytes] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -121,20 +121,32 @@ class FileWatcher:
         assert self._inotify is not None
         names = self._inotify.read_names()
         if names is None or any(n.startswith(p) for n in names for p in self._prefixes) or not names:
-            self._event.set()
+            self.notify()
 
     def notify(self) -> None:
-        self._event.set()
+        for event in self._events:
+            event.set()
 
-    async def wait(self, timeout: float | None) -> bool:
+    def channel(self) -> int:
+        """A separate wake-up channel for another waiter (each waiter clears only its own)."""
+        self._events.append(asyncio.Event())
+        return len(self._events) - 1
+
+    async def wait(self, timeout: float | None, channel: int = 0) -> bool:
         """Wait for a change or `timeout` (capped at the poll interval); True if woken by one."""
+        event = self._events[channel]
         limit = self.poll_interval if timeout is None else min(timeout, self.poll_interval)
-        if not self._event.is_set():
+        if not event.is_set():
+            # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event fires, leaving a task that will not stop.
+            waiter = asyncio.ensure_future(event.wait())
             try:
-                await asyncio.wait_for(self._event.wait(), timeout=max(limit, 0))
-            except TimeoutError:
+                await asyncio.wait({waiter}, timeout=max(limit, 0))
+            finally:
+                waiter.cancel()
+            if not event.is_set():
                 return False
-        self._event.clear()
+        event.clear()
         return True
 
     def close(self) -> None:
