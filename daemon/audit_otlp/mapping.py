@@ -149,6 +149,9 @@ def any_value(value: Any) -> dict[str, Any]:
 
 
 def _kv(key: str, value: Any) -> dict[str, Any]:
+    # Most values are strings: build those without the call to any_value.
+    if type(value) is str:
+        return {"key": key, "value": {"stringValue": value}}
     return {"key": key, "value": any_value(value)}
 
 
@@ -259,16 +262,16 @@ def row_span(
     agent_id = get("agent_id")
     agent = agent_id if agent_id is not None else session
     if agent is not None:
-        add({"key": "agent.id", "value": any_value(agent)})
+        add(_kv("agent.id", agent))
     for source, attribute in _DIRECT_ATTRIBUTES:
         value = get(source)
-        if value is not None:
-            add({"key": attribute, "value": any_value(value)})
+        if value is not None:  # strings inline: most values are, and a call per attribute counts
+            add({"key": attribute, "value": {"stringValue": value} if type(value) is str else any_value(value)})
     outcome = get("policy_outcome")
     if outcome is None:
         outcome = get("outcome")
     if outcome is not None:
-        add({"key": "policy.outcome", "value": any_value(outcome)})
+        add(_kv("policy.outcome", outcome))
 
     # GenAI identity: every span gets one, because Datadog LLM Observability drops spans
     # without a gen_ai.* attribute. A row naming a tool is an execute_tool span of that tool
@@ -289,7 +292,7 @@ def row_span(
         add(_SENTRY_OP_TOOL)
         call_id = _first_present(row, *_TOOL_CALL_ID_FIELDS)
         if call_id is not None:
-            add(_kv("gen_ai.tool.call.id", _text(call_id)))
+            add({"key": "gen_ai.tool.call.id", "value": {"stringValue": _text(call_id)}})
     else:
         name = f"invoke_workflow {event_name}" if event_name else "invoke_workflow audit"
         add(_OP_WORKFLOW)
@@ -297,10 +300,10 @@ def row_span(
     if session is not None:
         add({"key": "gen_ai.conversation.id", "value": {"stringValue": _text(session)}})
     if agent_id is not None:
-        add(_kv("gen_ai.agent.id", _text(agent_id)))
+        add({"key": "gen_ai.agent.id", "value": {"stringValue": _text(agent_id)}})
     agent_name = get("agent_name")
     if agent_name is not None:
-        add(_kv("gen_ai.agent.name", _text(agent_name)))
+        add({"key": "gen_ai.agent.name", "value": {"stringValue": _text(agent_name)}})
 
     # Status: ERROR with a low-cardinality error.type for error rows and blocked actions,
     # OK otherwise (interface.md); the free-text error, when there is one, is the message.
