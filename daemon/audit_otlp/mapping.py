@@ -445,7 +445,11 @@ class Envelope:
     tail: bytes = b"]}]}]}"
 
     def body(self, spans: Sequence[bytes]) -> bytes:
-        return self.head + b",".join(spans) + self.tail
+        # One copy of the spans: the head rides on the first span and the tail on the last.
+        # (head + join + tail copied a ~1 MB body three times, a third of a request's CPU.)
+        if len(spans) < 2:
+            return self.head + (spans[0] if spans else b"") + self.tail
+        return b",".join((self.head + spans[0], *spans[1:-1], spans[-1] + self.tail))
 
     def size(self, spans_bytes: int, count: int) -> int:
         return len(self.head) + spans_bytes + max(count - 1, 0) + len(self.tail)
