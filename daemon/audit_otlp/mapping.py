@@ -12,6 +12,7 @@ a crash is recognisably the same span.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -176,11 +177,17 @@ def trace_id_for(row: Mapping[str, Any], digest: bytes, options: MappingOptions)
     if options.trace_id_from == "session":
         session = row.get("session_id")
         if isinstance(session, str) and session:
-            return _nonzero_hex(hashlib.sha256(b"session:" + session.encode("utf-8", "replace")).digest()[:16])
+            return _session_trace_id(session)
     prev = row.get("prev_hash")
     if isinstance(prev, str) and prev:
         return _nonzero_hex(hashlib.sha256(b"prev_hash:" + prev.encode("utf-8", "replace")).digest()[:16])
     return _nonzero_hex(digest[8:24])
+
+
+@functools.lru_cache(maxsize=256)
+def _session_trace_id(session: str) -> str:
+    # A session spans many rows in a row: hash it once (a pure function of the session).
+    return _nonzero_hex(hashlib.sha256(b"session:" + session.encode("utf-8", "replace")).digest()[:16])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,6 +219,7 @@ _SENTRY_OP_WORKFLOW = _kv("sentry.op", "gen_ai.invoke_workflow")
 _VERIFIED_TRUE = _kv("audit.chain.verified", True)
 _VERIFIED_FALSE = _kv("audit.chain.verified", False)
 _TS_INVALID = _kv("audit.ts_invalid", True)
+_STATUS_OK = {"code": STATUS_OK}
 
 
 def _first_present(row: Mapping[str, Any], *fields: str) -> Any:
@@ -290,7 +298,10 @@ def row_span(
         add({"key": "gen_ai.tool.name", "value": {"stringValue": genai_tool}})
         add(_TOOL_TYPE_FUNCTION if tool_name is not None else _TOOL_TYPE_EXTENSION)
         add(_SENTRY_OP_TOOL)
-        call_id = _first_present(row, *_TOOL_CALL_ID_FIELDS)
+        for field in _TOOL_CALL_ID_FIELDS:
+            call_id = get(field)
+            if call_id is not None:
+                break
         if call_id is not None:
             add({"key": "gen_ai.tool.call.id", "value": {"stringValue": _text(call_id)}})
     else:
@@ -323,7 +334,7 @@ def row_span(
         message = reason if type(reason) is str and reason else "action blocked"
         status = {"code": STATUS_ERROR, "message": message[:_MAX_STATUS_MESSAGE]}
     else:
-        status = {"code": STATUS_OK}
+        status = _STATUS_OK
 
     if chain is not None:
         if chain.verified is not None:
