@@ -4,10 +4,12 @@ purpose (see the docstring of audit_otlp.exporter), and nothing is called delive
 from __future__ import annotations
 
 import email.utils
+import gc
 import logging
 import time
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
@@ -48,6 +50,30 @@ async def test_202_with_empty_body_is_full_success(tmp_path: Path) -> None:
         await exporter.aclose()
     assert outcome.delivered == 5 and outcome.rejected == 0
     assert exporter.metrics.spans_delivered._value.get() == 5
+
+
+async def test_a_delivered_request_leaves_no_reference_cycle(tmp_path: Path) -> None:
+    # httpx links a response and its stream both ways; left alone, every request's body (~1 MB
+    # at the default batch size) lives until the cycle collector runs, and RSS follows.
+    batch = make_batch(tmp_path, 5)
+    with Collector(lambda doc, n: Reply(200, b"{}")) as c:
+        exporter = make_exporter(tmp_path, c.endpoint)
+        await exporter.start()
+        await exporter.deliver(batch)  # warm up: pool and connection objects live on
+        gc.collect()
+        gc.disable()
+        try:
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            outcome = await exporter.deliver(batch)
+            gc.collect()
+            leaked = [o for o in gc.garbage if isinstance(o, (httpx.Response, httpx.Request))]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        await exporter.aclose()
+    assert outcome.delivered == 5
+    assert leaked == []
 
 
 async def test_partial_success_counts_rejected_and_logs_the_message(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

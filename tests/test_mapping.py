@@ -348,3 +348,14 @@ def test_any_line_parses_or_is_refused(data: bytes) -> None:
     row, reason = parse_line(data)
     assert (row is None) != (reason is None)
     assert reason in (None, "invalid_utf8", "invalid_json", "not_an_object")
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 512])
+def test_request_body_is_the_envelope_around_the_comma_joined_spans(count: int) -> None:
+    envelope = make_envelope(resource_attributes("svc", {}, True))
+    spans = [orjson.dumps({"spanId": f"{i:016x}"}) for i in range(count)]
+    body = envelope.body(spans)
+    assert body == envelope.head + b",".join(spans) + envelope.tail
+    assert len(body) == envelope.size(sum(map(len, spans)), count)
+    assert [s["spanId"] for s in orjson.loads(body)["resourceSpans"][0]["scopeSpans"][0]["spans"]] == [
+        f"{i:016x}" for i in range(count)]

@@ -8,8 +8,7 @@ is the pure functions of `mapping` and `chain`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from audit_otlp.chain import ChainHasher, ChainState, ChainVerdict, verify_row
 from audit_otlp.lines import Line
@@ -31,8 +30,7 @@ class RowEvents(Protocol):
     def chain_break(self, verdict: ChainVerdict, offset: int, line_number: int) -> None: ...
 
 
-@dataclass
-class MappedLine:
+class MappedLine(NamedTuple):  # one per line: a NamedTuple is the cheapest record to build
     spans: list[bytes]  # usually one; a chain break adds its evidence span; blank lines none
     digest: bytes  # SHA-256 of the line
 
