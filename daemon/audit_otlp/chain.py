@@ -92,7 +92,10 @@ def _slow_canonical(value: Any) -> str:
     if isinstance(value, int):
         if -_EXACT_INT_LIMIT < value < _EXACT_INT_LIMIT:
             return str(value)
-        return _jq_number(float(value)) if abs(value) < 2**1024 else _jq_number(math.copysign(math.inf, value))
+        try:
+            return _jq_number(float(value))
+        except OverflowError:  # beyond any double: jq prints the largest one
+            return _jq_number(math.inf if value > 0 else -math.inf)
     if isinstance(value, float):
         return _jq_number(value)
     raise TypeError(f"not a JSON value: {type(value).__name__}")

@@ -54,8 +54,42 @@ class MappingOptions:
 # Parsing lines.
 
 
+# jq 1.6 refuses input nested deeper than this ("Exceeds depth limit for parsing"), so no
+# producer hashing with it can have chained such a row; deeper lines are malformed for us too,
+# which also keeps every recursive walk (canonical JSON, attribute values) far from Python's
+# recursion limit.
+MAX_DEPTH = 256
+
+
+def too_deep(data: bytes) -> bool:
+    """Is the JSON text nested deeper than MAX_DEPTH? Counting brackets (C speed) settles
+    almost every line; only a line with that many brackets is walked byte by byte."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
 def parse_line(data: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """(row, None) for a JSON object, else (None, reason) with a low-cardinality reason."""
+    if too_deep(data):
+        return None, "too_deep"
     try:
         row = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -69,6 +103,8 @@ def parse_line(data: bytes) -> tuple[dict[str, Any] | None, str | None]:
             row = json.loads(text, parse_constant=_refuse_constant)
         except ValueError:
             return None, "invalid_json"
+        except RecursionError:  # a safety net: MAX_DEPTH keeps real input far from it
+            return None, "too_deep"
     if not isinstance(row, dict):
         return None, "not_an_object"
     return row, None

@@ -47,8 +47,9 @@ def rotated_siblings(pattern: str, current: Path) -> list[Sibling]:
         if not os.path.isfile(path):
             continue
         found.append(Sibling(path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
-    if found and all(s.number is not None for s in found):
-        found.sort(key=lambda s: -(s.number or 0))
-    else:
-        found.sort(key=lambda s: (s.mtime_ns, s.path.name))
+    # Oldest first by modification time: a rotated file is not written after its rotation, so
+    # this holds for every naming scheme (logrotate's .1-is-newest, dateext, or counting up).
+    # Rotations within one tick of the kernel's coarse clock tie; logrotate's numbering (a
+    # higher number is older) breaks the tie, then the name.
+    found.sort(key=lambda s: (s.mtime_ns, -(s.number or 0), s.path.name))
     return found

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from audit_otlp.chain import ChainHasher, ChainState, ChainVerdict, canonical_line, judge
-from audit_otlp.mapping import parse_line
+from audit_otlp.mapping import parse_line, too_deep
 
 CHUNK = 8 * 1024 * 1024
 OVERLAP_WINDOW = 65536  # row hashes of the previous file kept to recognise a tail-rewrite
@@ -118,7 +118,7 @@ class _Walker:
                 for line in lines:
                     line_number += 1
                     try:
-                        row = loads(line)
+                        row = loads(line) if not too_deep(line) else None
                     except decode_error:
                         if not line.strip():
                             continue  # blank line

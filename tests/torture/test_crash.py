@@ -190,15 +190,6 @@ def run_crash_trials(cli: str, tmp_path: Path, trials: int, seed: int, rotation:
     return report
 
 
-# Style -> reason, from what main does today (the rotation work is in progress in parallel).
-_RESUME_GAP = ("bug (tailer.py resume): after SIGKILL + {style} rotation the restart logs 'RESUME GAP: the "
-               "last delivered line ... is not in audit.jsonl; reading the current file from its beginning' "
-               "and never reads the rotated copy ({glob}), so rows written before the rotation are lost")
-ROTATION_XFAIL: dict[str, str] = {
-    style: _RESUME_GAP.format(style=style, glob="audit.jsonl.N")
-    for style in ("rename_create", "copytruncate")
-}
-
 CHECKPOINT_LAG = (
     "bug (acks.py/app.py): a SIGKILL repeats far more than the in-flight window max_in_flight x max_spans "
     "= 80 rows (measured in 50 trials: up to 800 acknowledged rows past the checkpoint, 45 of 50 kills over "
@@ -206,12 +197,6 @@ CHECKPOINT_LAG = (
     "test_stuck_oldest_request_bounds_what_a_crash_repeats), and CheckpointKeeper writes on a 250 ms timer "
     "(checkpoint.interval), not when the frontier moves"
 )
-
-
-def _rotation_param(style: str | None) -> object:
-    if style in ROTATION_XFAIL:
-        return pytest.param(style, marks=pytest.mark.xfail(strict=True, reason=ROTATION_XFAIL[style]))
-    return style
 
 
 def assert_duplicates_within_in_flight_window(report: CrashReport) -> None:
@@ -235,7 +220,7 @@ def test_sigkill_repeats_only_in_flight_requests(crash_run: CrashReport) -> None
     assert_duplicates_within_in_flight_window(crash_run)
 
 
-@pytest.mark.parametrize("rotation", [_rotation_param(s) for s in ROTATIONS])
+@pytest.mark.parametrize("rotation", ROTATIONS)
 def test_sigkill_with_rotation_loses_no_row(audit_cli: str, tmp_path: Path, rotation: str) -> None:
     report = run_crash_trials(audit_cli, tmp_path, trials=2, seed=2, rotation=rotation)
     assert report.lost == 0 and report.rotations[rotation] >= 1
@@ -243,7 +228,7 @@ def test_sigkill_with_rotation_loses_no_row(audit_cli: str, tmp_path: Path, rota
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("rotation", [None, *[_rotation_param(s) for s in ROTATIONS]])
+@pytest.mark.parametrize("rotation", [None, *ROTATIONS])
 def test_sigkill_long(audit_cli: str, tmp_path: Path, rotation: str | None) -> None:
     """50 trials; no loss is asserted (duplicates are reported: see the xfail above)."""
     seed = int(os.environ.get("TORTURE_SEED", "0")) or int(time.time())
