@@ -2,7 +2,7 @@
 
 `deliver()` returns only when each span of the batch has one of those fates; until then it
 retries (the file is the buffer, so retrying forever costs no memory beyond the batch).
-What each answer means (OTLP spec, with deliberate choices marked; docs/readme-delivery.md):
+What each answer means (OTLP spec, with deliberate choices marked; docs/delivery.md):
 - 2xx: delivered, minus `partialSuccess.rejectedSpans` (counted as rejected, logged with the
   errorMessage, never retried). An empty or non-JSON body (Sentry's 202) is full success.
 - 429, 502, 503, 504, connection errors, resets, timeouts: retried with full-jitter backoff;

@@ -6,7 +6,7 @@ Reading always takes the head of the queue. A monitor task watches the path (ino
 polling as the source of truth) even while the reader is blocked behind a collector outage, so
 every version of the file is opened while it still exists and the backlog survives rotations.
 
-One cycle of `Tailer.read()` (see docs/readme-rotation.md for the whole story):
+One cycle of `Tailer.read()` (see docs/rotation.md for the whole story):
 1. The head file may begin with lines already read (a tail-rewrite): skip the leading lines whose
    digests are among the recently read ones, once, when it becomes the head.
 2. Read the head from its offset in large chunks; before using a chunk, check the file still
