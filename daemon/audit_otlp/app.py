@@ -126,6 +126,7 @@ class CheckpointKeeper:
         self.state = state
         self.enabled = enabled
         self._dirty = asyncio.Event()
+        self._writing: asyncio.Future[None] | None = None
 
     def advance(self, frontier: Cursor | None, outcome: Outcome, chain_breaks: int) -> None:
         changes: dict[str, object] = {"chain_breaks": chain_breaks}
@@ -137,12 +138,23 @@ class CheckpointKeeper:
         self._dirty.set()
 
     async def flush(self) -> bool:
+        # One writer of the temp file at a time: a write the run task started (and that was
+        # cancelled at shutdown) is waited for, never raced.
+        if self._writing is not None and not self._writing.done():
+            try:
+                await asyncio.shield(self._writing)
+            except CheckpointError:
+                pass  # reported by its own caller; the state is still dirty
         if not (self.enabled and self._dirty.is_set()):
             return True
         snapshot = self.current
         self._dirty.clear()
+        self._writing = asyncio.ensure_future(asyncio.to_thread(self.store.save, snapshot))
         try:
-            await asyncio.to_thread(self.store.save, snapshot)
+            await asyncio.shield(self._writing)
+        except asyncio.CancelledError:
+            self._dirty.set()  # the waiter was cancelled (shutdown): the final flush writes again
+            raise
         except CheckpointError as exc:
             self._dirty.set()
             self.metrics.checkpoint_errors.inc()
