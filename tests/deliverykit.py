@@ -25,6 +25,7 @@ from audit_otlp.metrics import Metrics
 from audit_otlp.rows import RowMapper
 from audit_otlp.runstate import RunState
 from auditgen import AuditWriter
+from processes import free_port, wait_until
 
 ENVELOPE = make_envelope(resource_attributes("test", {}, False))
 IDENTITY = FileIdentity(1, 2, "ab" * 32, 1024)
@@ -114,10 +115,6 @@ def span_count(doc: dict[str, Any]) -> int:
     return sum(len(ss["spans"]) for rs in doc["resourceSpans"] for ss in rs["scopeSpans"])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
@@ -135,13 +132,6 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def daemon_env(**extra: str) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -70,3 +71,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: f
             return True
         time.sleep(interval)  # noqa: polls a condition with a deadline, not a fixed wait
     return predicate()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for health listeners and collectors)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -23,6 +23,7 @@ import pytest
 
 from auditgen import AuditWriter
 from collector import Collector
+from processes import free_port, wait_until
 
 # The first run debootstraps the base (about a minute); later runs reuse it.
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
@@ -98,19 +99,8 @@ def ensure_base() -> str:
     return LOCAL_BASE
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +147,7 @@ def test_image_runs_read_only_as_sidecar_delivers_and_stops_gracefully(image: st
             assert not collector.invalid
 
             # The image's HEALTHCHECK (audit-otlp health -> /healthz) and the command by hand.
-            assert wait_until(lambda: podman("healthcheck", "run", name, check=False).returncode == 0, 30)
+            assert wait_until(lambda: podman("healthcheck", "run", name, check=False).returncode == 0, 30, interval=0.2)
             ready = podman("exec", name, "audit-otlp", "health", "--ready", check=False)
             assert ready.returncode == 0, ready.stdout + ready.stderr
             assert json.loads(ready.stdout)["ready"] is True

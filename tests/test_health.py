@@ -21,6 +21,7 @@ from collector import Collector, Reply
 from audit_otlp.health import LOOP_STALL_LIMIT, HealthServer
 from audit_otlp.metrics import Metrics
 from audit_otlp.runstate import RunState
+from processes import free_port, wait_until
 
 
 async def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
@@ -101,10 +102,6 @@ async def test_metrics_unknown_paths_and_methods(server) -> None:
 # -- end to end ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url: str) -> tuple[int, str]:
@@ -117,13 +114,6 @@ def http_get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def wait_until(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_daemon_health_ready_then_unready_while_collector_fails(tmp_path: Path, audit_cli: str) -> None:

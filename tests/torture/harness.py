@@ -25,17 +25,9 @@ from typing import Any, Callable
 import orjson
 
 from collector import Collector, Reply
+from processes import free_port, wait_until
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Poll `predicate` until it is true or `timeout` seconds pass (True when it became true)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def fault_pause(seconds: float) -> None:
@@ -44,10 +36,6 @@ def fault_pause(seconds: float) -> None:
     threading.Event().wait(seconds)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------------
