@@ -24,9 +24,10 @@ from typing import Awaitable, Callable, Protocol
 from audit_otlp.acks import AckTracker
 from audit_otlp.batching import Batch, BatchBuilder, BatchLimits, SpanSource
 from audit_otlp.chain import ChainHasher, ChainState, ChainVerdict
-from audit_otlp.checkpoint import Checkpoint, CheckpointError, CheckpointStore, Cursor
+from audit_otlp.checkpoint import Checkpoint, CheckpointError, CheckpointKeeper, CheckpointStore, Cursor
 from audit_otlp.config import Config, mask_url
 from audit_otlp.deadletter import DurableLog
+from audit_otlp.export import DryRunSink
 from audit_otlp.exporter import Exporter, ExportSettings, Outcome
 from audit_otlp.health import HealthServer
 from audit_otlp.lines import Line
@@ -54,25 +55,6 @@ class Sink(Protocol):
     async def start(self) -> None: ...
     async def deliver(self, batch: Batch) -> Outcome: ...
     async def aclose(self) -> None: ...
-
-
-class DryRunSink:
-    """--dry-run: print each request body as one line on stdout; nothing is delivered."""
-
-    def __init__(self, envelope: Envelope) -> None:
-        self.envelope = envelope
-
-    async def start(self) -> None:
-        pass
-
-    async def deliver(self, batch: Batch) -> Outcome:
-        if batch.spans:
-            sys.stdout.buffer.write(self.envelope.body(batch.spans) + b"\n")
-            sys.stdout.buffer.flush()
-        return Outcome()
-
-    async def aclose(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -110,68 +92,6 @@ def build_export_settings(config: Config) -> ExportSettings:
         client_key=str(config["export.client_key"]) if config["export.client_key"] else None,
         insecure=config["export.insecure"],
     )
-
-
-class CheckpointKeeper:
-    """Holds the latest settled position and writes it soon after it moves: at once when the last
-    write is older than `interval`, else once the interval has passed (writes are coalesced, and
-    a quiet daemon does not wake up at all). Also written at exit."""
-
-    def __init__(self, store: CheckpointStore, initial: Checkpoint, interval: float, metrics: Metrics,
-                 state: RunState, enabled: bool) -> None:
-        self.store = store
-        self.current = initial
-        self.interval = interval
-        self.metrics = metrics
-        self.state = state
-        self.enabled = enabled
-        self._dirty = asyncio.Event()
-        self._writing: asyncio.Future[None] | None = None
-
-    def advance(self, frontier: Cursor | None, outcome: Outcome, chain_breaks: int) -> None:
-        changes: dict[str, object] = {"chain_breaks": chain_breaks}
-        if outcome.delivered or outcome.rejected:
-            changes["delivered_spans"] = self.current.delivered_spans + outcome.delivered
-            changes["last_success_unix"] = self.state.last_success_unix
-        changes["last_error"] = self.state.last_error
-        self.current = self.current.with_cursor(frontier or self.current.cursor, **changes)
-        self._dirty.set()
-
-    async def flush(self) -> bool:
-        # One writer of the temp file at a time: a write the run task started (and that was
-        # cancelled at shutdown) is waited for, never raced.
-        if self._writing is not None and not self._writing.done():
-            try:
-                await asyncio.shield(self._writing)
-            except CheckpointError:
-                pass  # reported by its own caller; the state is still dirty
-        if not (self.enabled and self._dirty.is_set()):
-            return True
-        snapshot = self.current
-        self._dirty.clear()
-        self._writing = asyncio.ensure_future(asyncio.to_thread(self.store.save, snapshot))
-        try:
-            await asyncio.shield(self._writing)
-        except asyncio.CancelledError:
-            self._dirty.set()  # the waiter was cancelled (shutdown): the final flush writes again
-            raise
-        except CheckpointError as exc:
-            self._dirty.set()
-            self.metrics.checkpoint_errors.inc()
-            if self.state.checkpoint_error is None:
-                log.error("%s; the previous checkpoint is intact, retrying", exc)
-            self.state.checkpoint_error = str(exc)
-            return False
-        if self.state.checkpoint_error is not None:
-            log.info("checkpoint writes work again")
-        self.state.checkpoint_error = None
-        return True
-
-    async def run(self) -> None:
-        while True:
-            await self._dirty.wait()
-            await self.flush()
-            await asyncio.sleep(self.interval)  # coalesce: at most one write per interval
 
 
 class Daemon:
@@ -498,7 +418,7 @@ class Daemon:
                 outcome = await self._deliver_until_settled(batch)
                 self.state.dead_lettered_spans += outcome.dead_lettered
                 frontier = self.acks.settle(batch.seq)
-                self.keeper.advance(frontier, outcome, self._row_events.breaks)
+                self.keeper.advance(frontier, outcome.delivered, outcome.rejected, self._row_events.breaks)
                 self._unsettled_source_bytes -= batch.source_bytes
                 self._settled_spans += len(batch.spans)
                 self._settled_bytes += batch.source_bytes

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import sys
 import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from audit_otlp.batching import BatchBuilder, BatchLimits, SpanSource
+from audit_otlp.batching import Batch, BatchBuilder, BatchLimits, SpanSource
 from audit_otlp.chain import ChainHasher, ChainState, ChainVerdict
 from audit_otlp.checkpoint import Cursor
+from audit_otlp.exporter import Outcome
 from audit_otlp.fileid import identify_fd
 from audit_otlp.lines import LineSplitter
 from audit_otlp.mapping import Envelope, MappingOptions
@@ -69,5 +70,20 @@ def write_export(out: BinaryIO, requests: Iterator[bytes]) -> int:
     return count
 
 
-def is_readable(path: Path) -> bool:
-    return os.access(path, os.R_OK) and path.is_file()
+class DryRunSink:
+    """--dry-run: print each request body as one line on stdout; nothing is delivered."""
+
+    def __init__(self, envelope: Envelope) -> None:
+        self.envelope = envelope
+
+    async def start(self) -> None:
+        pass
+
+    async def deliver(self, batch: Batch) -> Outcome:
+        if batch.spans:
+            sys.stdout.buffer.write(self.envelope.body(batch.spans) + b"\n")
+            sys.stdout.buffer.flush()
+        return Outcome()
+
+    async def aclose(self) -> None:
+        pass
