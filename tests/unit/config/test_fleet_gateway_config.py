@@ -48,13 +48,13 @@ def test_datadog_goes_through_its_otlp_intake_not_the_buffering_datadog_exporter
 ):
     exporters = collector()["exporters"]
     assert not [name for name in exporters if name.split("/")[0] == "datadog"]
-    datadog = exporters["otlphttp/datadog"]
+    datadog = exporters["otlp_http/datadog"]
     assert datadog["traces_endpoint"] == "https://otlp.${env:DD_SITE}/v1/traces"
     assert datadog["headers"] == {
         "dd-api-key": "${env:DD_API_KEY}",
         "dd-otlp-source": "llmobs",
     }
-    sentry = exporters["otlphttp/sentry"]
+    sentry = exporters["otlp_http/sentry"]
     assert sentry["traces_endpoint"] == "${env:SENTRY_OTLP_TRACES_ENDPOINT}"
     assert sentry["headers"] == {
         "x-sentry-auth": "sentry sentry_key=${env:SENTRY_PUBLIC_KEY}"
@@ -64,13 +64,13 @@ def test_datadog_goes_through_its_otlp_intake_not_the_buffering_datadog_exporter
 BREAKS = [
     (
         "retries give up after five minutes",
-        "exporters.otlphttp/sentry.retry_on_failure.max_elapsed_time",
+        "exporters.otlp_http/sentry.retry_on_failure.max_elapsed_time",
         "300s",
         "max_elapsed_time",
     ),
     (
         "a queue held only in memory",
-        "exporters.otlphttp/datadog.sending_queue.storage",
+        "exporters.otlp_http/datadog.sending_queue.storage",
         None,
         "storage",
     ),
@@ -112,13 +112,13 @@ BREAKS = [
     ),
     (
         "an API key written into the file",
-        "exporters.otlphttp/datadog.headers.dd-api-key",
+        "exporters.otlp_http/datadog.headers.dd-api-key",
         "0123456789abcdef0123456789abcdef",
         "credential",
     ),
     (
         "a Sentry key written into the file",
-        "exporters.otlphttp/sentry.headers.x-sentry-auth",
+        "exporters.otlp_http/sentry.headers.x-sentry-auth",
         "sentry sentry_key=abc",
         "credential",
     ),
