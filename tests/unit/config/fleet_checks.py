@@ -19,9 +19,7 @@ GUIDE = ROOT / "docs" / "fleet.md"
 # Where a listener may bind: loopback, or the pod's (or VM's) own address from the environment.
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1", "${env:OTELCOL_LISTEN_HOST}"}
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|DSN|HEADERS|AUTH")
-LITERAL_SECRET = re.compile(
-    r"\b[0-9a-f]{32,}\b|sentry_key=[0-9a-f]|https?://[0-9a-f]{16,}@|dd-api-key: *[^$\s]"
-)
+LITERAL_SECRET = re.compile(r"\b[0-9a-f]{32,}\b|sentry_key=[0-9a-f]|https?://[0-9a-f]{16,}@|dd-api-key: *[^$\s]")
 Doc = dict[str, Any]
 Mutation = Callable[[Doc], None]
 
@@ -67,12 +65,8 @@ def env(item: Doc) -> dict[str, Doc]:
 
 def claim_mounts(workload: Doc) -> set[str]:
     """Mount paths backed by the workload's own persistent volume claims."""
-    claims = {
-        t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])
-    }
-    mounts = [
-        m for c in containers(pod_spec(workload)) for m in c.get("volumeMounts", [])
-    ]
+    claims = {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
+    mounts = [m for c in containers(pod_spec(workload)) for m in c.get("volumeMounts", [])]
     return {m["mountPath"] for m in mounts if m["name"] in claims}
 
 
@@ -87,29 +81,17 @@ def deep_merge(base: Doc, over: Doc) -> Doc:
 
 def walk(node: Any) -> Iterator[Any]:
     yield node
-    children = (
-        node.values()
-        if isinstance(node, dict)
-        else node
-        if isinstance(node, list)
-        else []
-    )
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
     for child in children:
         yield from walk(child)
 
 
 def secret_refs(node: Any) -> list[Doc]:
-    return [
-        n["secretKeyRef"]
-        for n in walk(node)
-        if isinstance(n, dict) and "secretKeyRef" in n
-    ]
+    return [n["secretKeyRef"] for n in walk(node) if isinstance(n, dict) and "secretKeyRef" in n]
 
 
 def literal_secrets(node: Any) -> list[str]:
-    return [
-        n[:12] for n in walk(node) if isinstance(n, str) and LITERAL_SECRET.search(n)
-    ]
+    return [n[:12] for n in walk(node) if isinstance(n, str) and LITERAL_SECRET.search(n)]
 
 
 def set_path(path: str, value: Any) -> Mutation:
@@ -130,14 +112,10 @@ def pipeline_violations(cfg: Doc) -> list[str]:
     for name, pipeline in cfg["service"]["pipelines"].items():
         processors = pipeline.get("processors", [])
         if processors[:1] != ["memory_limiter"]:
-            bad.append(
-                f"pipeline {name}: memory_limiter must come first, not {processors}"
-            )
+            bad.append(f"pipeline {name}: memory_limiter must come first, not {processors}")
         for p in processors:
             if p.split("/")[0] == "batch":
-                bad.append(
-                    f"pipeline {name}: {p} acknowledges spans it holds in memory"
-                )
+                bad.append(f"pipeline {name}: {p} acknowledges spans it holds in memory")
         for section in ("receivers", "processors", "exporters"):
             for c in pipeline.get(section, []):
                 if c not in (cfg.get(section) or {}):
@@ -160,15 +138,10 @@ def exporter_violations(cfg: Doc, persistent_paths: set[str]) -> list[str]:
             bad.append(f"exporter {name}: sending_queue must be enabled with a storage")
             continue
         if not storage.startswith("file_storage") or storage not in in_service:
-            bad.append(
-                f"exporter {name}: {storage} must be a file_storage in service.extensions"
-            )
+            bad.append(f"exporter {name}: {storage} must be a file_storage in service.extensions")
             continue
         settings = extensions.get(storage) or {}
-        if (
-            settings.get("directory") not in persistent_paths
-            or settings.get("fsync") is not True
-        ):
+        if settings.get("directory") not in persistent_paths or settings.get("fsync") is not True:
             bad.append(f"exporter {name}: {storage} must fsync to a persistent volume")
     return bad
 
@@ -196,11 +169,7 @@ def credential_violations(cfg: Doc) -> list[str]:
     bad = [f"credential written literally: {s}..." for s in literal_secrets(cfg)]
     for name, exporter in cfg["exporters"].items():
         headers = exporter.get("headers") or {}
-        values = [
-            v
-            for k, v in headers.items()
-            if SECRET_NAME.search(k.upper().replace("-", "_"))
-        ]
+        values = [v for k, v in headers.items() if SECRET_NAME.search(k.upper().replace("-", "_"))]
         values.append((exporter.get("api") or {}).get("key"))
         for value in values:
             if value and "${env:" not in value:
@@ -221,15 +190,9 @@ def object_violations(doc: Doc) -> list[str]:
     what = f"{doc['kind']} {doc['metadata']['name']}"
     bad = [f"{what}: credential written literally" for _ in literal_secrets(doc)]
     spec = doc.get("spec") or {}
-    if doc["kind"] == "Service" and (
-        spec.get("type", "ClusterIP") != "ClusterIP" or spec.get("externalIPs")
-    ):
-        bad.append(
-            f"{what}: only ClusterIP services (no NodePort, LoadBalancer, externalIPs)"
-        )
-    shipped_secret = doc["kind"] == "Secret" and (
-        doc.get("data") or doc.get("stringData")
-    )
+    if doc["kind"] == "Service" and (spec.get("type", "ClusterIP") != "ClusterIP" or spec.get("externalIPs")):
+        bad.append(f"{what}: only ClusterIP services (no NodePort, LoadBalancer, externalIPs)")
+    shipped_secret = doc["kind"] == "Secret" and (doc.get("data") or doc.get("stringData"))
     if doc["kind"] in ("Ingress", "Gateway", "HTTPRoute") or shipped_secret:
         bad.append(f"{what}: must not be shipped")
     return bad
@@ -238,34 +201,18 @@ def object_violations(doc: Doc) -> list[str]:
 def workload_violations(workload: Doc) -> list[str]:
     what = f"{workload['kind']} {workload['metadata']['name']}"
     spec = pod_spec(workload)
-    bad = [
-        f"{what}: host namespaces" for k in ("hostNetwork", "hostPID") if spec.get(k)
-    ]
+    bad = [f"{what}: host namespaces" for k in ("hostNetwork", "hostPID") if spec.get(k)]
     for volume in spec.get("volumes", []):
-        bad += [
-            f"{what}: volume {volume['name']} is {k}"
-            for k in ("emptyDir", "hostPath")
-            if k in volume
-        ]
+        bad += [f"{what}: volume {volume['name']} is {k}" for k in ("emptyDir", "hostPath") if k in volume]
     for c in containers(spec):
-        bad += [
-            f"{what}/{c['name']}: hostPort"
-            for p in c.get("ports", [])
-            if "hostPort" in p
-        ]
+        bad += [f"{what}/{c['name']}: hostPort" for p in c.get("ports", []) if "hostPort" in p]
         for name, var in env(c).items():
-            if SECRET_NAME.search(name) and "secretKeyRef" not in (
-                var.get("valueFrom") or {}
-            ):
-                bad.append(
-                    f"{what}/{c['name']}: {name} must come from a Secret (secretKeyRef)"
-                )
+            if SECRET_NAME.search(name) and "secretKeyRef" not in (var.get("valueFrom") or {}):
+                bad.append(f"{what}/{c['name']}: {name} must come from a Secret (secretKeyRef)")
     return bad
 
 
 def manifest_violations(docs: list[Doc]) -> list[str]:
     bad = [v for doc in docs for v in object_violations(doc)]
     workloads = ("StatefulSet", "Deployment", "DaemonSet", "Job")
-    return bad + [
-        v for d in docs if d["kind"] in workloads for v in workload_violations(d)
-    ]
+    return bad + [v for d in docs if d["kind"] in workloads for v in workload_violations(d)]

@@ -31,21 +31,15 @@ def test_the_tls_overlay_for_gateway_vms_keeps_the_same_invariants() -> None:
     assert collector_violations(merged, claim_mounts(gateway())) == []
 
 
-def test_the_queue_is_bounded_in_bytes_and_refuses_rather_than_blocks_when_full() -> (
-    None
-):
+def test_the_queue_is_bounded_in_bytes_and_refuses_rather_than_blocks_when_full() -> None:
     # Many sidecars send many small requests: a count of requests would fill in seconds.
     for name, exporter in collector()["exporters"].items():
         queue = exporter["sending_queue"]
         assert queue["sizer"] == "bytes" and queue["block_on_overflow"] is False, name
-        assert queue["batch"]["max_size"] <= 512, (
-            name
-        )  # far under Datadog's payload limit
+        assert queue["batch"]["max_size"] <= 512, name  # far under Datadog's payload limit
 
 
-def test_datadog_goes_through_its_otlp_intake_not_the_buffering_datadog_exporter() -> (
-    None
-):
+def test_datadog_goes_through_its_otlp_intake_not_the_buffering_datadog_exporter() -> None:
     exporters = collector()["exporters"]
     assert not [name for name in exporters if name.split("/")[0] == "datadog"]
     datadog = exporters["otlp_http/datadog"]
@@ -56,9 +50,7 @@ def test_datadog_goes_through_its_otlp_intake_not_the_buffering_datadog_exporter
     }
     sentry = exporters["otlp_http/sentry"]
     assert sentry["traces_endpoint"] == "${env:SENTRY_OTLP_TRACES_ENDPOINT}"
-    assert sentry["headers"] == {
-        "x-sentry-auth": "sentry sentry_key=${env:SENTRY_PUBLIC_KEY}"
-    }
+    assert sentry["headers"] == {"x-sentry-auth": "sentry sentry_key=${env:SENTRY_PUBLIC_KEY}"}
 
 
 BREAKS = [
@@ -125,12 +117,8 @@ BREAKS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("path", "value", "expected"), [b[1:] for b in BREAKS], ids=[b[0] for b in BREAKS]
-)
-def test_a_broken_gateway_config_is_caught(
-    path: str, value: object, expected: str
-) -> None:
+@pytest.mark.parametrize(("path", "value", "expected"), [b[1:] for b in BREAKS], ids=[b[0] for b in BREAKS])
+def test_a_broken_gateway_config_is_caught(path: str, value: object, expected: str) -> None:
     cfg = collector()
     mutate: Mutation = set_path(path, value)
     mutate(cfg)

@@ -44,18 +44,14 @@ SHIPPED = {
 
 
 def test_every_fleet_file_is_there_and_parses() -> None:
-    files = {
-        p.relative_to(FLEET).as_posix(): p for p in FLEET.rglob("*") if p.is_file()
-    }
+    files = {p.relative_to(FLEET).as_posix(): p for p in FLEET.rglob("*") if p.is_file()}
     assert set(files) == SHIPPED
     for name, path in files.items():
         if name.endswith(".yaml"):
             assert all(isinstance(doc, dict) for doc in load(path)), name
 
 
-def test_manifests_expose_nothing_outside_the_cluster_and_read_credentials_from_secrets() -> (
-    None
-):
+def test_manifests_expose_nothing_outside_the_cluster_and_read_credentials_from_secrets() -> None:
     assert manifest_violations(manifests()) == []
 
 
@@ -71,20 +67,14 @@ def test_sidecar_sends_to_the_gateway_service_port_that_reaches_the_receiver() -
     labels = gateway(docs)["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     otelcol = container(gateway(docs), "otelcol")
-    ports = [
-        p
-        for p in otelcol["ports"]
-        if port["targetPort"] in (p["name"], p["containerPort"])
-    ]
+    ports = [p for p in otelcol["ports"] if port["targetPort"] in (p["name"], p["containerPort"])]
     receiver = collector()["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
     assert receiver == f"${{env:OTELCOL_LISTEN_HOST}}:{ports[0]['containerPort']}"
     pod_ip = {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env(otelcol)["OTELCOL_LISTEN_HOST"]["valueFrom"] == pod_ip
 
 
-def test_sidecar_reads_the_log_read_only_and_keeps_its_state_on_its_own_volume() -> (
-    None
-):
+def test_sidecar_reads_the_log_read_only_and_keeps_its_state_on_its_own_volume() -> None:
     workload = find(manifests(), "StatefulSet", "coding-agent")
     sidecar, agent = container(workload, "audit-otlp"), container(workload, "agent")
     log = next(m for m in sidecar["volumeMounts"] if m["name"] == "agent-state")
@@ -92,9 +82,7 @@ def test_sidecar_reads_the_log_read_only_and_keeps_its_state_on_its_own_volume()
     assert not any(m.get("readOnly") for m in agent["volumeMounts"])
     assert claim_mounts(workload) >= {"/audit", "/var/lib/audit-otlp"}
     assert env(sidecar)["AUDIT_OTLP_FILE"]["value"] == "/audit/audit.jsonl"
-    assert env(sidecar)["AUDIT_OTLP_CHECKPOINT"]["value"].startswith(
-        "/var/lib/audit-otlp/"
-    )
+    assert env(sidecar)["AUDIT_OTLP_CHECKPOINT"]["value"].startswith("/var/lib/audit-otlp/")
     assert sidecar["securityContext"]["runAsUser"] == 10001  # the image's user
     assert pod_spec(workload)["securityContext"]["fsGroup"] == 10001
 
@@ -111,29 +99,18 @@ def test_producer_and_sidecar_take_the_chain_key_from_the_same_secret() -> None:
     workload = find(manifests(), "StatefulSet", "coding-agent")
     shipper = env(container(workload, "audit-otlp"))["AUDIT_OTLP_CHAIN_KEY"]
     producer = env(container(workload, "agent"))["HYDRA_AUDIT_HMAC_KEY"]
-    assert (
-        shipper["valueFrom"]
-        == producer["valueFrom"]
-        == {"secretKeyRef": {"name": "audit-chain-key", "key": "key"}}
-    )
+    assert shipper["valueFrom"] == producer["valueFrom"] == {"secretKeyRef": {"name": "audit-chain-key", "key": "key"}}
 
 
 def test_gateway_replicas_come_back_on_their_own_queue_volume() -> None:
     docs = manifests()
     workload = gateway(docs)
-    assert collector()["extensions"]["file_storage/queue"]["directory"] in claim_mounts(
-        workload
-    )
-    assert (
-        workload["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"]
-        == "Retain"
-    )
+    assert collector()["extensions"]["file_storage/queue"]["directory"] in claim_mounts(workload)
+    assert workload["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Retain"
     budget = find(docs, "PodDisruptionBudget", "otel-gateway")
     labels = workload["spec"]["template"]["metadata"]["labels"]
     assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert not [
-        d for d in docs if d["kind"] == "HorizontalPodAutoscaler"
-    ]  # see "Scaling"
+    assert not [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]  # see "Scaling"
 
 
 def test_kustomization_generates_the_config_map_the_replicas_load() -> None:
@@ -143,9 +120,7 @@ def test_kustomization_generates_the_config_map_the_replicas_load() -> None:
     assert all((FLEET / "gateway" / r).is_file() for r in kustomization["resources"])
     workload = gateway()
     volumes = pod_spec(workload)["volumes"]
-    volume = next(
-        v for v in volumes if v.get("configMap", {}).get("name") == generator["name"]
-    )
+    volume = next(v for v in volumes if v.get("configMap", {}).get("name") == generator["name"])
     otelcol = container(workload, "otelcol")
     mount = next(m for m in otelcol["volumeMounts"] if m["name"] == volume["name"])
     assert otelcol["args"] == [f"--config={mount['mountPath']}/{GATEWAY_CONFIG.name}"]
@@ -170,9 +145,7 @@ def test_kubectl_kustomize_renders_the_gateway_with_the_generated_config_map() -
     assert {d["metadata"]["namespace"] for d in rendered} == {"observability"}
 
 
-def test_the_guide_creates_every_secret_the_manifests_read_and_names_every_file() -> (
-    None
-):
+def test_the_guide_creates_every_secret_the_manifests_read_and_names_every_file() -> None:
     guide = GUIDE.read_text()
     refs = {(r["name"], r["key"]) for r in secret_refs(manifests())}
     assert len(refs) == 4, refs
@@ -187,9 +160,7 @@ def test_the_guide_creates_every_secret_the_manifests_read_and_names_every_file(
 def test_host_drop_in_sends_to_the_gateway_over_tls_and_holds_no_credential() -> None:
     lines = (FLEET / "host" / "audit-otlp-gateway.conf").read_text().splitlines()
     prefix = "Environment="
-    settings = dict(
-        x.removeprefix(prefix).split("=", 1) for x in lines if x.startswith(prefix)
-    )
+    settings = dict(x.removeprefix(prefix).split("=", 1) for x in lines if x.startswith(prefix))
     assert "[Service]" in lines
     assert urlsplit(settings["OTEL_EXPORTER_OTLP_ENDPOINT"]).scheme == "https"
     assert settings["OTEL_EXPORTER_OTLP_CERTIFICATE"].startswith("/etc/audit-otlp/")
@@ -261,9 +232,7 @@ BREAKS = [
     [b[1:] for b in BREAKS],
     ids=[b[0] for b in BREAKS],
 )
-def test_a_broken_manifest_is_caught(
-    kind: str, name: str, path: str, value: object, expected: str
-) -> None:
+def test_a_broken_manifest_is_caught(kind: str, name: str, path: str, value: object, expected: str) -> None:
     docs = manifests()
     set_path(path, value)(find(docs, kind, name))
     violations = manifest_violations(docs)
