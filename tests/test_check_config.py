@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from audit_otlp.config import KEYS
+from audit_otlp.config.loader import KEYS
 
 HEADER_TOKEN = "hdr-s3cret-token-0001"
 URL_PASSWORD = "url-pa55word-0002"
@@ -98,7 +98,7 @@ def test_example_config_documents_every_key_and_is_valid_when_uncommented(tmp_pa
     """config/audit-otlp.toml: each key of config.KEYS appears (commented) and the file parses."""
     import re
 
-    from audit_otlp.config import load_config
+    from audit_otlp.config.loader import load_config
 
     example = Path(__file__).resolve().parent.parent / "config" / "audit-otlp.toml"
     text = example.read_text()

@@ -18,8 +18,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope  # noqa:
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode  # noqa: E402
 
 from audit_otlp import __version__  # noqa: E402
-from audit_otlp.chain import ChainHasher, ChainState, verify_row  # noqa: E402
-from audit_otlp.mapping import (  # noqa: E402
+from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row  # noqa: E402
+from audit_otlp.mapping.spans import (  # noqa: E402
     SCOPE_NAME,
     MappingOptions,
     encode_span,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from auditgen import AuditWriter
 from collector import Collector
-from audit_otlp.config import load_config
-from audit_otlp.reload import plan_reload
+from audit_otlp.config.loader import load_config
+from audit_otlp.runtime.reload import plan_reload
 
 
 class StderrLog:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from audit_otlp import vendors
-from audit_otlp.app import build_export_settings
-from audit_otlp.config import ConfigError, load_config
+from audit_otlp.delivery import vendors
+from audit_otlp.runtime.lifecycle import build_export_settings
+from audit_otlp.config.loader import ConfigError, load_config
 from auditgen import AuditWriter
 from collector import Collector
 from deliverykit import daemon_env

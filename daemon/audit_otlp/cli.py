@@ -14,12 +14,12 @@ from typing import Any, Sequence
 import orjson
 
 from audit_otlp import __version__
-from audit_otlp.app import EXIT_FATAL, EXIT_OK, EXIT_USAGE, FatalError, RunOptions, build_envelope, run_daemon
-from audit_otlp.batching import BatchLimits
-from audit_otlp.chain import ChainHasher
-from audit_otlp.config import Config, ConfigError, load_config, parse_duration
-from audit_otlp.logs import setup_logging
-from audit_otlp.mapping import MappingOptions
+from audit_otlp.runtime.lifecycle import EXIT_FATAL, EXIT_OK, EXIT_USAGE, FatalError, RunOptions, build_envelope, run_daemon
+from audit_otlp.delivery.batching import BatchLimits
+from audit_otlp.mapping.chain import ChainHasher
+from audit_otlp.config.loader import Config, ConfigError, load_config, parse_duration
+from audit_otlp.runtime.logs import setup_logging
+from audit_otlp.mapping.spans import MappingOptions
 
 log = logging.getLogger("audit_otlp")
 
@@ -136,7 +136,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         if config.origin.get("log.format") != "option":
             log_format = "text"
         if sys.stderr.isatty():
-            from audit_otlp.progress import TerminalLine
+            from audit_otlp.runtime.progress import TerminalLine
             terminal = TerminalLine(sys.stderr)
     setup_logging(log_format, config["log.level"], config.secrets, verbose=args.verbose, stream=terminal)
     options = RunOptions(once=args.once, deadline=deadline, dry_run=args.dry_run, foreground=args.foreground)
@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
-    from audit_otlp.export import export_requests, write_export
+    from audit_otlp.commands.export import export_requests, write_export
 
     path = Path(args.path)
     setup_logging(config["log.format"], config["log.level"], config.secrets)
@@ -162,7 +162,7 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    from audit_otlp.status import collect_status, format_status
+    from audit_otlp.commands.status import collect_status, format_status
 
     status = collect_status(config)
     if args.json:
@@ -173,7 +173,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, config: Config) -> int:
-    from audit_otlp.verify import verify_files
+    from audit_otlp.commands.verify import verify_files
 
     paths = [Path(p) for p in args.paths]
     try:

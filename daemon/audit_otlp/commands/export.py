@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from audit_otlp.batching import Batch, BatchBuilder, BatchLimits, SpanSource
-from audit_otlp.chain import ChainHasher, ChainState, ChainVerdict
-from audit_otlp.checkpoint import Cursor
-from audit_otlp.exporter import Outcome
-from audit_otlp.fileid import identify_fd
-from audit_otlp.lines import LineSplitter
-from audit_otlp.mapping import Envelope, MappingOptions
-from audit_otlp.rows import RowMapper
+from audit_otlp.delivery.batching import Batch, BatchBuilder, BatchLimits, SpanSource
+from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict
+from audit_otlp.state.checkpoint import Cursor
+from audit_otlp.delivery.policy import Outcome
+from audit_otlp.source.fileid import identify_fd
+from audit_otlp.source.lines import LineSplitter
+from audit_otlp.mapping.spans import Envelope, MappingOptions
+from audit_otlp.mapping.rows import RowMapper
 
 CHUNK = 1024 * 1024
 

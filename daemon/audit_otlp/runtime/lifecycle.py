@@ -21,26 +21,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Protocol
 
-from audit_otlp.acks import AckTracker
-from audit_otlp.batching import Batch, BatchBuilder, BatchLimits, SpanSource
-from audit_otlp.chain import ChainHasher, ChainState, ChainVerdict
-from audit_otlp.checkpoint import Checkpoint, CheckpointError, CheckpointKeeper, CheckpointStore, Cursor
-from audit_otlp.config import Config, mask_url
-from audit_otlp.deadletter import DurableLog
-from audit_otlp.export import DryRunSink
-from audit_otlp.exporter import Exporter, ExportSettings, Outcome
-from audit_otlp.health import HealthServer
-from audit_otlp.lines import Line
-from audit_otlp.logs import apply_log_settings
-from audit_otlp.mapping import Envelope, MappingOptions, make_envelope, resource_attributes
-from audit_otlp.metrics import Metrics
-from audit_otlp.progress import Progress, ProgressReporter, TerminalLine
-from audit_otlp.reload import ReloadPlan, reload_config
-from audit_otlp.retry import Backoff
-from audit_otlp.rows import RowMapper
-from audit_otlp.runstate import RunState
-from audit_otlp.sdnotify import Notifier
-from audit_otlp.tailer import LineChunk, ResumePoint, Tailer
+from audit_otlp.state.acks import AckTracker
+from audit_otlp.delivery.batching import Batch, BatchBuilder, BatchLimits, SpanSource
+from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict
+from audit_otlp.state.checkpoint import Checkpoint, CheckpointError, CheckpointKeeper, CheckpointStore, Cursor
+from audit_otlp.config.loader import Config, mask_url
+from audit_otlp.delivery.records import DurableLog
+from audit_otlp.commands.export import DryRunSink
+from audit_otlp.delivery.policy import Exporter, ExportSettings, Outcome
+from audit_otlp.runtime.health import HealthServer
+from audit_otlp.source.lines import Line
+from audit_otlp.runtime.logs import apply_log_settings
+from audit_otlp.mapping.spans import Envelope, MappingOptions, make_envelope, resource_attributes
+from audit_otlp.runtime.metrics import Metrics
+from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine
+from audit_otlp.runtime.reload import ReloadPlan, reload_config
+from audit_otlp.delivery.retry import Backoff
+from audit_otlp.mapping.rows import RowMapper
+from audit_otlp.runtime.runstate import RunState
+from audit_otlp.runtime.sdnotify import Notifier
+from audit_otlp.source.tailer import LineChunk, ResumePoint, Tailer
 
 log = logging.getLogger("audit_otlp")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple, Protocol
 
-from audit_otlp.chain import ChainHasher, ChainState, ChainVerdict, verify_row
-from audit_otlp.lines import Line
-from audit_otlp.mapping import (
+from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict, verify_row
+from audit_otlp.source.lines import Line
+from audit_otlp.mapping.spans import (
     MappingOptions,
     chain_broken_span,
     encode_span,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from audit_otlp import vendors
+from audit_otlp.delivery import vendors
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
 DEFAULT_SERVICE_NAME = "hydra.audit-trail"

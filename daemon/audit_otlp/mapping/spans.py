@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import orjson
 
 from audit_otlp import __version__
-from audit_otlp.chain import ChainVerdict
+from audit_otlp.mapping.chain import ChainVerdict
 
 SPAN_KIND_INTERNAL = 1
 STATUS_OK = 1

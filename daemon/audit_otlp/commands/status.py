@@ -15,10 +15,10 @@ from typing import Any
 
 import orjson
 
-from audit_otlp.checkpoint import Checkpoint
-from audit_otlp.config import Config, mask_url
-from audit_otlp.deadletter import DurableLog
-from audit_otlp.fileid import fingerprint_matches
+from audit_otlp.state.checkpoint import Checkpoint
+from audit_otlp.config.loader import Config, mask_url
+from audit_otlp.delivery.records import DurableLog
+from audit_otlp.source.fileid import fingerprint_matches
 
 CHUNK = 4 * 1024 * 1024
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
