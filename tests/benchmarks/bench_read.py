@@ -1,6 +1,6 @@
 """Cost of one read of the audit log the ways the tailer could do it (evidence for tailer.py).
 
-    python tests/benchmarks/bench_read.py FILE [--reads 300]
+    python -m tests.benchmarks.bench_read FILE [--reads 300]
 
 aiofiles' seek + read (two hops to a worker thread), one asyncio.to_thread(os.pread), and
 os.pread on the event-loop thread (a page-cache read of a local file: tens of µs at most), for

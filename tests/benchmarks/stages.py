@@ -1,6 +1,6 @@
 """Per-row cost of each stage of the mapping path, and of faster variants (sketches).
 
-    python tests/benchmarks/stages.py [--rows 20000]
+    python -m tests.benchmarks.stages [--rows 20000]
 
 Prints microseconds per row for what the daemon does today (parse, line digest, chain hash,
 row_span + encode, the whole RowMapper.map_line) and for the sketches below, each checked to
@@ -22,13 +22,13 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gen import RowGenerator  # noqa: E402
+from tests.benchmarks.gen import RowGenerator
 
-from audit_otlp import chain, mapping  # noqa: E402
-from audit_otlp.source.lines import LineSplitter  # noqa: E402
-from audit_otlp.mapping.rows import RowMapper  # noqa: E402
+from audit_otlp.mapping import chain
+from audit_otlp.mapping import spans as mapping  # the sketches below name the functions as mapping.*
+from audit_otlp.source.lines import LineSplitter
+from audit_otlp.mapping.rows import RowMapper
 
 # -- sketch 1: the chain's "can orjson print this like jq?" test, without walking every string.
 

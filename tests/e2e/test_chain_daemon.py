@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from audit_otlp.mapping.chain import ChainHasher
-from auditgen import AuditWriter, append_bytes
-from collector import Collector, attrs
-from test_verify import TAMPERINGS
+from tests.helpers.auditgen import AuditWriter, append_bytes
+from tests.helpers.collector import Collector, attrs
+from tests.helpers.tampering import TAMPERINGS
 
 
 def run_once(cli: str, audit: Path, checkpoint: Path, endpoint: str, env: dict[str, str] | None = None,

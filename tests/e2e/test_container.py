@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector
-from processes import free_port, wait_until
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector
+from tests.helpers.wait import free_port, wait_until
+from tests.helpers.paths import REPO
 
 # The first run debootstraps the base (about a minute); later runs reuse it.
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("AUDIT_OTLP_CONTAINER_CACHE", "/var/tmp/audit-otlp-base"))
 LOCAL_BASE = "localhost/audit-otlp-base:bookworm"
 IMAGE = "localhost/audit-otlp:test"

@@ -17,12 +17,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from auditgen import AuditWriter, append_bytes
-from collector import Collector, Reply, seq_of
-from deliverykit import (
-    DaemonProcess, daemon_env, first_unsettled_offset, has_marker, read_ndjson, row_offsets, span_count,
-    wait_until, write_config,
-)
+from tests.helpers.auditgen import AuditWriter, append_bytes
+from tests.helpers.collector import Collector, Reply, seq_of
+from tests.helpers.daemon import daemon_env, fast_daemon, write_fast_config
+from tests.helpers.delivery import first_unsettled_offset, has_marker, read_ndjson, row_offsets, span_count
+from tests.helpers.wait import wait_until
 
 
 class FaultyResponder:
@@ -90,7 +89,7 @@ def test_fault_injection_every_clean_row_acknowledged_and_metrics_match(audit_cl
     append_bytes(audit, b"this line is not json\n")  # bad input: becomes an audit.malformed_line span
     config = ('[export]\nmax_in_flight = 4\ntimeout = "5s"\n[batch]\nmax_spans = 64\nmax_wait = "30ms"\n'
               f'[delivery]\nreceipts_path = "{tmp_path / "receipts.jsonl"}"\n')
-    with Collector(responder) as collector, DaemonProcess(audit_cli, tmp_path, collector.endpoint, config) as daemon:
+    with Collector(responder) as collector, fast_daemon(audit_cli, tmp_path, collector.endpoint, config) as daemon:
         violations: list[str] = []
 
         def checkpoint_never_ahead() -> None:
@@ -116,7 +115,7 @@ def test_fault_injection_every_clean_row_acknowledged_and_metrics_match(audit_cl
             checkpoint_never_ahead()
             return daemon.checkpoint_offset() == size
 
-        assert wait_until(done, timeout=45, interval=0.1), daemon.log()[-3000:]
+        assert wait_until(done, timeout=45, interval=0.1), daemon.log_text()[-3000:]
         assert not violations, violations[:3]
 
         seqs = collector.accepted_seqs()
@@ -157,7 +156,7 @@ def test_nothing_is_claimed_while_the_collector_is_down(audit_cli: str, tmp_path
     seqs = AuditWriter(audit).append(50)
     receipts = tmp_path / "receipts.jsonl"
     config = f'[delivery]\nreceipts_path = "{receipts}"\n'
-    with DaemonProcess(audit_cli, tmp_path, f"http://127.0.0.1:{port}/v1/traces", config) as daemon:
+    with fast_daemon(audit_cli, tmp_path, f"http://127.0.0.1:{port}/v1/traces", config) as daemon:
         assert wait_until(lambda: daemon.metrics().get('audit_otlp_export_requests_total{status="error"}', 0) >= 5)
         m = daemon.metrics()
         assert m["audit_otlp_spans_delivered_total"] == 0
@@ -192,7 +191,7 @@ def test_out_of_order_acks_never_move_the_checkpoint_past_an_unacknowledged_row(
 
     config = '[export]\nmax_in_flight = 4\n[batch]\nmax_spans = 5\nmax_wait = "10ms"\n'
     with Collector(responder) as collector:
-        with DaemonProcess(audit_cli, tmp_path, collector.endpoint, config) as daemon:
+        with fast_daemon(audit_cli, tmp_path, collector.endpoint, config) as daemon:
             # The window is max_in_flight (4) batches of 5: three later batches may settle behind
             # the held one, and then reading waits, so a crash can repeat at most the window.
             assert collector.wait_for_spans(15, timeout=30)
@@ -204,7 +203,7 @@ def test_out_of_order_acks_never_move_the_checkpoint_past_an_unacknowledged_row(
             assert daemon.checkpoint_offset() == 0
         release.set()
         assert 1 not in collector.accepted_seqs()
-        with DaemonProcess(audit_cli, tmp_path, collector.endpoint, config) as daemon:
+        with fast_daemon(audit_cli, tmp_path, collector.endpoint, config) as daemon:
             assert wait_until(lambda: daemon.checkpoint_offset() == audit.stat().st_size)
             assert set(collector.accepted_seqs()) == set(seqs)  # at least once, nothing lost
             assert daemon.stop() == 0
@@ -222,11 +221,11 @@ def test_checkpoint_waits_for_the_dead_letter_record_to_be_on_disk(audit_cli: st
     blocked.write_text("a file where the dead-letter directory should be")
     config = f'[dead_letter]\npath = "{blocked / "dead.jsonl"}"\n[batch]\nmax_spans = 5\nmax_wait = "10ms"\n'
     responder = lambda doc, n: Reply(400, b'{"message":"poison"}') if has_marker(doc) else Reply()  # noqa: E731
-    with Collector(responder) as collector, DaemonProcess(audit_cli, tmp_path, collector.endpoint, config) as daemon:
+    with Collector(responder) as collector, fast_daemon(audit_cli, tmp_path, collector.endpoint, config) as daemon:
         # Rows 1-9 are delivered (the poison row's batch is bisected) and the three batches after
         # the stuck one fill the in-flight window; then reading waits for the dead-letter record.
         assert collector.wait_for_spans(9 + 3 * 5, timeout=30)
-        assert wait_until(lambda: "cannot write" in daemon.log())
+        assert wait_until(lambda: "cannot write" in daemon.log_text())
         assert daemon.checkpoint_offset() <= poison_offset
         blocked.unlink()
         blocked.mkdir()
@@ -241,7 +240,7 @@ def test_receipts_and_status_show_the_last_one(audit_cli: str, tmp_path: Path) -
     audit = tmp_path / "audit.jsonl"
     AuditWriter(audit).append(30)
     receipts = tmp_path / "receipts.jsonl"
-    config = write_config(tmp_path / "r.toml", f'[batch]\nmax_spans = 10\n[delivery]\nreceipts_path = "{receipts}"\n')
+    config = write_fast_config(tmp_path / "r.toml", f'[batch]\nmax_spans = 10\n[delivery]\nreceipts_path = "{receipts}"\n')
     with Collector() as collector:
         args = ["--config", str(config), "--file", str(audit), "--checkpoint", str(tmp_path / "cp.json")]
         result = subprocess.run([audit_cli, "run", "--once", "--deadline", "30", "--endpoint", collector.endpoint, *args],
@@ -287,13 +286,13 @@ def test_torture_faults_timeouts_and_sigkill_restarts_lose_nothing(audit_cli: st
     with Collector(responder) as collector:
         for round_ in range(4):
             append(total_rows // 4)
-            daemon = DaemonProcess(audit_cli, tmp_path, collector.endpoint, config)
+            daemon = fast_daemon(audit_cli, tmp_path, collector.endpoint, config)
             if round_ < 3:
                 target = audit.stat().st_size * (0.5 + 0.1 * round_)
                 wait_until(lambda: daemon.checkpoint_offset() >= target, timeout=60)
                 daemon.stop(signal.SIGKILL)
             else:
-                assert wait_until(lambda: daemon.checkpoint_offset() == audit.stat().st_size, timeout=120), daemon.log()[-3000:]
+                assert wait_until(lambda: daemon.checkpoint_offset() == audit.stat().st_size, timeout=120), daemon.log_text()[-3000:]
                 assert daemon.stop() == 0
         clean = {s for s in range(1, total_rows + 1) if s not in poison}
         seqs = collector.accepted_seqs()

@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from auditgen import AuditWriter, append_bytes
-from collector import Collector, attrs
+from tests.helpers.auditgen import AuditWriter, append_bytes
+from tests.helpers.collector import Collector, attrs
 
 
 def export(cli: str, path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -16,9 +14,11 @@ from typing import Any
 
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector, Reply
-from rotating import rotate
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector, Reply
+from tests.helpers.daemon import DaemonProcess
+from tests.helpers.rotation import STYLES, rotate
+from tests.helpers.wait import wait_until
 
 BATCH = 512
 IN_FLIGHT = 4
@@ -34,37 +34,15 @@ class Switch:
         return Reply(503, b'{"message":"down"}') if self.down else Reply()
 
 
-class Daemon:
-    def __init__(self, exe: str, tmp: Path, log: Path, endpoint: str) -> None:
-        self.config = tmp / "audit-otlp.toml"
-        self.config.write_text(
-            'retry.initial_backoff = "50ms"\nretry.max_backoff = "300ms"\n'
-            'batch.max_wait = "50ms"\ncheckpoint.interval = "100ms"\n'
-            f'source.poll_interval = "200ms"\nexport.max_in_flight = {IN_FLIGHT}\nbatch.max_spans = {BATCH}\n'
-        )
-        self.args = [exe, "run", "--config", str(self.config), "--file", str(log),
-                     "--checkpoint", str(tmp / "checkpoint.json"), "--endpoint", endpoint]
-        self.stderr = tmp / "daemon.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.kills = 0
-
-    def start(self) -> None:
-        with open(self.stderr, "ab") as err:
-            self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=err)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.kills += 1
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-    def log_text(self) -> str:
-        return self.stderr.read_text(errors="replace")
+def rotation_daemon(cli: str, tmp: Path, log: Path, endpoint: str) -> DaemonProcess:
+    """The daemon (not yet started) with short retries and polls, without a health port."""
+    config = tmp / "audit-otlp.toml"
+    config.write_text(
+        'retry.initial_backoff = "50ms"\nretry.max_backoff = "300ms"\n'
+        'batch.max_wait = "50ms"\ncheckpoint.interval = "100ms"\n'
+        f'source.poll_interval = "200ms"\nexport.max_in_flight = {IN_FLIGHT}\nbatch.max_spans = {BATCH}\n'
+    )
+    return DaemonProcess(cli, log, tmp / "checkpoint.json", endpoint, tmp / "daemon.log", config, health=False)
 
 
 class Producer(threading.Thread):
@@ -103,15 +81,9 @@ class Producer(threading.Thread):
             self.error = exc
 
 
-def wait_until(predicate: Any, timeout: float) -> bool:
-    # Not Collector.wait_for: its predicate runs under the collector's (non-reentrant) lock,
-    # which accepted_seqs() takes too.
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
+# Polled every 0.2 s, not through Collector.wait_for: its predicate runs under the collector's
+# (non-reentrant) lock, which accepted_seqs() takes too.
+POLL = 0.2
 
 
 def _line_count(path: Path) -> int:
@@ -127,12 +99,12 @@ def torture(audit_cli: str, tmp_path: Path, seed: int, seconds: float, styles: t
     switch = Switch()
     rnd = random.Random(seed)
     with Collector(switch) as collector:
-        daemon = Daemon(audit_cli, tmp_path, log, collector.endpoint)
+        daemon = rotation_daemon(audit_cli, tmp_path, log, collector.endpoint)
         producer = Producer(log, styles, seed, (150, 900))
         producer.writer.append(5)
         daemon.start()
         # Without a checkpoint the daemon starts at the current file: let it take hold first.
-        assert wait_until(lambda: len(collector.accepted_seqs()) >= 5, timeout=30), daemon.log_text()
+        assert wait_until(lambda: len(collector.accepted_seqs()) >= 5, timeout=30, interval=POLL), daemon.log_text()
         producer.start()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -154,7 +126,7 @@ def torture(audit_cli: str, tmp_path: Path, seed: int, seconds: float, styles: t
         producer.join(10)
         assert producer.error is None, producer.error
         written = producer.writer.seq
-        complete = wait_until(lambda: set(range(1, written + 1)) <= set(collector.accepted_seqs()), timeout=60)
+        complete = wait_until(lambda: set(range(1, written + 1)) <= set(collector.accepted_seqs()), timeout=60, interval=POLL)
         exit_code = daemon.stop()
         acked = collector.accepted_seqs()
         # A SIGKILL mid-request leaves the collector a cut-off body: only then is one invalid.
@@ -183,19 +155,16 @@ def check(result: dict[str, Any], crashes: bool) -> None:
     assert result["exit_code"] == 0
 
 
-ALL = ("rename", "tail_rewrite", "copytruncate")
-
-
 @pytest.mark.timeout(120)
 def test_random_rotations_crashes_and_outages_lose_nothing(audit_cli: str, tmp_path: Path) -> None:
     seed = int(os.environ.get("AUDIT_OTLP_TORTURE_SEED", "7"))
-    result = torture(audit_cli, tmp_path, seed, 8.0, ALL, crashes=True, outages=True)
+    result = torture(audit_cli, tmp_path, seed, 8.0, STYLES, crashes=True, outages=True)
     check(result, crashes=True)
 
 
 @pytest.mark.timeout(120)
 def test_random_rotations_without_crashes_duplicate_nothing(audit_cli: str, tmp_path: Path) -> None:
-    result = torture(audit_cli, tmp_path, 11, 4.0, ALL, crashes=False, outages=True)
+    result = torture(audit_cli, tmp_path, 11, 4.0, STYLES, crashes=False, outages=True)
     check(result, crashes=False)
 
 
@@ -203,7 +172,7 @@ def test_random_rotations_without_crashes_duplicate_nothing(audit_cli: str, tmp_
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("seed", range(100, 110))
 def test_torture_long(audit_cli: str, tmp_path: Path, seed: int) -> None:
-    result = torture(audit_cli, tmp_path, seed, 60.0, ALL, crashes=True, outages=True)
+    result = torture(audit_cli, tmp_path, seed, 60.0, STYLES, crashes=True, outages=True)
     check(result, crashes=True)
 
 
@@ -218,11 +187,11 @@ def test_rotation_table(audit_cli: str, tmp_path: Path, style: str, restart: boo
     log = tmp_path / "audit.jsonl"
     switch = Switch()
     with Collector(switch) as collector:
-        daemon = Daemon(audit_cli, tmp_path, log, collector.endpoint)
+        daemon = rotation_daemon(audit_cli, tmp_path, log, collector.endpoint)
         writer = AuditWriter(log)
         writer.append(300)
         daemon.start()
-        assert wait_until(lambda: len(set(collector.accepted_seqs())) >= 300, timeout=30), daemon.log_text()
+        assert wait_until(lambda: len(set(collector.accepted_seqs())) >= 300, timeout=30, interval=POLL), daemon.log_text()
         switch.down = down
         writer.append(200)  # unread or unacknowledged when the rotation comes
         if restart:
@@ -235,7 +204,7 @@ def test_rotation_table(audit_cli: str, tmp_path: Path, style: str, restart: boo
             daemon.start()
         switch.down = False
         expected = set(range(1, 301)) | set(range(501, 601)) if deleted_while_stopped else set(range(1, 601))
-        assert wait_until(lambda: set(collector.accepted_seqs()) >= expected, timeout=30), daemon.log_text()
+        assert wait_until(lambda: set(collector.accepted_seqs()) >= expected, timeout=30, interval=POLL), daemon.log_text()
         assert daemon.stop() == 0
         counts = Counter(collector.accepted_seqs())
     assert max(counts.values()) == 1, "a graceful stop and restart must not repeat rows"
@@ -253,16 +222,16 @@ def test_symlink_switch_e2e(audit_cli: str, tmp_path: Path) -> None:
     writer.append(50)
     link.symlink_to(first)
     with Collector() as collector:
-        daemon = Daemon(audit_cli, tmp_path, link, collector.endpoint)
+        daemon = rotation_daemon(audit_cli, tmp_path, link, collector.endpoint)
         daemon.start()
-        assert wait_until(lambda: len(set(collector.accepted_seqs())) >= 50, timeout=30), daemon.log_text()
+        assert wait_until(lambda: len(set(collector.accepted_seqs())) >= 50, timeout=30, interval=POLL), daemon.log_text()
         writer.append(20)
         writer.path = second
         writer.append(30)
         tmp = tmp_path / "switch"
         tmp.symlink_to(second)
         os.replace(tmp, link)
-        assert wait_until(lambda: set(collector.accepted_seqs()) >= set(range(1, 101)), timeout=30), daemon.log_text()
+        assert wait_until(lambda: set(collector.accepted_seqs()) >= set(range(1, 101)), timeout=30, interval=POLL), daemon.log_text()
         assert daemon.stop() == 0
         counts = Counter(collector.accepted_seqs())
     assert set(counts) == set(range(1, 101)) and max(counts.values()) == 1

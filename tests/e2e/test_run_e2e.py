@@ -13,9 +13,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from auditgen import AuditWriter, append_bytes
-from collector import Collector, Reply, attrs, seq_of
-from processes import Workdir, daemon_env, run_cli, start, stop, wait_until
+from tests.helpers.auditgen import AuditWriter, append_bytes
+from tests.helpers.collector import Collector, Reply, attrs, seq_of
+from tests.helpers.daemon import Workdir, daemon_env, run_cli
+from tests.helpers.wait import wait_until
 
 
 @pytest.fixture
@@ -83,7 +84,7 @@ def test_collector_down_claims_nothing_then_everything_arrives(work: Workdir, au
 
     with Collector(responder) as collector:
         env = daemon_env()
-        proc = start(audit_cli, work.args(collector.endpoint), env)
+        daemon = work.daemon(audit_cli, collector.endpoint, env=env)
         try:
             assert wait_until(lambda: len(refused) >= 3), "the daemon should keep retrying"
             # Nothing was acknowledged, so nothing may be claimed: the checkpoint stays at 0.
@@ -94,7 +95,7 @@ def test_collector_down_claims_nothing_then_everything_arrives(work: Workdir, au
             assert collector.wait_for_spans(300, timeout=30)
             assert wait_until(lambda: (work.checkpoint_doc() or {}).get("offset") == work.audit.stat().st_size)
         finally:
-            code, err = stop(proc)
+            code, err = daemon.stop(), daemon.log_text()
     assert code == 0, err
     assert sorted(collector.accepted_seqs()) == list(range(1, 301))
 
@@ -109,10 +110,9 @@ def test_sigkill_during_delivery_loses_nothing_and_repeats_only_in_flight(work: 
         return Reply(delay=0.05 if slow.is_set() else 0.0)
 
     with Collector(responder) as collector:
-        proc = start(audit_cli, work.args(collector.endpoint, "--health-listen", "127.0.0.1:0"))
+        daemon = work.daemon(audit_cli, collector.endpoint, "--health-listen", "127.0.0.1:0")
         assert collector.wait_for_spans(3000, timeout=30)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        daemon.kill()
         acknowledged_before = list(collector.accepted_seqs())
         checkpoint = work.checkpoint_doc()
         assert checkpoint is not None, "a checkpoint should have been written during delivery"
@@ -140,14 +140,14 @@ def test_partial_last_line_is_held_until_its_newline_arrives(work: Workdir, audi
     line = writer.lines(1)
     append_bytes(work.audit, line[:40])
     with Collector() as collector:
-        proc = start(audit_cli, work.args(collector.endpoint))
+        daemon = work.daemon(audit_cli, collector.endpoint)
         try:
             assert collector.wait_for_spans(3)
             assert not collector.wait_for_spans(4, timeout=1.0), "a partial line must not be shipped"
             append_bytes(work.audit, line[40:])
             assert collector.wait_for_spans(4)
         finally:
-            code, err = stop(proc)
+            code, err = daemon.stop(), daemon.log_text()
     assert code == 0, err
     assert sorted(collector.accepted_seqs()) == [1, 2, 3, 4]
 
@@ -218,9 +218,9 @@ def test_dry_run_prints_requests_and_writes_no_checkpoint(work: Workdir, audit_c
 def test_sigterm_writes_the_checkpoint_and_exits_0(work: Workdir, audit_cli: str) -> None:
     AuditWriter(work.audit).append(50)
     with Collector() as collector:
-        proc = start(audit_cli, work.args(collector.endpoint))
+        daemon = work.daemon(audit_cli, collector.endpoint)
         assert collector.wait_for_spans(50)
-        code, err = stop(proc, signal.SIGTERM)
+        code, err = daemon.stop(signal.SIGTERM), daemon.log_text()
     assert code == 0, err
     assert work.checkpoint_doc()["offset"] == work.audit.stat().st_size
 
@@ -248,13 +248,13 @@ def test_unwritable_checkpoint_directory_is_fatal_with_exit_3(work: Workdir, aud
 
 def test_waits_for_a_file_that_does_not_exist_yet(work: Workdir, audit_cli: str) -> None:
     with Collector() as collector:
-        proc = start(audit_cli, work.args(collector.endpoint))
+        daemon = work.daemon(audit_cli, collector.endpoint)
         try:
             assert wait_until(lambda: work.checkpoint.parent.exists())
             AuditWriter(work.audit).append(5)
             assert collector.wait_for_spans(5, timeout=10)
         finally:
-            code, err = stop(proc)
+            code, err = daemon.stop(), daemon.log_text()
     assert code == 0, err
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from auditgen import AuditWriter, append_bytes
-from collector import Collector, Reply
+from tests.helpers.auditgen import AuditWriter, append_bytes
+from tests.helpers.collector import Collector, Reply
 
 
 def run(audit_cli: str, *args: str) -> subprocess.CompletedProcess[str]:

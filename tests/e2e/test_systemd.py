@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector
+from tests.helpers.paths import REPO
 
 pytestmark = pytest.mark.systemd
 
-UNIT = Path(__file__).resolve().parent.parent / "systemd" / "audit-otlp.service"
+UNIT = REPO / "systemd" / "audit-otlp.service"
 MAX_EXPOSURE = 1.5
 
 

@@ -1,13 +1,10 @@
-"""Helpers for the delivery tests: batches of real spans built from auditgen rows, exporters
-wired to a throw-away Metrics/RunState, and Prometheus text parsing."""
+"""Helpers for the delivery tests: batches of real spans built from auditgen rows, exporters wired
+to a throw-away Metrics/RunState, and readers of what a run left on disk."""
 
 from __future__ import annotations
 
 import hashlib
-import re
-import socket
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,8 +21,7 @@ from audit_otlp.mapping.spans import MappingOptions, make_envelope, resource_att
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.mapping.rows import RowMapper
 from audit_otlp.runtime.runstate import RunState
-from auditgen import AuditWriter
-from processes import free_port, wait_until
+from tests.helpers.auditgen import AuditWriter
 
 ENVELOPE = make_envelope(resource_attributes("test", {}, False))
 IDENTITY = FileIdentity(1, 2, "ab" * 32, 1024)
@@ -114,103 +110,6 @@ def has_marker(doc: dict[str, Any]) -> bool:
 def span_count(doc: dict[str, Any]) -> int:
     return sum(len(ss["spans"]) for rs in doc["resourceSpans"] for ss in rs["scopeSpans"])
 
-
-
-
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Prometheus text from /metrics as {'name{labels}': value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if m and not line.startswith("#"):
-            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
-    return out
-
-
-
-
-def daemon_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without any OTLP/vendor variables, plus `extra`."""
-    import os
-
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OTEL_", "SENTRY_", "DD_", "AUDIT_OTLP_"))}
-    env.update(extra)
-    return env
-
-
-def write_config(path: Path, text: str) -> Path:
-    """A TOML config with fast retries for tests, plus `text`."""
-    path.write_text(
-        "[retry]\ninitial_backoff = \"10ms\"\nmax_backoff = \"100ms\"\nauth_backoff = \"200ms\"\n"
-        "[checkpoint]\ninterval = \"20ms\"\n" + text
-    )
-    return path
-
-
-class DaemonProcess:
-    """`audit-otlp run` as a subprocess with a health port; stderr goes to a file."""
-
-    def __init__(self, audit_cli: str, tmp: Path, endpoint: str, config_text: str = "", env: dict[str, str] | None = None,
-                 audit: Path | None = None) -> None:
-        import subprocess
-
-        self.tmp = tmp
-        self.audit = audit or tmp / "audit.jsonl"
-        self.checkpoint = tmp / "cp.json"
-        self.health_port = free_port()
-        self.log_path = tmp / f"daemon-{self.health_port}.log"
-        config = write_config(tmp / "daemon.toml", config_text)
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [audit_cli, "run", "--config", str(config), "--file", str(self.audit), "--checkpoint", str(self.checkpoint),
-             "--endpoint", endpoint, "--health-listen", f"127.0.0.1:{self.health_port}"],
-            env=daemon_env(**(env or {})), stdout=self._log, stderr=subprocess.STDOUT,
-        )
-        assert wait_until(self._metrics_up, 30), self.log()
-
-    def _metrics_up(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log()}")
-        try:
-            scrape(self.health_port)
-            return True
-        except OSError:
-            return False
-
-    def metrics(self) -> dict[str, float]:
-        return scrape(self.health_port)
-
-    def checkpoint_offset(self) -> int:
-        try:
-            return int(orjson.loads(self.checkpoint.read_bytes())["offset"])
-        except FileNotFoundError:
-            return 0
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int | None = None) -> int:
-        import signal
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig or signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        self._log.close()
-        return code
-
-    def __enter__(self) -> "DaemonProcess":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.proc.poll() is None:
-            self.stop()
 
 
 def row_offsets(path: Path) -> list[tuple[int, int | None]]:

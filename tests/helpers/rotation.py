@@ -1,4 +1,4 @@
-"""Rotate a file the ways the field does, for the rotation tests."""
+"""The one rotation helper: rotate a file the ways the field does (logrotate create and copytruncate, the producer's tail rewrite, delete)."""
 
 from __future__ import annotations
 

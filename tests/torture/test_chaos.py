@@ -18,18 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector
-from harness import (
-    ChaosResponder,
-    DaemonProcess,
-    acknowledged_seqs,
-    duplicates,
-    quiet,
-    read_checkpoint,
-    wait_until,
-    write_config,
-)
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector
+from tests.helpers.daemon import DaemonProcess, write_config
+from tests.helpers.wait import wait_until
+from tests.torture.harness import ChaosResponder, acknowledged_seqs, duplicates, quiet, read_checkpoint
 
 # Generous, so that a slow 200 (at most a tenth of it) is never mistaken for a timeout by a loaded
 # machine: a 200 the client gave up on would count as acknowledged here but not in the daemon.

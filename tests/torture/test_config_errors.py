@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from audit_otlp.config.loader import KEYS, Key
-from harness import clean_env
+from tests.helpers.daemon import daemon_env
 
 TOML_CANDIDATES: tuple[Any, ...] = ("bogus-value!", -1, 0, 42, True, [1], {"a": [1]})
 ENV_CANDIDATES: tuple[str, ...] = ("bogus-value!", "-1", "0", "99999999999", "a,b")
@@ -59,7 +59,7 @@ def cli(audit_cli: str, tmp_path: Path, command: str, config: Path | None, env: 
     if command == "run":
         argv += ["--once", "--deadline", "5", "--file", str(tmp_path / "audit.jsonl"),
                  "--checkpoint", str(tmp_path / "state" / "cp.json"), "--endpoint", "http://127.0.0.1:9/v1/traces"]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=clean_env(**env))
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=daemon_env(**env))
 
 
 def assert_exit2_naming(done: subprocess.CompletedProcess[str], name: str, what: str) -> None:

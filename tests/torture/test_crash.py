@@ -18,20 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector, Reply, seq_of
-from harness import (
-    ROTATIONS,
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector, Reply, seq_of
+from tests.helpers.daemon import DaemonProcess, write_config
+from tests.helpers.rotation import STYLES, rotate
+from tests.helpers.wait import wait_until
+from tests.torture.harness import (
     ChaosResponder,
-    DaemonProcess,
     acknowledged_seqs,
-    fault_pause,
     duplicates,
+    fault_pause,
     quiet,
     read_checkpoint,
     wait_delivered_or_quiet,
-    wait_until,
-    write_config,
 )
 
 MAX_SPANS = 20
@@ -151,7 +150,7 @@ def run_crash_trials(cli: str, tmp_path: Path, trials: int, seed: int, rotation:
                             # reach the kept tail first (the writer is paused: we hold its lock).
                             assert wait_until(lambda: checkpoint_in_tail(checkpoint, source, 900), 60, 0.05), \
                                 daemon.log_text()[-3000:]
-                        ROTATIONS[rotation](source, trial + 1)
+                        rotate(source, rotation)
                     report.rotations[rotation] += 1
                 moment = MOMENTS[trial % len(MOMENTS)] if trials >= len(MOMENTS) else rng.choice(MOMENTS)
                 report.moments[kill_at(daemon, moment, rng, responder, writer)] += 1
@@ -219,7 +218,7 @@ def test_sigkill_repeats_only_in_flight_requests(audit_cli: str, tmp_path: Path)
     assert_duplicates_within_in_flight_window(report, windows=2)
 
 
-@pytest.mark.parametrize("rotation", ROTATIONS)
+@pytest.mark.parametrize("rotation", STYLES)
 def test_sigkill_with_rotation_loses_no_row(audit_cli: str, tmp_path: Path, rotation: str) -> None:
     report = run_crash_trials(audit_cli, tmp_path, trials=2, seed=2, rotation=rotation)
     assert report.lost == 0 and report.rotations[rotation] >= 1
@@ -227,7 +226,7 @@ def test_sigkill_with_rotation_loses_no_row(audit_cli: str, tmp_path: Path, rota
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("rotation", [None, *ROTATIONS])
+@pytest.mark.parametrize("rotation", [None, *STYLES])
 def test_sigkill_long(audit_cli: str, tmp_path: Path, rotation: str | None) -> None:
     """50 trials; no loss is asserted (duplicates are reported in CRASH-REPORT; the strict window is test_sigkill_repeats_only_in_flight_requests)."""
     seed = int(os.environ.get("TORTURE_SEED", "0")) or int(time.time())

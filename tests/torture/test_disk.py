@@ -17,9 +17,11 @@ from typing import Iterator
 import orjson
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector
-from harness import DaemonProcess, clean_env, read_checkpoint, wait_until, write_config
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector
+from tests.helpers.daemon import DaemonProcess, daemon_env, write_config
+from tests.helpers.wait import wait_until
+from tests.torture.harness import read_checkpoint
 
 
 def _mount(*args: str) -> subprocess.CompletedProcess[str]:
@@ -131,7 +133,7 @@ def _run_once(audit_cli: str, tmp_path: Path, checkpoint: Path) -> subprocess.Co
     return subprocess.run(
         [audit_cli, "run", "--once", "--deadline", "20", "--file", str(source), "--checkpoint", str(checkpoint),
          "--endpoint", "http://127.0.0.1:9/v1/traces"],
-        capture_output=True, text=True, timeout=60, env=clean_env(),
+        capture_output=True, text=True, timeout=60, env=daemon_env(),
     )
 
 

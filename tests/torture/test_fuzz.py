@@ -29,8 +29,8 @@ from audit_otlp.source.lines import LineSplitter
 from audit_otlp.source.lines import Line
 from audit_otlp.mapping.spans import MappingOptions, make_envelope, parse_line, resource_attributes
 from audit_otlp.mapping.rows import RowMapper
-from collector import Collector, to_proto
-from harness import clean_env
+from tests.helpers.collector import Collector, to_proto
+from tests.helpers.daemon import daemon_env
 
 EXAMPLES = int(os.environ.get("TORTURE_FUZZ_EXAMPLES", "80"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -358,7 +358,7 @@ def test_run_once_over_nasty_file_emits_one_span_per_nonblank_line(audit_cli: st
         done = subprocess.run(
             [audit_cli, "run", "--once", "--deadline", "60", "--file", str(source),
              "--checkpoint", str(tmp_path / "state" / "cp.json"), "--endpoint", collector.endpoint],
-            capture_output=True, text=True, timeout=120, env=clean_env(),
+            capture_output=True, text=True, timeout=120, env=daemon_env(),
         )
         assert done.returncode == 0, done.stderr[-3000:]
         spans = collector.accepted_spans()
@@ -377,7 +377,7 @@ def test_deeply_nested_line_does_not_stop_the_daemon(audit_cli: str, tmp_path: P
         done = subprocess.run(
             [audit_cli, "run", "--once", "--deadline", "30", "--file", str(source),
              "--checkpoint", str(tmp_path / "state" / "cp.json"), "--endpoint", collector.endpoint],
-            capture_output=True, text=True, timeout=60, env=clean_env(),
+            capture_output=True, text=True, timeout=60, env=daemon_env(),
         )
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
         assert len(collector.accepted_spans()) == 3
@@ -386,6 +386,6 @@ def test_deeply_nested_line_does_not_stop_the_daemon(audit_cli: str, tmp_path: P
 def test_verify_reports_a_too_deep_line_as_malformed(audit_cli: str, tmp_path: Path) -> None:
     source = tmp_path / "audit.jsonl"
     source.write_bytes(b'{"event":"before"}\n' + deep_line(600) + b'\n')
-    done = subprocess.run([audit_cli, "verify", "--json", str(source)], capture_output=True, text=True, timeout=60, env=clean_env())
+    done = subprocess.run([audit_cli, "verify", "--json", str(source)], capture_output=True, text=True, timeout=60, env=daemon_env())
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert orjson.loads(done.stdout)["first_break"]["kind"] == "malformed"

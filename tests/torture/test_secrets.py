@@ -19,9 +19,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector, Reply
-from harness import DaemonProcess, clean_env, wait_until, write_config
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector, Reply
+from tests.helpers.daemon import DaemonProcess, daemon_env, write_config
+from tests.helpers.wait import wait_until
 
 HEADER_SECRET = "HDRsecret-7f3a91c2"
 BEARER_SECRET = "BEARERsecret-55e0d1"
@@ -44,7 +45,7 @@ def forbidden_forms() -> list[bytes]:
 
 
 def secret_env() -> dict[str, str]:
-    return clean_env(
+    return daemon_env(
         OTEL_EXPORTER_OTLP_HEADERS=f"x-api-key={HEADER_SECRET},authorization=Bearer%20{BEARER_SECRET}",
         SENTRY_DSN=f"https://{SENTRY_KEY}@o4501.ingest.sentry.io/4242",
         DD_API_KEY=DD_KEY,
@@ -195,7 +196,7 @@ def test_datadog_key_only_goes_to_datadog(audit_cli: str, tmp_path: Path) -> Non
     """With DD_API_KEY alone and an explicit endpoint elsewhere, the key is not sent."""
     work, config = workspace(tmp_path, "dd")
     with Collector() as collector:
-        env = clean_env(DD_API_KEY=DD_KEY, AUDIT_OTLP_LOG_LEVEL="debug")
+        env = daemon_env(DD_API_KEY=DD_KEY, AUDIT_OTLP_LOG_LEVEL="debug")
         done = subprocess.run(
             [audit_cli, "run", "--once", "-v", "--deadline", "20", "--config", str(config), "--file", str(work / "audit.jsonl"),
              "--checkpoint", str(work / "state" / "checkpoint.json"), "--endpoint", collector.endpoint],

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from audit_otlp.config.loader import KEYS
+from tests.helpers.paths import REPO
 
 HEADER_TOKEN = "hdr-s3cret-token-0001"
 URL_PASSWORD = "url-pa55word-0002"
@@ -100,7 +101,7 @@ def test_example_config_documents_every_key_and_is_valid_when_uncommented(tmp_pa
 
     from audit_otlp.config.loader import load_config
 
-    example = Path(__file__).resolve().parent.parent / "config" / "audit-otlp.toml"
+    example = REPO / "config" / "audit-otlp.toml"
     text = example.read_text()
     uncommented, table = [], ""
     documented: set[str] = set()

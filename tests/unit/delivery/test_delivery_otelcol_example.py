@@ -4,10 +4,11 @@ from the environment, and nothing in it can silently discard audit spans."""
 from __future__ import annotations
 
 from pathlib import Path
+from tests.helpers.paths import REPO
 
 import yaml
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "otelcol-example.yaml"
+EXAMPLE = REPO / "config" / "otelcol-example.yaml"
 
 
 def load() -> dict:

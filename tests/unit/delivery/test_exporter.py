@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from audit_otlp.delivery.policy import classify, parse_partial_success
-from collector import Collector, Reply
-from deliverykit import Sleeps, has_marker, make_batch, make_exporter, read_ndjson, sha256_hex, span_count, target_of
+from tests.helpers.collector import Collector, Reply
+from tests.helpers.delivery import Sleeps, has_marker, make_batch, make_exporter, read_ndjson, sha256_hex, span_count, target_of
 
 
 @pytest.mark.parametrize(

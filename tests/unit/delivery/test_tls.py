@@ -23,9 +23,10 @@ from audit_otlp.delivery.records import DurableLog
 from audit_otlp.delivery.policy import Exporter
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
-from auditgen import AuditWriter
-from collector import Collector
-from deliverykit import ENVELOPE, daemon_env, make_batch
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector
+from tests.helpers.daemon import daemon_env
+from tests.helpers.delivery import ENVELOPE, make_batch
 
 
 def _name(cn: str) -> x509.Name:

@@ -11,9 +11,9 @@ import pytest
 from audit_otlp.delivery import vendors
 from audit_otlp.runtime.lifecycle import build_export_settings
 from audit_otlp.config.loader import ConfigError, load_config
-from auditgen import AuditWriter
-from collector import Collector
-from deliverykit import daemon_env
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector
+from tests.helpers.daemon import daemon_env
 
 DSN = "https://f00dfeedcafe4b1d@o4507.ingest.de.sentry.io/4508123"
 

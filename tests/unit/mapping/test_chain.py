@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 from audit_otlp.mapping.chain import GENESIS, ChainHasher, ChainState, canonical_json, canonical_line, verify_row
 from audit_otlp.mapping.spans import parse_line
+from tests.helpers.paths import TEST_DATA
 
-DATA = Path(__file__).parent / "data"
+DATA = TEST_DATA
 JQ = shutil.which("jq")
 needs_jq = pytest.mark.skipif(JQ is None, reason="jq is not installed (tests/run apt-installs it)")
 

@@ -29,7 +29,7 @@ from audit_otlp.mapping.spans import (
     resource_attributes,
     row_span,
 )
-from collector import attrs, to_proto
+from tests.helpers.collector import attrs, to_proto
 
 OBSERVED = 1_700_000_000_000_000_000
 HEX32 = re.compile(r"[0-9a-f]{32}")

@@ -28,7 +28,7 @@ from audit_otlp.mapping.spans import (  # noqa: E402
     resource_attributes,
     row_span,
 )
-from collector import to_proto  # noqa: E402
+from tests.helpers.collector import to_proto  # noqa: E402
 
 ROWS = [
     {"event": "tool_use", "ts": "2026-04-15T14:23:03.250Z", "tool": "WebFetch", "session_id": "s-42", "duration_ms": 42,

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector, Reply
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector, Reply
+from tests.helpers.wait import wait_until
 from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine, format_progress
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -51,12 +52,7 @@ class PtyOutput:
             return self.data.decode("utf-8", "replace")
 
     def wait_for(self, needle: str, timeout: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while needle not in self.text():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return wait_until(lambda: needle in self.text(), timeout, 0.05)
 
 
 def _become_terminal_session() -> None:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector, Reply
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector, Reply
 from audit_otlp.runtime.health import LOOP_STALL_LIMIT, HealthServer
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
-from processes import free_port, wait_until
+from tests.helpers.wait import free_port, wait_until
 
 
 async def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:

@@ -9,8 +9,9 @@ import threading
 import time
 from pathlib import Path
 
-from auditgen import AuditWriter
-from collector import Collector
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector
+from tests.helpers.wait import wait_until
 from audit_otlp.config.loader import load_config
 from audit_otlp.runtime.reload import plan_reload
 
@@ -29,12 +30,7 @@ class StderrLog:
         return "".join(self.lines)
 
     def wait_for(self, needle: str, timeout: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while needle not in self.text():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return wait_until(lambda: needle in self.text(), timeout, 0.05)
 
 
 def test_sighup_applies_batch_and_log_level_and_names_keys_needing_restart(tmp_path: Path, audit_cli: str) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector
 from audit_otlp.runtime.sdnotify import Notifier
 
 

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditgen import AuditWriter
-from rotating import rotate
-from tailer_harness import Reader
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.rotation import rotate
+from tests.helpers.tailer_reader import Reader
 
 STEP = st.one_of(
     st.tuples(st.just("append"), st.integers(1, 25)),

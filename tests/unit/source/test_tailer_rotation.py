@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from auditgen import AuditWriter, append_bytes
-from rotating import rotate
-from tailer_harness import Reader
+from tests.helpers.auditgen import AuditWriter, append_bytes
+from tests.helpers.rotation import rotate
+from tests.helpers.tailer_reader import Reader
 
 pytestmark = pytest.mark.timeout(60)
 
