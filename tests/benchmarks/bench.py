@@ -21,14 +21,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.benchmarks.gen import RowGenerator, append, write_file
 from tests.helpers.wait import free_port, wait_until

@@ -10,11 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-
 from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row
-from audit_otlp.source.lines import Line
-from audit_otlp.mapping.spans import MappingOptions, encode_span, line_digest, parse_line, row_span
 from audit_otlp.mapping.rows import RowMapper
+from audit_otlp.mapping.spans import MappingOptions, encode_span, line_digest, parse_line, row_span
+from audit_otlp.source.lines import Line
 from tests.helpers.auditgen import AuditWriter
 
 

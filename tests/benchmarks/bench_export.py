@@ -13,23 +13,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-from tests.benchmarks.gen import RowGenerator
-
-from audit_otlp.mapping.chain import ChainHasher, ChainState
+from audit_otlp.delivery.policy import Exporter, ExportSettings
 from audit_otlp.delivery.records import DurableLog
-from audit_otlp.delivery.policy import ExportSettings, Exporter
-from audit_otlp.source.lines import LineSplitter
+from audit_otlp.mapping.chain import ChainHasher, ChainState
+from audit_otlp.mapping.rows import RowMapper
 from audit_otlp.mapping.spans import MappingOptions, make_envelope, resource_attributes
 from audit_otlp.runtime.metrics import Metrics
-from audit_otlp.mapping.rows import RowMapper
 from audit_otlp.runtime.runstate import RunState
+from audit_otlp.source.lines import LineSplitter
+from tests.benchmarks.gen import RowGenerator
 from tests.helpers.wait import free_port
 
 

@@ -12,12 +12,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
-
-
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import orjson
 

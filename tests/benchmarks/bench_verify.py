@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from audit_otlp.mapping.chain import ChainHasher
 from tests.helpers.auditgen import AuditWriter
 

@@ -1,6 +1,6 @@
 """Generate audit rows like the producer's: hash-chained through prev_hash, 250-400 bytes each.
 
-Same chain rule as tests/auditgen.py (and the daemon's verifier): prev_hash is base64(SHA-256)
+Same chain rule as tests/helpers/auditgen.py (and the daemon's verifier): prev_hash is base64(SHA-256)
 of the previous row's canonical JSON. A row's `target` can carry `@T<ns>`, its append time,
 so the counting sink can measure append-to-arrival latency without parsing anything.
 """

@@ -11,24 +11,20 @@ evidence for recommendations to mapping.py / chain.py, not code the daemon uses.
 from __future__ import annotations
 
 import argparse
-from collections import deque
 import hashlib
-import statistics
-import sys
 import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from datetime import date
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import orjson
 
-
-from tests.benchmarks.gen import RowGenerator
-
 from audit_otlp.mapping import chain
 from audit_otlp.mapping import spans as mapping  # the sketches below name the functions as mapping.*
-from audit_otlp.source.lines import LineSplitter
 from audit_otlp.mapping.rows import RowMapper
+from audit_otlp.source.lines import LineSplitter
+from tests.benchmarks.gen import RowGenerator
 
 # -- sketch 1: the chain's "can orjson print this like jq?" test, without walking every string.
 

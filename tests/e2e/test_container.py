@@ -13,7 +13,6 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -23,8 +22,8 @@ import pytest
 
 from tests.helpers.auditgen import AuditWriter
 from tests.helpers.collector import Collector
-from tests.helpers.wait import free_port, wait_until
 from tests.helpers.paths import REPO
+from tests.helpers.wait import free_port, wait_until
 
 # The first run debootstraps the base (about a minute); later runs reuse it.
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]

@@ -6,8 +6,8 @@ import json
 import os
 import signal
 import threading
-from datetime import datetime, timezone
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -51,7 +51,7 @@ def test_n_rows_become_exactly_n_spans_with_specified_ids_times_and_attributes(w
     assert a["tool.name"] == "Read" and a["agent.id"] == "s-1" and a["tool.duration_ms"] == 1
     assert a["audit.chain.verified"] is True
     # seq 1 is stamped 2026-04-15T14:00:01.001Z by auditgen.
-    expected = datetime(2026, 4, 15, 14, 0, 1, tzinfo=timezone.utc)
+    expected = datetime(2026, 4, 15, 14, 0, 1, tzinfo=UTC)
     assert first["startTimeUnixNano"] == str(int(expected.timestamp()) * 10**9 + 1_000_000)
     assert int(first["endTimeUnixNano"]) - int(first["startTimeUnixNano"]) == 1_000_000
     assert all(attrs(s)["audit.chain.verified"] is True for s in spans)
@@ -62,7 +62,7 @@ def test_timestamps_are_utc_whatever_the_machine_time_zone(work: Workdir, audit_
     AuditWriter(work.audit).append(5)
     starts = []
     for tz in ("UTC", "America/New_York"):
-        with Collector() as collector:
+        with Collector():
             env = daemon_env(TZ=tz)
             result = run_cli(audit_cli, ["run", "--once", "--dry-run", "--file", str(work.audit)], env=env)
             assert result.returncode == 0, result.stderr

@@ -8,9 +8,10 @@ import base64
 import gzip
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from google.protobuf import json_format
@@ -115,7 +116,7 @@ class Collector:
         self.endpoint = f"http://127.0.0.1:{self.port}/v1/traces"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "Collector":
+    def __enter__(self) -> Collector:
         self._thread.start()
         return self
 
@@ -136,7 +137,7 @@ class Collector:
         """The `seq` attribute of every acknowledged span, in arrival order (duplicates kept)."""
         return [seq_of(s) for s in self.accepted_spans() if seq_of(s) is not None]  # type: ignore[misc]
 
-    def wait_for(self, predicate: Callable[["Collector"], bool], timeout: float = 20.0) -> bool:
+    def wait_for(self, predicate: Callable[[Collector], bool], timeout: float = 20.0) -> bool:
         deadline = time.monotonic() + timeout
         with self._cond:
             while not predicate(self):

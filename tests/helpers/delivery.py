@@ -5,22 +5,23 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 
 from audit_otlp.delivery.batching import Batch, SpanSource
-from audit_otlp.mapping.chain import ChainState
-from audit_otlp.state.checkpoint import Cursor
-from audit_otlp.delivery.records import DurableLog
 from audit_otlp.delivery.policy import Exporter, ExportSettings
-from audit_otlp.source.fileid import FileIdentity
-from audit_otlp.source.lines import Line
+from audit_otlp.delivery.records import DurableLog
+from audit_otlp.mapping.chain import ChainState
+from audit_otlp.mapping.rows import RowMapper
 from audit_otlp.mapping.spans import MappingOptions, make_envelope, resource_attributes
 from audit_otlp.runtime.metrics import Metrics
-from audit_otlp.mapping.rows import RowMapper
 from audit_otlp.runtime.runstate import RunState
+from audit_otlp.source.fileid import FileIdentity
+from audit_otlp.source.lines import Line
+from audit_otlp.state.checkpoint import Cursor
 from tests.helpers.auditgen import AuditWriter
 
 ENVELOPE = make_envelope(resource_attributes("test", {}, False))

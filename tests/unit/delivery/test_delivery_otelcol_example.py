@@ -3,10 +3,9 @@ from the environment, and nothing in it can silently discard audit spans."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from tests.helpers.paths import REPO
-
 import yaml
+
+from tests.helpers.paths import REPO
 
 EXAMPLE = REPO / "config" / "otelcol-example.yaml"
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import email.utils
 import random
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from audit_otlp.delivery.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after
 

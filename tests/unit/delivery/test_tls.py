@@ -8,8 +8,8 @@ import ipaddress
 import logging
 import ssl
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from cryptography import x509
@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from audit_otlp.runtime.lifecycle import build_export_settings
 from audit_otlp.config.loader import ConfigError, load_config
-from audit_otlp.delivery.records import DurableLog
 from audit_otlp.delivery.policy import Exporter
+from audit_otlp.delivery.records import DurableLog
+from audit_otlp.runtime.lifecycle import build_export_settings
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
 from tests.helpers.auditgen import AuditWriter
@@ -36,7 +36,7 @@ def _name(cn: str) -> x509.Name:
 def _issue(subject: str, issuer_key: ec.EllipticCurvePrivateKey | None, issuer: x509.Name | None, *, ca: bool,
            server: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))

@@ -9,7 +9,6 @@ import hmac
 import json
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import orjson

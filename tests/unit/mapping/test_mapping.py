@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC
 from typing import Any
 
 import orjson
@@ -38,7 +39,7 @@ HEX16 = re.compile(r"[0-9a-f]{16}")
 TS_NS = calendar.timegm((2026, 4, 15, 14, 23, 3)) * 1_000_000_000 + 250_000_000
 
 
-def span_of(row: dict[str, Any], options: MappingOptions = MappingOptions(), chain: bool = False,
+def span_of(row: dict[str, Any], options: MappingOptions = MappingOptions(), chain: bool = False,  # noqa: B008 - frozen
             line: bytes | None = None) -> dict[str, Any]:
     line = line if line is not None else json.dumps(row).encode()
     verdict = verify_row(ChainState(), row, ChainHasher(), line) if chain else None
@@ -152,12 +153,12 @@ def test_bad_timestamps_fall_back_to_observed_time(text: Any) -> None:
        st.integers(-23 * 60 - 59, 23 * 60 + 59), st.sampled_from(["T", "t", " "]), st.booleans())
 def test_fast_and_exact_timestamp_parsers_agree(seconds: int, nanos: int, digits: int, offset_min: int, sep: str,
                                                 zulu: bool) -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from audit_otlp.mapping.spans import _parse_rfc3339_ns
 
     offset = timedelta(minutes=0 if zulu else offset_min)
-    local = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds) + offset
+    local = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds) + offset
     frac = f"{nanos:09d}"[:digits]
     sign = "-" if offset_min < 0 else "+"
     tz = "Z" if zulu else f"{sign}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"

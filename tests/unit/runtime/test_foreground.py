@@ -13,15 +13,14 @@ import re
 import subprocess
 import termios
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine, format_progress
 from tests.helpers.auditgen import AuditWriter
 from tests.helpers.collector import Collector, Reply
 from tests.helpers.wait import wait_until
-from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine, format_progress
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -16,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.auditgen import AuditWriter
-from tests.helpers.collector import Collector, Reply
 from audit_otlp.runtime.health import LOOP_STALL_LIMIT, HealthServer
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector, Reply
 from tests.helpers.wait import free_port, wait_until
 
 

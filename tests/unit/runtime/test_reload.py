@@ -6,14 +6,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
+from audit_otlp.config.loader import load_config
+from audit_otlp.runtime.reload import plan_reload
 from tests.helpers.auditgen import AuditWriter
 from tests.helpers.collector import Collector
 from tests.helpers.wait import wait_until
-from audit_otlp.config.loader import load_config
-from audit_otlp.runtime.reload import plan_reload
 
 
 class StderrLog:

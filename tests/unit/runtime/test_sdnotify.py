@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from audit_otlp.runtime.sdnotify import Notifier
 from tests.helpers.auditgen import AuditWriter
 from tests.helpers.collector import Collector
-from audit_otlp.runtime.sdnotify import Notifier
 
 
 class NotifyListener:
