@@ -195,7 +195,7 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text -> {name or name{labels}: value}; labelled samples also summed under the name."""
+    """Prometheus text -> {name or name{labels}: value} (a labelled sample only under its labels)."""
     out: dict[str, float] = {}
     for line in text.splitlines():
         if not line or line.startswith("#"):
@@ -203,10 +203,7 @@ def parse_metrics(text: str) -> dict[str, float]:
         m = _SAMPLE.match(line)
         if not m:
             continue
-        name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
-        out[name + labels] = value
-        if labels:
-            out[name] = out.get(name, 0.0) + value
+        out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
     return out
 
 
