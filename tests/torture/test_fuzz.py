@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audit_otlp.mapping.chain import ChainHasher, ChainState, canonical_json, verify_row
-from audit_otlp.config.loader import KEYS, ConfigError, load_config
+from audit_otlp.config import KEYS, ConfigError, load_config
 from audit_otlp.source.lines import LineSplitter
 from audit_otlp.source.lines import Line
 from audit_otlp.mapping.spans import MappingOptions, make_envelope, parse_line, resource_attributes
