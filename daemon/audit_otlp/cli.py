@@ -19,7 +19,7 @@ from audit_otlp.delivery.batching import BatchLimits
 from audit_otlp.mapping.chain import ChainHasher
 from audit_otlp.config import Config, ConfigError, load_config, parse_duration
 from audit_otlp.runtime.logs import setup_logging
-from audit_otlp.mapping.spans import MappingOptions
+from audit_otlp.mapping.ids import MappingOptions
 
 log = logging.getLogger("audit_otlp")
 

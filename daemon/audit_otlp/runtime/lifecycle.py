@@ -32,7 +32,8 @@ from audit_otlp.delivery.policy import Exporter, ExportSettings, Outcome
 from audit_otlp.runtime.health import HealthServer
 from audit_otlp.source.lines import Line
 from audit_otlp.runtime.logs import apply_log_settings
-from audit_otlp.mapping.spans import Envelope, MappingOptions, make_envelope, resource_attributes
+from audit_otlp.mapping.envelope import Envelope, make_envelope, resource_attributes
+from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine
 from audit_otlp.runtime.reload import ReloadPlan, reload_config
