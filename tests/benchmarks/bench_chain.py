@@ -11,8 +11,11 @@ import time
 from pathlib import Path
 
 from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row
+from audit_otlp.mapping.envelope import encode_span
+from audit_otlp.mapping.ids import MappingOptions, line_digest
+from audit_otlp.mapping.parse import parse_line
 from audit_otlp.mapping.rows import RowMapper
-from audit_otlp.mapping.spans import MappingOptions, encode_span, line_digest, parse_line, row_span
+from audit_otlp.mapping.spans import row_span
 from audit_otlp.source.lines import Line
 from tests.helpers.auditgen import AuditWriter
 

@@ -21,8 +21,9 @@ from pathlib import Path
 from audit_otlp.delivery.policy import Exporter, ExportSettings
 from audit_otlp.delivery.records import DurableLog
 from audit_otlp.mapping.chain import ChainHasher, ChainState
+from audit_otlp.mapping.envelope import make_envelope, resource_attributes
+from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.mapping.rows import RowMapper
-from audit_otlp.mapping.spans import MappingOptions, make_envelope, resource_attributes
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.lines import LineSplitter

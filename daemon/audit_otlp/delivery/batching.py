@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from audit_otlp.state.checkpoint import Cursor
 from audit_otlp.source.fileid import FileIdentity
-from audit_otlp.mapping.spans import Envelope
+from audit_otlp.mapping.envelope import Envelope
 
 
 class SpanSource(NamedTuple):

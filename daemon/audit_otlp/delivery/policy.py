@@ -35,9 +35,9 @@ import orjson
 
 from audit_otlp import __version__
 from audit_otlp.delivery.batching import Batch, SpanSource
-from audit_otlp.config.loader import ConfigError, mask_url
+from audit_otlp.config import ConfigError, mask_url
 from audit_otlp.delivery.records import DurableLog, truncate_body
-from audit_otlp.mapping.spans import Envelope
+from audit_otlp.mapping.envelope import Envelope
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.delivery.retry import Backoff, parse_retry_after
 from audit_otlp.runtime.runstate import RunState

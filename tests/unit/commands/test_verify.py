@@ -167,8 +167,8 @@ def test_hmac_key_file(tmp_path: Path, audit_cli: str) -> None:
 def test_verify_and_the_daemon_agree_on_any_tampering(tmp_path: Path, ops: list[tuple[str, int]]) -> None:
     """`verify`'s inline fast path and the daemon's RowMapper report the same lines."""
     from audit_otlp.mapping.chain import ChainState
+    from audit_otlp.mapping.ids import MappingOptions
     from audit_otlp.mapping.rows import RowMapper
-    from audit_otlp.mapping.spans import MappingOptions
     from audit_otlp.source.lines import Line
 
     lines = chained_lines(tmp_path, 40)
