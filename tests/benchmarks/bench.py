@@ -94,8 +94,9 @@ def reap(proc: subprocess.Popen[bytes], sig: int | None = signal.SIGTERM, timeou
 class Sink:
     def __init__(self, log: Path) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "sink.py"), str(self.port)],
-                                     stdout=subprocess.PIPE, stderr=open(log, "wb"))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "sink.py"), str(self.port)], stdout=subprocess.PIPE, stderr=open(log, "wb")
+        )
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == b"ready"
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -130,7 +131,9 @@ class Tools:
 
     def __init__(self, work: Path, peer_bin: str, peer_encoding: str) -> None:
         self.work = work
-        self.ours = shutil.which("audit-otlp", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+        self.ours = shutil.which(
+            "audit-otlp", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        )
         if self.ours is None:
             sys.exit("audit-otlp is not installed in this environment: pip install -e '.[bench]'")
         self.peer_bin = peer_bin
@@ -143,8 +146,18 @@ class Tools:
         if tool == OURS:
             checkpoint = self.work / "checkpoint.json"
             checkpoint.unlink(missing_ok=True)
-            cmd = [self.ours, "run", "--config", str(self.work / "empty.toml"), "--file", str(path), "--checkpoint",
-                   str(checkpoint), "--endpoint", f"{endpoint}/v1/traces"] + (["--once"] if once else [])
+            cmd = [
+                self.ours,
+                "run",
+                "--config",
+                str(self.work / "empty.toml"),
+                "--file",
+                str(path),
+                "--checkpoint",
+                str(checkpoint),
+                "--endpoint",
+                f"{endpoint}/v1/traces",
+            ] + (["--once"] if once else [])
         else:
             config = self.work / "otelcol.yaml"
             config.write_text(PEER_CONFIG.format(path=path, endpoint=endpoint, encoding=self.peer_encoding))
@@ -186,7 +199,9 @@ def catchup(tools: Tools, sink: Sink, tool: str, path: Path, rows: int, timeout:
     elapsed = (stats["last_arrival"] or time.monotonic()) - started
     ok = stats["records"] == rows
     return {
-        "ok": ok, "records": stats["records"], "seconds": round(elapsed, 2),
+        "ok": ok,
+        "records": stats["records"],
+        "seconds": round(elapsed, 2),
         "rows_s": rows / elapsed if ok else 0.0,
         "cpu_per_100k": usage["cpu_s"] / rows * 100_000,
         "maxrss_mb": usage["maxrss_mb"],
@@ -222,9 +237,13 @@ def live(tools: Tools, sink: Sink, tool: str, seconds: float, rate: int) -> dict
     cpu = proc_cpu_s(proc.pid) - cpu0
     usage = reap(proc)
     return {
-        "ok": stats["records"] == total, "records": stats["records"],
-        "p50_ms": stats["latency_p50_ms"], "p99_ms": stats["latency_p99_ms"], "max_ms": stats["latency_max_ms"],
-        "cpu_per_100k": cpu / (ticks * per_tick) * 100_000, "maxrss_mb": usage["maxrss_mb"],
+        "ok": stats["records"] == total,
+        "records": stats["records"],
+        "p50_ms": stats["latency_p50_ms"],
+        "p99_ms": stats["latency_p99_ms"],
+        "max_ms": stats["latency_max_ms"],
+        "cpu_per_100k": cpu / (ticks * per_tick) * 100_000,
+        "maxrss_mb": usage["maxrss_mb"],
     }
 
 
@@ -234,8 +253,13 @@ def memory(tools: Tools, sink: Sink, tool: str, path: Path, rows: int, down_seco
     proc = tools.start(tool, path, dead)
     time.sleep(down_seconds)
     down = reap(proc)
-    return {"ok": up["ok"], "up_maxrss_mb": up["maxrss_mb"], "down_maxrss_mb": down["maxrss_mb"],
-            "up_rows_s": up["rows_s"], "up_cpu_per_100k": up["cpu_per_100k"]}
+    return {
+        "ok": up["ok"],
+        "up_maxrss_mb": up["maxrss_mb"],
+        "down_maxrss_mb": down["maxrss_mb"],
+        "up_rows_s": up["rows_s"],
+        "up_cpu_per_100k": up["cpu_per_100k"],
+    }
 
 
 def idle(tools: Tools, sink: Sink, tool: str, seconds: float) -> dict[str, Any]:
@@ -277,8 +301,10 @@ def median(results: list[dict[str, Any]], metric: str) -> float | None:
 
 
 def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
-    lines = [f"| {'metric':<40} | {'audit-otlp':>10} | {'otelcol':>10} | {'ratio':>6} | {'target':<12} | ok |",
-             f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|{'-' * 8}|{'-' * 14}|----|"]
+    lines = [
+        f"| {'metric':<40} | {'audit-otlp':>10} | {'otelcol':>10} | {'ratio':>6} | {'target':<12} | ok |",
+        f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|{'-' * 8}|{'-' * 14}|----|",
+    ]
     for phase, metric, label, _, target, check in ROWS:
         if phase not in results:
             continue

@@ -46,16 +46,22 @@ def main() -> None:
     per_row("chain hash (HMAC)", n, lambda: [keyed.line_hash(line, row) for line, row in zip(lines, rows)])
     state = ChainState()
     verdicts = [verify_row(state, row, hasher, line) for line, row in zip(lines, rows)]
-    per_row("row_span + encode", n, lambda: [
-        encode_span(row_span(row, d, offset=0, observed_ns=1, options=options, chain=v))
-        for row, d, v in zip(rows, digests, verdicts)])
+    per_row(
+        "row_span + encode",
+        n,
+        lambda: [
+            encode_span(row_span(row, d, offset=0, observed_ns=1, options=options, chain=v))
+            for row, d, v in zip(rows, digests, verdicts)
+        ],
+    )
     objs, offset = [], 0
     for line in lines:
         objs.append(Line(offset, offset + len(line) + 1, line, None))
         offset += len(line) + 1
     for label, h in (("RowMapper.map_line, verify", hasher), ("RowMapper.map_line, no verify", None)):
-        per_row(label, n, lambda: [mapper.map_line(o, 1) for mapper in [RowMapper(options, h, ChainState(), _Events())]
-                                   for o in objs])
+        per_row(
+            label, n, lambda: [mapper.map_line(o, 1) for mapper in [RowMapper(options, h, ChainState(), _Events())] for o in objs]
+        )
 
 
 if __name__ == "__main__":

@@ -74,7 +74,9 @@ async def run(requests: int, spans_per_request: int, tmp: Path) -> None:
         await exporter.aclose()
         print(f"{requests} requests of {spans_per_request} spans ({body_len / 1e6:.2f} MB)")
         print(f"  wall {elapsed / requests * 1e6:8.0f} µs/request, {elapsed / requests / spans_per_request * 1e6:.2f} µs/span")
-        print(f"  CPU  {cpu / requests * 1e6:8.0f} µs/request, {cpu / requests / spans_per_request * 1e6:.2f} µs/span (this process)")
+        print(
+            f"  CPU  {cpu / requests * 1e6:8.0f} µs/request, {cpu / requests / spans_per_request * 1e6:.2f} µs/span (this process)"
+        )
         print(f"  gc off: RSS +{(rss1 - rss0) / requests:.0f} KB/request, {garbage / requests:.1f} objects in cycles/request")
     finally:
         sink.terminate()

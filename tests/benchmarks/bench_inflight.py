@@ -71,14 +71,31 @@ def run(cli: str, rows: int, latency: float, in_flight: int, max_spans: int) -> 
         for _ in range(rows // 1000):
             writer.append(1000)
         writer.append(rows % 1000)
-        config = write_fast_config(tmp / "bench.toml", f"[export]\nmax_in_flight = {in_flight}\n[batch]\nmax_spans = {max_spans}\n")
+        config = write_fast_config(
+            tmp / "bench.toml", f"[export]\nmax_in_flight = {in_flight}\n[batch]\nmax_spans = {max_spans}\n"
+        )
         collector = LatencyCollector(latency)
         try:
             started = time.monotonic()
             result = subprocess.run(
-                [cli, "run", "--once", "--deadline", "600", "--config", str(config), "--file", str(audit),
-                 "--checkpoint", str(tmp / "cp.json"), "--endpoint", collector.endpoint],
-                env=daemon_env(AUDIT_OTLP_LOG_LEVEL="warning"), capture_output=True, text=True,
+                [
+                    cli,
+                    "run",
+                    "--once",
+                    "--deadline",
+                    "600",
+                    "--config",
+                    str(config),
+                    "--file",
+                    str(audit),
+                    "--checkpoint",
+                    str(tmp / "cp.json"),
+                    "--endpoint",
+                    collector.endpoint,
+                ],
+                env=daemon_env(AUDIT_OTLP_LOG_LEVEL="warning"),
+                capture_output=True,
+                text=True,
             )
             elapsed = time.monotonic() - started
         finally:
@@ -102,8 +119,9 @@ def main() -> None:
     for n in args.in_flight:
         elapsed, spans, requests = run(cli, args.rows, args.latency, n, args.max_spans)
         assert spans == args.rows, f"collector got {spans} spans, expected {args.rows}"
-        print(f"max_in_flight={n}: {elapsed:6.2f} s  {spans / elapsed:8.0f} spans/s  ({requests} requests, "
-              f"process start included)")
+        print(
+            f"max_in_flight={n}: {elapsed:6.2f} s  {spans / elapsed:8.0f} spans/s  ({requests} requests, process start included)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Rows/s of `audit-otlp verify` on a generated chained file (not part of the default test run).
 
-    python -m tests.benchmarks.bench_verify                 # 1M rows, SHA-256
-    python -m tests.benchmarks.bench_verify --rows 1000000 --key k3y
+python -m tests.benchmarks.bench_verify                 # 1M rows, SHA-256
+python -m tests.benchmarks.bench_verify --rows 1000000 --key k3y
 """
 
 from __future__ import annotations

@@ -107,9 +107,16 @@ def _kv(key: str) -> Callable[[Any], bytes]:
     return lambda value: prefix + _value_bytes(value) + b"}"
 
 
-def row_span_bytes(row: dict[str, Any], digest: bytes, *, offset: int, observed_ns: int,
-                   options: ids.MappingOptions, chain_verdict: chain.ChainVerdict | None,
-                   parse_ts: Callable[[Any], int | None]) -> bytes:
+def row_span_bytes(
+    row: dict[str, Any],
+    digest: bytes,
+    *,
+    offset: int,
+    observed_ns: int,
+    options: ids.MappingOptions,
+    chain_verdict: chain.ChainVerdict | None,
+    parse_ts: Callable[[Any], int | None],
+) -> bytes:
     """Same bytes as encode_span(row_span(...)) built from byte fragments (tool rows and
     non-tool rows; the same attribute order as span_building.row_span)."""
     attrs: list[bytes] = []
@@ -178,20 +185,44 @@ def row_span_bytes(row: dict[str, Any], digest: bytes, *, offset: int, observed_
     duration = row.get("duration_ms")
     if isinstance(duration, (int, float)) and not isinstance(duration, bool) and 0 <= duration < 10**12:
         end = start + int(duration * 1_000_000)
-    return b"".join((
-        b'{"traceId":"', ids.trace_id_for(row, digest, options).encode(),
-        b'","spanId":"', ids.span_id_for(digest).encode(),
-        b'","name":', orjson.dumps(name),
-        b',"kind":1,"startTimeUnixNano":"%d","endTimeUnixNano":"%d","attributes":[' % (start, end),
-        b",".join(attrs), b'],"status":', status, b"}",
-    ))
+    return b"".join(
+        (
+            b'{"traceId":"',
+            ids.trace_id_for(row, digest, options).encode(),
+            b'","spanId":"',
+            ids.span_id_for(digest).encode(),
+            b'","name":',
+            orjson.dumps(name),
+            b',"kind":1,"startTimeUnixNano":"%d","endTimeUnixNano":"%d","attributes":[' % (start, end),
+            b",".join(attrs),
+            b'],"status":',
+            status,
+            b"}",
+        )
+    )
 
 
-KV = {name: _kv(name) for name in (
-    "agent.id", "policy.outcome", "gen_ai.tool.name", "gen_ai.tool.call.id", "gen_ai.conversation.id",
-    "gen_ai.agent.id", "error.type", "audit.chain.verified", "audit.hash", "audit.chain.restart", "audit.offset",
-    "audit.ts_invalid", *(attribute for _, attribute in span_building._DIRECT_ATTRIBUTES))}
-CONST_EXECUTE_TOOL = KV["gen_ai.tool.name"]("x").replace(b"gen_ai.tool.name", b"gen_ai.operation.name").replace(b'"x"', b'"execute_tool"')
+KV = {
+    name: _kv(name)
+    for name in (
+        "agent.id",
+        "policy.outcome",
+        "gen_ai.tool.name",
+        "gen_ai.tool.call.id",
+        "gen_ai.conversation.id",
+        "gen_ai.agent.id",
+        "error.type",
+        "audit.chain.verified",
+        "audit.hash",
+        "audit.chain.restart",
+        "audit.offset",
+        "audit.ts_invalid",
+        *(attribute for _, attribute in span_building._DIRECT_ATTRIBUTES),
+    )
+}
+CONST_EXECUTE_TOOL = (
+    KV["gen_ai.tool.name"]("x").replace(b"gen_ai.tool.name", b"gen_ai.operation.name").replace(b'"x"', b'"execute_tool"')
+)
 CONST_INVOKE_WORKFLOW = CONST_EXECUTE_TOOL.replace(b"execute_tool", b"invoke_workflow")
 CONST_TOOL_TYPE_FUNCTION = _kv("gen_ai.tool.type")("function")
 CONST_TOOL_TYPE_EXTENSION = _kv("gen_ai.tool.type")("extension")
@@ -253,7 +284,9 @@ def main() -> None:
         for line in lines:
             mapper.map_line(line, 1)
 
-    print(f"{n} rows, {len(data) / n:.0f} bytes each; span {len(envelope.encode_span(span_building.row_span(rows[1], digests[1], offset=7, observed_ns=1, options=options, chain=verdicts[1])))} bytes")
+    print(
+        f"{n} rows, {len(data) / n:.0f} bytes each; span {len(envelope.encode_span(span_building.row_span(rows[1], digests[1], offset=7, observed_ns=1, options=options, chain=verdicts[1])))} bytes"
+    )
     print("-- today")
     timed("floor: orjson.loads + orjson.dumps", lambda: drain(orjson.dumps(orjson.loads(d)) for d in raw))
     timed("RowMapper.map_line (everything below)", map_all)
@@ -262,33 +295,56 @@ def main() -> None:
     timed("chain.verify_row", lambda: drain(chain.verify_row(chain.ChainState(), r, hasher) for r in rows))
     timed("  canonical.canonical_json", lambda: drain(canonical.canonical_json(r) for r in rows))
     timed("  canonical._for_orjson (part of canonical_json)", lambda: drain(canonical._for_orjson(r) for r in rows))
-    timed("span_building.row_span", lambda: drain(span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v)
-                                       for r, d, v in zip(rows, digests, verdicts)))
+    timed(
+        "span_building.row_span",
+        lambda: drain(
+            span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v)
+            for r, d, v in zip(rows, digests, verdicts)
+        ),
+    )
     timed("  parse.parse_timestamp_ns", lambda: drain(parse.parse_timestamp_ns(r["ts"]) for r in rows))
     timed("  ids.trace_id_for", lambda: drain(ids.trace_id_for(r, d, options) for r, d in zip(rows, digests)))
-    spans = [span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v) for r, d, v in zip(rows, digests, verdicts)]
+    spans = [
+        span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v)
+        for r, d, v in zip(rows, digests, verdicts)
+    ]
     timed("envelope.encode_span", lambda: drain(envelope.encode_span(s) for s in spans))
-    timed("row_span + encode_span", lambda: drain(
-        envelope.encode_span(span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v))
-        for r, d, v in zip(rows, digests, verdicts)))
+    timed(
+        "row_span + encode_span",
+        lambda: drain(
+            envelope.encode_span(span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v))
+            for r, d, v in zip(rows, digests, verdicts)
+        ),
+    )
     print("-- sketches (same bytes)")
     timed("whole chunk: orjson.loads(b'[' + b','.join(lines) + b']')", lambda: orjson.loads(b"[" + b",".join(raw) + b"]"))
     timed("canonical_json_fast", lambda: drain(canonical_json_fast(r) for r in rows))
     timed("TimestampParser", lambda: drain(ts(r["ts"]) for r in rows))
     today_kv = span_building.kv
-    span_building.kv = lambda key, value: ({"key": key, "value": {"stringValue": value}} if type(value) is str
-                                      else today_kv(key, value))  # sketch 4: strings first
+    span_building.kv = lambda key, value: (
+        {"key": key, "value": {"stringValue": value}} if type(value) is str else today_kv(key, value)
+    )  # sketch 4: strings first
     try:
-        assert all(envelope.encode_span(span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v)) == e
-                   for r, d, v, e in zip(rows, digests, verdicts, (envelope.encode_span(s) for s in spans)))
-        timed("row_span + encode_span, _kv tests `type(value) is str` first", lambda: drain(
-            envelope.encode_span(span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v))
-            for r, d, v in zip(rows, digests, verdicts)))
+        assert all(
+            envelope.encode_span(span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v)) == e
+            for r, d, v, e in zip(rows, digests, verdicts, (envelope.encode_span(s) for s in spans))
+        )
+        timed(
+            "row_span + encode_span, _kv tests `type(value) is str` first",
+            lambda: drain(
+                envelope.encode_span(span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v))
+                for r, d, v in zip(rows, digests, verdicts)
+            ),
+        )
     finally:
         span_building.kv = today_kv
-    timed("row_span_bytes (row_span + encode_span)", lambda: drain(
-        row_span_bytes(r, d, offset=7, observed_ns=1, options=options, chain_verdict=v, parse_ts=ts)
-        for r, d, v in zip(rows, digests, verdicts)))
+    timed(
+        "row_span_bytes (row_span + encode_span)",
+        lambda: drain(
+            row_span_bytes(r, d, offset=7, observed_ns=1, options=options, chain_verdict=v, parse_ts=ts)
+            for r, d, v in zip(rows, digests, verdicts)
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -18,14 +18,30 @@ from tests.helpers.collector import Collector, attrs
 from tests.helpers.tampering import TAMPERINGS
 
 
-def run_once(cli: str, audit: Path, checkpoint: Path, endpoint: str, env: dict[str, str] | None = None,
-             *extra: str) -> subprocess.CompletedProcess[str]:
+def run_once(
+    cli: str, audit: Path, checkpoint: Path, endpoint: str, env: dict[str, str] | None = None, *extra: str
+) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AUDIT_OTLP_", "OTEL_", "SENTRY_", "DD_"))}
     full_env.update(env or {})
     result = subprocess.run(
-        [cli, "run", "--once", "--deadline", "60", "--file", str(audit), "--checkpoint", str(checkpoint),
-         "--endpoint", endpoint, *extra],
-        capture_output=True, text=True, timeout=90, env=full_env,
+        [
+            cli,
+            "run",
+            "--once",
+            "--deadline",
+            "60",
+            "--file",
+            str(audit),
+            "--checkpoint",
+            str(checkpoint),
+            "--endpoint",
+            endpoint,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=full_env,
     )
     assert result.returncode == 0, result.stderr
     return result

@@ -62,15 +62,32 @@ def _make_rootfs(rootfs: Path) -> None:
     too, so that `pip install` inside the build trusts whatever TLS proxy this host uses."""
     tmp = rootfs.with_name(rootfs.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(tmp), _debian_mirror()],
-                   check=True, capture_output=True, timeout=900)
+    subprocess.run(
+        ["debootstrap", "--variant=minbase", "bookworm", str(tmp), _debian_mirror()], check=True, capture_output=True, timeout=900
+    )
     shutil.copy("/etc/resolv.conf", tmp / "etc/resolv.conf")
     subprocess.run(["mount", "-t", "proc", "proc", str(tmp / "proc")], check=True)
     try:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["chroot", str(tmp), "apt-get", "update", "-qq"], check=True, capture_output=True, timeout=600)
-        subprocess.run(["chroot", str(tmp), "apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                        "python3", "python3-venv", "ca-certificates"], check=True, capture_output=True, env=env, timeout=900)
+        subprocess.run(
+            [
+                "chroot",
+                str(tmp),
+                "apt-get",
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "python3",
+                "python3-venv",
+                "ca-certificates",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+            timeout=900,
+        )
         subprocess.run(["chroot", str(tmp), "apt-get", "clean"], check=True)
     finally:
         subprocess.run(["umount", str(tmp / "proc")], check=False)
@@ -98,23 +115,33 @@ def ensure_base() -> str:
     return LOCAL_BASE
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def image() -> str:
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed (tests/run installs it on Debian)")
     if os.geteuid() != 0:
         pytest.skip("the local podman recipe needs root")
-    if not os.environ.get("AUDIT_OTLP_BASE_IMAGE") and shutil.which("debootstrap") is None and \
-            podman("image", "exists", LOCAL_BASE, check=False).returncode != 0:
+    if (
+        not os.environ.get("AUDIT_OTLP_BASE_IMAGE")
+        and shutil.which("debootstrap") is None
+        and podman("image", "exists", LOCAL_BASE, check=False).returncode != 0
+    ):
         pytest.skip("debootstrap is not installed and no base image is cached")
     base = ensure_base()
     started = time.monotonic()
-    podman("build", "--isolation", "chroot", "--format", "docker", "--build-arg", f"BASE_IMAGE={base}",
-           "-t", IMAGE, str(REPO), timeout=900)
+    podman(
+        "build",
+        "--isolation",
+        "chroot",
+        "--format",
+        "docker",
+        "--build-arg",
+        f"BASE_IMAGE={base}",
+        "-t",
+        IMAGE,
+        str(REPO),
+        timeout=900,
+    )
     print(f"\nimage build: {time.monotonic() - started:.1f} s")
     podman("image", "prune", "-f", check=False)  # drop the previous build's untagged layers
     size = podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout.strip()
@@ -134,10 +161,25 @@ def test_image_runs_read_only_as_sidecar_delivers_and_stops_gracefully(image: st
     name = f"audit-otlp-test-{uuid.uuid4().hex[:8]}"
     with Collector() as collector:
         started = time.monotonic()
-        podman("run", "-d", "--name", name, "--network", "host", "--read-only", *RUN_FLAGS,
-               "-v", f"{audit_dir}:/audit:ro", "-v", f"{state_dir}:/var/lib/audit-otlp",
-               "-e", f"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={collector.endpoint}",
-               "-e", f"AUDIT_OTLP_HEALTH_LISTEN=127.0.0.1:{port}", image)
+        podman(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--read-only",
+            *RUN_FLAGS,
+            "-v",
+            f"{audit_dir}:/audit:ro",
+            "-v",
+            f"{state_dir}:/var/lib/audit-otlp",
+            "-e",
+            f"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={collector.endpoint}",
+            "-e",
+            f"AUDIT_OTLP_HEALTH_LISTEN=127.0.0.1:{port}",
+            image,
+        )
         try:
             assert collector.wait_for_spans(5, timeout=60), podman("logs", name, check=False).stderr
             print(f"first rows delivered {time.monotonic() - started:.1f} s after `podman run`")

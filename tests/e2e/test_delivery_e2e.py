@@ -65,7 +65,11 @@ class FaultyResponder:
                 k = min(spans, self.rng.randint(0, 2))
                 self.rejected += k
                 self.faults["200 partial success"] += 1
-                return Reply(200, orjson.dumps({"partialSuccess": {"rejectedSpans": str(k), "errorMessage": "dropped by policy"}}), delay=slow)
+                return Reply(
+                    200,
+                    orjson.dumps({"partialSuccess": {"rejectedSpans": str(k), "errorMessage": "dropped by policy"}}),
+                    delay=slow,
+                )
             if r < 0.50:
                 self.faults["202 empty body"] += 1
                 return Reply(202, b"", delay=slow)
@@ -87,8 +91,10 @@ def test_fault_injection_every_clean_row_acknowledged_and_metrics_match(audit_cl
 
     append(300)
     append_bytes(audit, b"this line is not json\n")  # bad input: becomes an audit.malformed_line span
-    config = ('[export]\nmax_in_flight = 4\ntimeout = "5s"\n[batch]\nmax_spans = 64\nmax_wait = "30ms"\n'
-              f'[delivery]\nreceipts_path = "{tmp_path / "receipts.jsonl"}"\n')
+    config = (
+        '[export]\nmax_in_flight = 4\ntimeout = "5s"\n[batch]\nmax_spans = 64\nmax_wait = "30ms"\n'
+        f'[delivery]\nreceipts_path = "{tmp_path / "receipts.jsonl"}"\n'
+    )
     with Collector(responder) as collector, fast_daemon(audit_cli, tmp_path, collector.endpoint, config) as daemon:
         violations: list[str] = []
 
@@ -163,9 +169,24 @@ def test_nothing_is_claimed_while_the_collector_is_down(audit_cli: str, tmp_path
         assert m["audit_otlp_last_success_timestamp_seconds"] == 0
         assert m["audit_otlp_backlog_bytes"] == audit.stat().st_size
         assert daemon.checkpoint_offset() == 0 and not receipts.exists()
-        status = orjson.loads(subprocess.run(
-            [audit_cli, "status", "--json", "--config", str(tmp_path / "daemon.toml"), "--file", str(audit),
-             "--checkpoint", str(daemon.checkpoint)], env=daemon_env(), capture_output=True, timeout=30).stdout)
+        status = orjson.loads(
+            subprocess.run(
+                [
+                    audit_cli,
+                    "status",
+                    "--json",
+                    "--config",
+                    str(tmp_path / "daemon.toml"),
+                    "--file",
+                    str(audit),
+                    "--checkpoint",
+                    str(daemon.checkpoint),
+                ],
+                env=daemon_env(),
+                capture_output=True,
+                timeout=30,
+            ).stdout
+        )
         assert status["delivered_spans"] == 0 and status["last_success"] is None and status["last_receipt"] is None
         with Collector(port=port) as back:  # the collector comes back on the same port
             assert back.wait_for_spans(50, timeout=30)
@@ -243,8 +264,13 @@ def test_receipts_and_status_show_the_last_one(audit_cli: str, tmp_path: Path) -
     config = write_fast_config(tmp_path / "r.toml", f'[batch]\nmax_spans = 10\n[delivery]\nreceipts_path = "{receipts}"\n')
     with Collector() as collector:
         args = ["--config", str(config), "--file", str(audit), "--checkpoint", str(tmp_path / "cp.json")]
-        result = subprocess.run([audit_cli, "run", "--once", "--deadline", "30", "--endpoint", collector.endpoint, *args],
-                                env=daemon_env(), capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [audit_cli, "run", "--once", "--deadline", "30", "--endpoint", collector.endpoint, *args],
+            env=daemon_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         records = read_ndjson(receipts)
         assert len(records) == len(collector.accepted()) == 3
@@ -252,8 +278,9 @@ def test_receipts_and_status_show_the_last_one(audit_cli: str, tmp_path: Path) -
     assert ranges[0][0] == 0 and ranges[-1][1] == audit.stat().st_size
     for a, b in zip(ranges, ranges[1:]):
         assert a[1] == b[0]  # together, a contiguous proof of delivery of the whole file
-    status = orjson.loads(subprocess.run([audit_cli, "status", "--json", *args], env=daemon_env(),
-                                         capture_output=True, timeout=30).stdout)
+    status = orjson.loads(
+        subprocess.run([audit_cli, "status", "--json", *args], env=daemon_env(), capture_output=True, timeout=30).stdout
+    )
     assert status["last_receipt"] == records[-1]
 
 
@@ -292,7 +319,9 @@ def test_torture_faults_timeouts_and_sigkill_restarts_lose_nothing(audit_cli: st
                 wait_until(lambda: daemon.checkpoint_offset() >= target, timeout=60)
                 daemon.stop(signal.SIGKILL)
             else:
-                assert wait_until(lambda: daemon.checkpoint_offset() == audit.stat().st_size, timeout=120), daemon.log_text()[-3000:]
+                assert wait_until(lambda: daemon.checkpoint_offset() == audit.stat().st_size, timeout=120), daemon.log_text()[
+                    -3000:
+                ]
                 assert daemon.stop() == 0
         clean = {s for s in range(1, total_rows + 1) if s not in poison}
         seqs = collector.accepted_seqs()

@@ -71,8 +71,9 @@ def test_trace_id_from_session(tmp_path: Path, audit_cli: str) -> None:
     AuditWriter(audit, session="s-A").append(5)
     config = tmp_path / "c.toml"
     config.write_text('[mapping]\ntrace_id_from = "session"\ndd_llmobs_enabled = false\n')
-    by_session = [s for line in export(audit_cli, audit, "--config", str(config)).stdout.splitlines()
-                  for s in spans_of(orjson.loads(line))]
+    by_session = [
+        s for line in export(audit_cli, audit, "--config", str(config)).stdout.splitlines() for s in spans_of(orjson.loads(line))
+    ]
     assert len({s["traceId"] for s in by_session}) == 1
     assert all(attrs(s)["gen_ai.conversation.id"] == "s-A" for s in by_session)
     by_prev_hash = [s for line in export(audit_cli, audit).stdout.splitlines() for s in spans_of(orjson.loads(line))]

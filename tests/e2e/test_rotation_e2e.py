@@ -93,8 +93,9 @@ def _line_count(path: Path) -> int:
         return 0
 
 
-def torture(audit_cli: str, tmp_path: Path, seed: int, seconds: float, styles: tuple[str, ...],
-            crashes: bool, outages: bool) -> dict[str, Any]:
+def torture(
+    audit_cli: str, tmp_path: Path, seed: int, seconds: float, styles: tuple[str, ...], crashes: bool, outages: bool
+) -> dict[str, Any]:
     log = tmp_path / "audit.jsonl"
     switch = Switch()
     rnd = random.Random(seed)
@@ -134,10 +135,16 @@ def torture(audit_cli: str, tmp_path: Path, seed: int, seconds: float, styles: t
     counts = Counter(acked)
     missing = sorted(set(range(1, written + 1)) - set(counts))
     result = {
-        "written": written, "acked_unique": len(counts), "missing": missing,
-        "duplicates": sum(c - 1 for c in counts.values()), "kills": daemon.kills,
-        "rotations": dict(producer.rotations), "exit_code": exit_code, "complete": complete,
-        "log": daemon.log_text(), "invalid": invalid,
+        "written": written,
+        "acked_unique": len(counts),
+        "missing": missing,
+        "duplicates": sum(c - 1 for c in counts.values()),
+        "kills": daemon.kills,
+        "rotations": dict(producer.rotations),
+        "exit_code": exit_code,
+        "complete": complete,
+        "log": daemon.log_text(),
+        "invalid": invalid,
     }
     print({k: v for k, v in result.items() if k not in ("log", "missing", "invalid")}, "missing:", len(missing))
     return result
@@ -145,7 +152,7 @@ def torture(audit_cli: str, tmp_path: Path, seed: int, seconds: float, styles: t
 
 def check(result: dict[str, Any], crashes: bool) -> None:
     assert result["missing"] == [], f"lost {len(result['missing'])} rows, first {result['missing'][:10]}\n{result['log'][-3000:]}"
-    assert set(result["rotations"]) , "no rotation happened"
+    assert set(result["rotations"]), "no rotation happened"
     # Duplicates only from crash windows: at most the requests in flight (and queued) at each kill.
     assert result["duplicates"] <= result["kills"] * (2 * IN_FLIGHT + 1) * BATCH
     if not crashes:
@@ -177,6 +184,7 @@ def test_torture_long(audit_cli: str, tmp_path: Path, seed: int) -> None:
 
 
 # -- the rotation table: style x restart while rotated x collector down ---------------------------
+
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("down", [False, True], ids=["collector_up", "collector_down"])
@@ -231,7 +239,9 @@ def test_symlink_switch_e2e(audit_cli: str, tmp_path: Path) -> None:
         tmp = tmp_path / "switch"
         tmp.symlink_to(second)
         os.replace(tmp, link)
-        assert wait_until(lambda: set(collector.accepted_seqs()) >= set(range(1, 101)), timeout=30, interval=POLL), daemon.log_text()
+        assert wait_until(lambda: set(collector.accepted_seqs()) >= set(range(1, 101)), timeout=30, interval=POLL), (
+            daemon.log_text()
+        )
         assert daemon.stop() == 0
         counts = Counter(collector.accepted_seqs())
     assert set(counts) == set(range(1, 101)) and max(counts.values()) == 1

@@ -67,7 +67,15 @@ def test_timestamps_are_utc_whatever_the_machine_time_zone(work: Workdir, audit_
             result = run_cli(audit_cli, ["run", "--once", "--dry-run", "--file", str(work.audit)], env=env)
             assert result.returncode == 0, result.stderr
             docs = [orjson.loads(line) for line in result.stdout.splitlines()]
-            starts.append([s["startTimeUnixNano"] for d in docs for rs in d["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]])
+            starts.append(
+                [
+                    s["startTimeUnixNano"]
+                    for d in docs
+                    for rs in d["resourceSpans"]
+                    for ss in rs["scopeSpans"]
+                    for s in ss["spans"]
+                ]
+            )
     assert starts[0] == starts[1] and len(starts[0]) == 5
 
 
@@ -155,7 +163,7 @@ def test_partial_last_line_is_held_until_its_newline_arrives(work: Workdir, audi
 def test_bad_lines_become_accounted_error_spans_and_nothing_is_lost(work: Workdir, audit_cli: str) -> None:
     writer = AuditWriter(work.audit)
     writer.append(2)
-    append_bytes(work.audit, b"this is not json\n\n   \n[1,2,3]\n\xff\xfe{\"bad\": \"utf8\"}\n")
+    append_bytes(work.audit, b'this is not json\n\n   \n[1,2,3]\n\xff\xfe{"bad": "utf8"}\n')
     append_bytes(work.audit, b'{"event":"tool_use","big":"' + b"x" * (2 * 1024 * 1024) + b'"}\n')
     writer.append(2)
     with Collector() as collector:
@@ -207,8 +215,20 @@ def test_export_prints_requests_each_accepted_on_its_own(work: Workdir, audit_cl
 
 def test_dry_run_prints_requests_and_writes_no_checkpoint(work: Workdir, audit_cli: str) -> None:
     AuditWriter(work.audit).append(7)
-    result = run_cli(audit_cli, ["run", "--once", "--dry-run", "--file", str(work.audit), "--checkpoint", str(work.checkpoint),
-                                 "--endpoint", "http://127.0.0.1:9/v1/traces"])
+    result = run_cli(
+        audit_cli,
+        [
+            "run",
+            "--once",
+            "--dry-run",
+            "--file",
+            str(work.audit),
+            "--checkpoint",
+            str(work.checkpoint),
+            "--endpoint",
+            "http://127.0.0.1:9/v1/traces",
+        ],
+    )
     assert result.returncode == 0, result.stderr
     docs = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert sum(len(ss["spans"]) for d in docs for rs in d["resourceSpans"] for ss in rs["scopeSpans"]) == 7
@@ -240,8 +260,19 @@ def test_unwritable_checkpoint_directory_is_fatal_with_exit_3(work: Workdir, aud
     AuditWriter(work.audit).append(1)
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the checkpoint directory should be")
-    result = run_cli(audit_cli, ["run", "--once", "--file", str(work.audit), "--checkpoint", str(blocker / "cp.json"),
-                                 "--endpoint", "http://127.0.0.1:9/v1/traces"])
+    result = run_cli(
+        audit_cli,
+        [
+            "run",
+            "--once",
+            "--file",
+            str(work.audit),
+            "--checkpoint",
+            str(blocker / "cp.json"),
+            "--endpoint",
+            "http://127.0.0.1:9/v1/traces",
+        ],
+    )
     assert result.returncode == 3
     assert "fatal" in result.stderr.lower() and len(result.stderr.strip().splitlines()) == 1
 

@@ -19,7 +19,9 @@ def run(audit_cli: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def status_json(audit_cli: str, tmp_path: Path) -> dict:
-    result = run(audit_cli, "status", "--json", "--file", str(tmp_path / "audit.jsonl"), "--checkpoint", str(tmp_path / "cp.json"))
+    result = run(
+        audit_cli, "status", "--json", "--file", str(tmp_path / "audit.jsonl"), "--checkpoint", str(tmp_path / "cp.json")
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -30,8 +32,19 @@ def delivered(tmp_path: Path, audit_cli: str) -> AuditWriter:
     writer = AuditWriter(tmp_path / "audit.jsonl")
     writer.append(10)
     with Collector(lambda doc, n: Reply(503, b"busy") if n == 1 else Reply()) as collector:
-        result = run(audit_cli, "run", "--once", "--deadline", "30", "--file", str(tmp_path / "audit.jsonl"),
-                     "--checkpoint", str(tmp_path / "cp.json"), "--endpoint", collector.endpoint)
+        result = run(
+            audit_cli,
+            "run",
+            "--once",
+            "--deadline",
+            "30",
+            "--file",
+            str(tmp_path / "audit.jsonl"),
+            "--checkpoint",
+            str(tmp_path / "cp.json"),
+            "--endpoint",
+            collector.endpoint,
+        )
         assert result.returncode == 0, result.stderr
         assert len(collector.accepted_spans()) == 10
     # The daemon's own promise, checked here so that a failure below is about status, not about it.
@@ -69,8 +82,9 @@ def _row(tmp_path: Path, seq: int) -> dict:
     raise AssertionError(seq)
 
 
-def test_rotated_file_held_and_the_overlap_of_the_new_file_is_not_counted(tmp_path: Path, audit_cli: str,
-                                                                          delivered: AuditWriter) -> None:
+def test_rotated_file_held_and_the_overlap_of_the_new_file_is_not_counted(
+    tmp_path: Path, audit_cli: str, delivered: AuditWriter
+) -> None:
     log = tmp_path / "audit.jsonl"
     delivered_size = log.stat().st_size
     delivered.append(4)
@@ -83,15 +97,21 @@ def test_rotated_file_held_and_the_overlap_of_the_new_file_is_not_counted(tmp_pa
     status = status_json(audit_cli, tmp_path)
     held = status["rotated_files_held"]
     assert held, (status, json.loads((tmp_path / "cp.json").read_text()), os.stat(tmp_path / "audit.jsonl.1"))
-    assert held == [{"path": str(tmp_path / "audit.jsonl.1"),
-                     "pending_bytes": (tmp_path / "audit.jsonl.1").stat().st_size - delivered_size, "pending_rows": 4}]
+    assert held == [
+        {
+            "path": str(tmp_path / "audit.jsonl.1"),
+            "pending_bytes": (tmp_path / "audit.jsonl.1").stat().st_size - delivered_size,
+            "pending_rows": 4,
+        }
+    ]
     assert status["backlog_rows"] == 4 + 5  # the 3 repeated lines are not counted twice
     new_rows_bytes = log.stat().st_size - sum(len(line) for line in old_lines[-3:])
     assert status["backlog_bytes"] == held[0]["pending_bytes"] + new_rows_bytes
 
 
-def test_rewritten_file_is_searched_by_last_line_else_reported_as_resume_gap(tmp_path: Path, audit_cli: str,
-                                                                             delivered: AuditWriter) -> None:
+def test_rewritten_file_is_searched_by_last_line_else_reported_as_resume_gap(
+    tmp_path: Path, audit_cli: str, delivered: AuditWriter
+) -> None:
     log = tmp_path / "audit.jsonl"
     lines = log.read_bytes().splitlines(keepends=True)
     # copytruncate-like: same inode, new content that still holds the last delivered line.

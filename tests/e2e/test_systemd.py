@@ -44,15 +44,17 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path, audit_cli: str) -> N
     assert "ExecStart=/usr/local/bin/audit-otlp run\n" in text
     copy = tmp_path / "audit-otlp.service"
     copy.write_text(text.replace("ExecStart=/usr/local/bin/audit-otlp", f"ExecStart={audit_cli}"))
-    result = subprocess.run(["systemd-analyze", "verify", "--man=false", "--generators=false", str(copy)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=false", "--generators=false", str(copy)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "audit-otlp.service" not in result.stderr, result.stderr  # no warnings about our unit either
 
 
 def test_unit_security_exposure_is_at_most_1_5() -> None:
-    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(UNIT)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(UNIT)], capture_output=True, text=True, timeout=60
+    )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
     exposure = float(match.group(1))
@@ -81,10 +83,16 @@ def test_daemon_under_the_units_environment_keeps_its_checkpoint_in_state_direct
     state.mkdir(mode=0o700)
     AuditWriter(tmp_path / "audit.jsonl").append(3)
     with Collector() as collector:
-        env = {**os.environ, "STATE_DIRECTORY": str(state), "AUDIT_OTLP_CONFIG": "",
-               "AUDIT_OTLP_FILE": str(tmp_path / "audit.jsonl"), "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.endpoint}
-        result = subprocess.run([audit_cli, "run", "--once", "--deadline", "30"], env=env, cwd=state,
-                                capture_output=True, text=True, timeout=60)
+        env = {
+            **os.environ,
+            "STATE_DIRECTORY": str(state),
+            "AUDIT_OTLP_CONFIG": "",
+            "AUDIT_OTLP_FILE": str(tmp_path / "audit.jsonl"),
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.endpoint,
+        }
+        result = subprocess.run(
+            [audit_cli, "run", "--once", "--deadline", "30"], env=env, cwd=state, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr
         assert len(collector.accepted_spans()) == 3
     assert (state / "checkpoint.json").exists()

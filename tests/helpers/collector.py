@@ -96,7 +96,9 @@ class Collector:
                     self.connection.close()
                     return
                 with collector._cond:
-                    collector.requests.append(Received(doc, {k.lower(): v for k, v in self.headers.items()}, reply.status, self.path))
+                    collector.requests.append(
+                        Received(doc, {k.lower(): v for k, v in self.headers.items()}, reply.status, self.path)
+                    )
                     collector._cond.notify_all()
                 self._answer(reply)
 
@@ -154,7 +156,7 @@ class Collector:
 def attrs(span: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kv in span.get("attributes", []):
-        (kind, value), = kv["value"].items()
+        ((kind, value),) = kv["value"].items()
         out[kv["key"]] = int(value) if kind == "intValue" else value
     return out
 
@@ -163,5 +165,5 @@ def seq_of(span: dict[str, Any]) -> int | None:
     """Rows from auditgen carry `seq`; it reaches the span through the target path."""
     target = attrs(span).get("audit.target")
     if isinstance(target, str) and target.startswith("src/file_"):
-        return int(target[len("src/file_"):-3])
+        return int(target[len("src/file_") : -3])
     return None

@@ -28,13 +28,18 @@ def installed_cli() -> str | None:
 
 def daemon_env(**extra: str) -> dict[str, str]:
     """The test process's environment without anything that would configure the daemon, plus `extra`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OTEL_", "AUDIT_OTLP_", "SENTRY_", "DD_")) and k not in ("STATE_DIRECTORY", "NOTIFY_SOCKET")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OTEL_", "AUDIT_OTLP_", "SENTRY_", "DD_")) and k not in ("STATE_DIRECTORY", "NOTIFY_SOCKET")
+    }
     env.update(extra)
     return env
 
 
-def run_cli(cli: str, args: list[str], env: dict[str, str] | None = None, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    cli: str, args: list[str], env: dict[str, str] | None = None, timeout: float = 60, **kw: Any
+) -> subprocess.CompletedProcess[str]:
     """One command to completion (`run --once`, `export`, `status`...), output captured as text."""
     return subprocess.run([cli, *args], capture_output=True, text=True, timeout=timeout, env=env or daemon_env(), **kw)
 
@@ -58,8 +63,8 @@ def write_config(path: Path, **sections: dict[str, Any]) -> Path:
 def write_fast_config(path: Path, text: str) -> Path:
     """A TOML config with fast retries and checkpoints for tests, plus `text`."""
     path.write_text(
-        "[retry]\ninitial_backoff = \"10ms\"\nmax_backoff = \"100ms\"\nauth_backoff = \"200ms\"\n"
-        "[checkpoint]\ninterval = \"20ms\"\n" + text
+        '[retry]\ninitial_backoff = "10ms"\nmax_backoff = "100ms"\nauth_backoff = "200ms"\n'
+        '[checkpoint]\ninterval = "20ms"\n' + text
     )
     return path
 
@@ -83,8 +88,17 @@ class DaemonProcess:
     kills: int = 0
 
     def argv(self) -> list[str]:
-        argv = [self.cli, "run", "--file", str(self.source), "--checkpoint", str(self.checkpoint),
-                "--endpoint", self.endpoint, *self.extra_args]
+        argv = [
+            self.cli,
+            "run",
+            "--file",
+            str(self.source),
+            "--checkpoint",
+            str(self.checkpoint),
+            "--endpoint",
+            self.endpoint,
+            *self.extra_args,
+        ]
         if self.config is not None:
             argv += ["--config", str(self.config)]
         if self.health:
@@ -152,13 +166,16 @@ class DaemonProcess:
             self.stop()
 
 
-def fast_daemon(cli: str, tmp: Path, endpoint: str, config_text: str = "", env: dict[str, str] | None = None,
-                audit: Path | None = None) -> DaemonProcess:
+def fast_daemon(
+    cli: str, tmp: Path, endpoint: str, config_text: str = "", env: dict[str, str] | None = None, audit: Path | None = None
+) -> DaemonProcess:
     """A started daemon on `tmp/audit.jsonl` (or `audit`) with fast retries, checkpoint `tmp/cp.json`,
     config `tmp/daemon.toml` and a log of its own (`tmp/daemon-N.log`, one per start)."""
     config = write_fast_config(tmp / "daemon.toml", config_text)
     log = tmp / f"daemon-{len(list(tmp.glob('daemon-*.log')))}.log"
-    daemon = DaemonProcess(cli, audit or tmp / "audit.jsonl", tmp / "cp.json", endpoint, log, config, env=daemon_env(**(env or {})))
+    daemon = DaemonProcess(
+        cli, audit or tmp / "audit.jsonl", tmp / "cp.json", endpoint, log, config, env=daemon_env(**(env or {}))
+    )
     return daemon.start()
 
 
@@ -181,8 +198,16 @@ class Workdir:
 
     def daemon(self, cli: str, endpoint: str, *extra: str, env: dict[str, str] | None = None) -> DaemonProcess:
         """A started daemon on these files (no health port unless `extra` asks for one)."""
-        return DaemonProcess(cli, self.audit, self.checkpoint, endpoint, self.root / "daemon.log",
-                             env=env or daemon_env(), extra_args=list(extra), health=False).start()
+        return DaemonProcess(
+            cli,
+            self.audit,
+            self.checkpoint,
+            endpoint,
+            self.root / "daemon.log",
+            env=env or daemon_env(),
+            extra_args=list(extra),
+            health=False,
+        ).start()
 
     def checkpoint_doc(self) -> dict[str, Any] | None:
         try:

@@ -58,8 +58,15 @@ def make_batch(tmp: Path, n: int, marker_seqs: frozenset[int] = frozenset(), seq
 
 def settings(endpoint: str, **overrides: Any) -> ExportSettings:
     base: dict[str, Any] = dict(
-        endpoint=endpoint, headers={}, vendor_headers={}, timeout=5.0, compression="none", max_in_flight=4,
-        initial_backoff=0.01, max_backoff=0.05, auth_backoff=0.05,
+        endpoint=endpoint,
+        headers={},
+        vendor_headers={},
+        timeout=5.0,
+        compression="none",
+        max_in_flight=4,
+        initial_backoff=0.01,
+        max_backoff=0.05,
+        auth_backoff=0.05,
     )
     base.update(overrides)
     return ExportSettings(**base)
@@ -75,15 +82,25 @@ class Sleeps:
         self.delays.append(delay)
 
 
-def make_exporter(tmp: Path, endpoint: str, receipts: bool = False, sleep: Callable[[float], Any] | None = None,
-                  dead_letter: Path | None = None, **overrides: Any) -> Exporter:
+def make_exporter(
+    tmp: Path,
+    endpoint: str,
+    receipts: bool = False,
+    sleep: Callable[[float], Any] | None = None,
+    dead_letter: Path | None = None,
+    **overrides: Any,
+) -> Exporter:
     kwargs: dict[str, Any] = {}
     if sleep is not None:
         kwargs["sleep"] = sleep
     return Exporter(
-        settings(endpoint, **overrides), ENVELOPE, Metrics(), RunState(),
+        settings(endpoint, **overrides),
+        ENVELOPE,
+        Metrics(),
+        RunState(),
         DurableLog(dead_letter or tmp / "dead-letter.jsonl"),
-        DurableLog(tmp / "receipts.jsonl") if receipts else None, **kwargs,
+        DurableLog(tmp / "receipts.jsonl") if receipts else None,
+        **kwargs,
     )
 
 
@@ -105,13 +122,13 @@ def target_of(span: dict[str, Any]) -> str | None:
 
 
 def has_marker(doc: dict[str, Any]) -> bool:
-    return any((target_of(s) or "").startswith("POISON_")
-               for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"])
+    return any(
+        (target_of(s) or "").startswith("POISON_") for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]
+    )
 
 
 def span_count(doc: dict[str, Any]) -> int:
     return sum(len(ss["spans"]) for rs in doc["resourceSpans"] for ss in rs["scopeSpans"])
-
 
 
 def row_offsets(path: Path) -> list[tuple[int, int | None]]:

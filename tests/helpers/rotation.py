@@ -13,7 +13,11 @@ STYLES = ("rename", "tail_rewrite", "copytruncate")
 def _shift(path: Path) -> None:
     """logrotate's numbering: audit.jsonl.N -> .N+1, newest first."""
     numbers = sorted(
-        (int(m.group(1)) for p in path.parent.glob(path.name + ".*") if (m := re.fullmatch(re.escape(path.name) + r"\.(\d+)", p.name))),
+        (
+            int(m.group(1))
+            for p in path.parent.glob(path.name + ".*")
+            if (m := re.fullmatch(re.escape(path.name) + r"\.(\d+)", p.name))
+        ),
         reverse=True,
     )
     for n in numbers:

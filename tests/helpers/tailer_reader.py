@@ -42,8 +42,13 @@ class Reader:
     tailer: Tailer | None = None
 
     async def start(self) -> None:
-        self.tailer = Tailer(self.path, max_line_bytes=self.max_line_bytes, poll_interval=self.poll_interval,
-                             events=self.events, rotate_quiet=self.rotate_quiet)
+        self.tailer = Tailer(
+            self.path,
+            max_line_bytes=self.max_line_bytes,
+            poll_interval=self.poll_interval,
+            events=self.events,
+            rotate_quiet=self.rotate_quiet,
+        )
         await self.tailer.start(self.resume)
 
     async def drain(self, limit: float = 10.0) -> None:
@@ -64,8 +69,7 @@ class Reader:
                     except (orjson.JSONDecodeError, KeyError, TypeError):
                         self.other_lines.append(line.data)
                 digest = line.digest.hex()
-                self.resume = ResumePoint(chunk.identity, line.end, digest,
-                                          line.length if line.data is not None else None)
+                self.resume = ResumePoint(chunk.identity, line.end, digest, line.length if line.data is not None else None)
         raise AssertionError("the tailer did not reach the end in time")
 
     async def tick(self) -> None:

@@ -43,5 +43,10 @@ def tamper_genesis(lines: list[bytes]) -> int:
     return 10
 
 
-TAMPERINGS = {"edit": tamper_edit, "delete": tamper_delete, "insert": tamper_insert, "reorder": tamper_reorder,
-              "genesis": tamper_genesis}
+TAMPERINGS = {
+    "edit": tamper_edit,
+    "delete": tamper_delete,
+    "insert": tamper_insert,
+    "reorder": tamper_reorder,
+    "genesis": tamper_genesis,
+}

@@ -109,8 +109,9 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
     return doc
 
 
-def wait_delivered_or_quiet(collector: Collector, daemon: DaemonProcess, expected: set[int], timeout: float,
-                            quiet_for: float = 2.0) -> bool:
+def wait_delivered_or_quiet(
+    collector: Collector, daemon: DaemonProcess, expected: set[int], timeout: float, quiet_for: float = 2.0
+) -> bool:
     """Wait until every expected row was acknowledged (True), or the daemon has settled down with
     nothing left to send for `quiet_for` seconds (False: what is missing now is lost)."""
     last: list[Any] = [None, time.monotonic()]

@@ -83,10 +83,15 @@ def run_chaos(cli: str, tmp_path: Path, seconds: float, seed: int) -> dict[str, 
             exit_code = daemon.stop()
         counts = acknowledged_seqs(collector)
         report = {
-            "seconds": seconds, "rows": len(expected), "faults": dict(responder.counts),
-            "lost": len(expected - set(counts)), "duplicates": duplicates(counts),
-            "acked_spans": len(collector.accepted_spans()), "rejected_reported": responder.rejected,
-            "delivered_metric": metrics.get("audit_otlp_spans_delivered_total"), "checkpoint_reads": reads,
+            "seconds": seconds,
+            "rows": len(expected),
+            "faults": dict(responder.counts),
+            "lost": len(expected - set(counts)),
+            "duplicates": duplicates(counts),
+            "acked_spans": len(collector.accepted_spans()),
+            "rejected_reported": responder.rejected,
+            "delivered_metric": metrics.get("audit_otlp_spans_delivered_total"),
+            "checkpoint_reads": reads,
             # More client timeouts than "timeout" answers means a 2xx was given up on (see EXPORT_TIMEOUT).
             "daemon_timeouts": daemon.log_text().count("export failed (timeout)"),
         }

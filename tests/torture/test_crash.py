@@ -54,12 +54,21 @@ class CrashReport:
     acked_past_checkpoint: list[int] = field(default_factory=list)
 
     def summary(self) -> str:
-        return json.dumps({
-            "trials": self.trials, "rows": self.rows, "kills_by_moment": dict(self.moments),
-            "rotations": dict(self.rotations), "checkpoint_reads": self.checkpoint_reads,
-            "lost": self.lost, "duplicates": self.duplicates, "duplicate_bound": self.duplicate_bound,
-            "collector_answers": self.faults, "acked_past_checkpoint_per_kill": self.acked_past_checkpoint,
-        }, sort_keys=True)
+        return json.dumps(
+            {
+                "trials": self.trials,
+                "rows": self.rows,
+                "kills_by_moment": dict(self.moments),
+                "rotations": dict(self.rotations),
+                "checkpoint_reads": self.checkpoint_reads,
+                "lost": self.lost,
+                "duplicates": self.duplicates,
+                "duplicate_bound": self.duplicate_bound,
+                "collector_answers": self.faults,
+                "acked_past_checkpoint_per_kill": self.acked_past_checkpoint,
+            },
+            sort_keys=True,
+        )
 
 
 class Writer(threading.Thread):
@@ -79,8 +88,7 @@ class Writer(threading.Thread):
             self.halt.wait(self.rng.uniform(0.002, 0.02))  # pacing of the producer, not a synchronisation
 
 
-def kill_at(daemon: DaemonProcess, moment: str, rng: random.Random, responder: ChaosResponder,
-            writer: Writer) -> str:
+def kill_at(daemon: DaemonProcess, moment: str, rng: random.Random, responder: ChaosResponder, writer: Writer) -> str:
     """SIGKILL the daemon at the given kind of moment; returns what actually happened."""
     tmp = daemon.checkpoint.with_name(f".{daemon.checkpoint.name}.tmp")
     hit = moment
@@ -118,8 +126,9 @@ def checkpoint_in_tail(checkpoint: Path, source: Path, lines: int) -> bool:
     return doc["last_line_sha256"] in {hashlib.sha256(line).hexdigest() for line in tail}
 
 
-def run_crash_trials(cli: str, tmp_path: Path, trials: int, seed: int, rotation: str | None,
-                     checkpoint_interval: str | None = None) -> CrashReport:
+def run_crash_trials(
+    cli: str, tmp_path: Path, trials: int, seed: int, rotation: str | None, checkpoint_interval: str | None = None
+) -> CrashReport:
     rng = random.Random(seed)
     source = tmp_path / "audit.jsonl"
     checkpoint = tmp_path / "state" / "checkpoint.json"
@@ -148,8 +157,9 @@ def run_crash_trials(cli: str, tmp_path: Path, trials: int, seed: int, rotation:
                             # Fair play: rows more than 1000 lines behind are deleted from disk by this
                             # rotation, so no tailer could recover them after a crash. Let the checkpoint
                             # reach the kept tail first (the writer is paused: we hold its lock).
-                            assert wait_until(lambda: checkpoint_in_tail(checkpoint, source, 900), 60, 0.05), \
-                                daemon.log_text()[-3000:]
+                            assert wait_until(lambda: checkpoint_in_tail(checkpoint, source, 900), 60, 0.05), daemon.log_text()[
+                                -3000:
+                            ]
                         rotate(source, rotation)
                     report.rotations[rotation] += 1
                 moment = MOMENTS[trial % len(MOMENTS)] if trials >= len(MOMENTS) else rng.choice(MOMENTS)

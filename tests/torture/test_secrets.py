@@ -101,9 +101,25 @@ def workspace(tmp_path: Path, name: str, log_format: str = "text") -> tuple[Path
 
 def run_once(cli: str, work: Path, config: Path, endpoint: str, deadline: str = "3") -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [cli, "run", "--once", "-v", "--deadline", deadline, "--config", str(config), "--file", str(work / "audit.jsonl"),
-         "--checkpoint", str(work / "state" / "checkpoint.json"), "--endpoint", endpoint],
-        capture_output=True, timeout=90, env=secret_env(),
+        [
+            cli,
+            "run",
+            "--once",
+            "-v",
+            "--deadline",
+            deadline,
+            "--config",
+            str(config),
+            "--file",
+            str(work / "audit.jsonl"),
+            "--checkpoint",
+            str(work / "state" / "checkpoint.json"),
+            "--endpoint",
+            endpoint,
+        ],
+        capture_output=True,
+        timeout=90,
+        env=secret_env(),
     )
 
 
@@ -111,8 +127,16 @@ def commands(cli: str, targets: list[tuple[Path, Path, str, bool]], out: Outputs
     """status (text, --json) in each workspace; check-config (text, --json) where asked; all at once."""
     jobs: list[tuple[str, list[str]]] = []
     for work, config, endpoint, check_config in targets:
-        common = ["--config", str(config), "--file", str(work / "audit.jsonl"),
-                  "--checkpoint", str(work / "state" / "checkpoint.json"), "--endpoint", endpoint]
+        common = [
+            "--config",
+            str(config),
+            "--file",
+            str(work / "audit.jsonl"),
+            "--checkpoint",
+            str(work / "state" / "checkpoint.json"),
+            "--endpoint",
+            endpoint,
+        ]
         argvs = [["status"], ["status", "--json"]] + ([["check-config"], ["check-config", "--json"]] if check_config else [])
         jobs += [(f"{' '.join(argv)} ({work.name})", [cli, *argv, *common]) for argv in argvs]
     with ThreadPoolExecutor(6) as pool:
@@ -125,8 +149,12 @@ def commands(cli: str, targets: list[tuple[Path, Path, str, bool]], out: Outputs
 def test_no_secret_in_any_output(audit_cli: str, tmp_path: Path) -> None:
     out = Outputs()
     sent: list[tuple[str, bytes]] = []  # what collectors received: (where, body or headers)
-    answers = {"ok": Reply(200), "401": Reply(401, b'{"message":"unauthorized"}'),
-               "503": Reply(503, b"{}"), "400": Reply(400, b'{"message":"bad span"}')}
+    answers = {
+        "ok": Reply(200),
+        "401": Reply(401, b'{"message":"unauthorized"}'),
+        "503": Reply(503, b"{}"),
+        "400": Reply(400, b'{"message":"bad span"}'),
+    }
     collectors = {name: Collector(lambda doc, n, r=reply: r) for name, reply in answers.items()}
     for c in collectors.values():
         c.__enter__()
@@ -136,6 +164,7 @@ def test_no_secret_in_any_output(audit_cli: str, tmp_path: Path) -> None:
         # Each path with text logs, the main two also with json logs, all at once (most wait out a deadline).
         formats = {name: ("text", "json") if name in ("ok", "401") else ("text",) for name in endpoints}
         works = {f"{name}-{fmt}": workspace(tmp_path, f"{name}-{fmt}", fmt) for name in endpoints for fmt in formats[name]}
+
         def run(name: str) -> subprocess.CompletedProcess[bytes]:
             kind = name.split("-")[0]
             return run_once(audit_cli, *works[name], endpoints[kind], "30" if kind in ("ok", "400") else "3")
@@ -156,8 +185,15 @@ def test_no_secret_in_any_output(audit_cli: str, tmp_path: Path) -> None:
         # The daemon with its health endpoints, after delivering.
         work, config = works["ok-json"]
         AuditWriter(work / "audit2.jsonl").append(5)
-        daemon = DaemonProcess(audit_cli, work / "audit2.jsonl", work / "state" / "cp2.json", endpoints["ok"],
-                               work / "daemon.log", config, env=secret_env())
+        daemon = DaemonProcess(
+            audit_cli,
+            work / "audit2.jsonl",
+            work / "state" / "cp2.json",
+            endpoints["ok"],
+            work / "daemon.log",
+            config,
+            env=secret_env(),
+        )
         daemon.start()
         try:
             assert wait_until(lambda: daemon.metrics().get("audit_otlp_spans_delivered_total", 0) >= 5, 30)
@@ -185,8 +221,11 @@ def test_no_secret_in_any_output(audit_cli: str, tmp_path: Path) -> None:
         if where.endswith("body"):
             leaks += find_leaks(where, data)
         else:
-            leaks += [f"{where}: vendor credential sent to a non-vendor host"
-                      for s in (SENTRY_KEY, DD_KEY, CHAIN_KEY) if s.encode() in data]
+            leaks += [
+                f"{where}: vendor credential sent to a non-vendor host"
+                for s in (SENTRY_KEY, DD_KEY, CHAIN_KEY)
+                if s.encode() in data
+            ]
     assert not leaks, "\n".join(leaks[:30])
     # And the endpoint's own credentials were really configured (so the searches above mean something).
     assert any(HEADER_SECRET.encode() in data for where, data in sent if where.endswith("headers"))
@@ -198,9 +237,25 @@ def test_datadog_key_only_goes_to_datadog(audit_cli: str, tmp_path: Path) -> Non
     with Collector() as collector:
         env = daemon_env(DD_API_KEY=DD_KEY, AUDIT_OTLP_LOG_LEVEL="debug")
         done = subprocess.run(
-            [audit_cli, "run", "--once", "-v", "--deadline", "20", "--config", str(config), "--file", str(work / "audit.jsonl"),
-             "--checkpoint", str(work / "state" / "checkpoint.json"), "--endpoint", collector.endpoint],
-            capture_output=True, timeout=60, env=env,
+            [
+                audit_cli,
+                "run",
+                "--once",
+                "-v",
+                "--deadline",
+                "20",
+                "--config",
+                str(config),
+                "--file",
+                str(work / "audit.jsonl"),
+                "--checkpoint",
+                str(work / "state" / "checkpoint.json"),
+                "--endpoint",
+                collector.endpoint,
+            ],
+            capture_output=True,
+            timeout=60,
+            env=env,
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert collector.requests
@@ -209,17 +264,23 @@ def test_datadog_key_only_goes_to_datadog(audit_cli: str, tmp_path: Path) -> Non
     assert DD_KEY.encode() not in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("env_name, value", [
-    ("OTEL_EXPORTER_OTLP_HEADERS", f"{HEADER_SECRET}-without-equals"),
-    ("SENTRY_DSN", f"https://{SENTRY_KEY}@sentry.example/not-a-project"),
-    ("DD_SITE", f"{DD_KEY}.example"),
-])
+@pytest.mark.parametrize(
+    "env_name, value",
+    [
+        ("OTEL_EXPORTER_OTLP_HEADERS", f"{HEADER_SECRET}-without-equals"),
+        ("SENTRY_DSN", f"https://{SENTRY_KEY}@sentry.example/not-a-project"),
+        ("DD_SITE", f"{DD_KEY}.example"),
+    ],
+)
 def test_bad_config_error_does_not_echo_secrets(audit_cli: str, tmp_path: Path, env_name: str, value: str) -> None:
     env = secret_env()
     env[env_name] = value
     if env_name == "DD_SITE":
         del env["SENTRY_DSN"]  # Sentry wins over Datadog: let DD_SITE be read
-    for argv in (["check-config"], ["run", "--once", "--file", str(tmp_path / "a.jsonl"), "--checkpoint", str(tmp_path / "cp.json")]):
+    for argv in (
+        ["check-config"],
+        ["run", "--once", "--file", str(tmp_path / "a.jsonl"), "--checkpoint", str(tmp_path / "cp.json")],
+    ):
         done = subprocess.run([audit_cli, *argv], capture_output=True, timeout=60, env=env)
         assert done.returncode == 2, done.stderr
         leaks = find_leaks(" ".join(argv), done.stdout + done.stderr)

@@ -36,7 +36,8 @@ def assert_no_secret(text: str) -> None:
 def test_secrets_in_headers_url_and_chain_key_are_masked(tmp_path: Path, audit_cli: str, output: str) -> None:
     (tmp_path / "c.toml").write_text(
         f'[export]\nendpoint = "https://user:{URL_PASSWORD}@collector.example:4318/v1/traces?token={URL_QUERY_TOKEN}"\n'
-        f'[export.headers]\nauthorization = "Bearer {HEADER_TOKEN}"\n')
+        f'[export.headers]\nauthorization = "Bearer {HEADER_TOKEN}"\n'
+    )
     env = {"AUDIT_OTLP_CHAIN_KEY": CHAIN_KEY, "OTEL_EXPORTER_OTLP_TRACES_HEADERS": f"x-api-key={HEADER_TOKEN}"}
     result = check_config(audit_cli, "--config", str(tmp_path / "c.toml"), *(["--json"] if output == "json" else []), env=env)
     assert result.returncode == 0, result.stderr
@@ -44,10 +45,14 @@ def test_secrets_in_headers_url_and_chain_key_are_masked(tmp_path: Path, audit_c
     assert "collector.example:4318" in result.stdout and "***" in result.stdout
 
 
-@pytest.mark.parametrize("env", [
-    {"SENTRY_DSN": f"https://{SENTRY_KEY}@o123.ingest.sentry.io/4567"},
-    {"DD_API_KEY": DD_KEY, "DD_SITE": "datadoghq.eu"},
-], ids=["sentry-dsn", "datadog-key"])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SENTRY_DSN": f"https://{SENTRY_KEY}@o123.ingest.sentry.io/4567"},
+        {"DD_API_KEY": DD_KEY, "DD_SITE": "datadoghq.eu"},
+    ],
+    ids=["sentry-dsn", "datadog-key"],
+)
 def test_vendor_credentials_are_masked(audit_cli: str, env: dict[str, str]) -> None:
     for args in ((), ("--json",)):
         result = check_config(audit_cli, *args, env=env)
@@ -69,8 +74,15 @@ def test_chain_key_file_content_never_shown(tmp_path: Path, audit_cli: str) -> N
 
 def test_every_key_is_shown_with_its_origin(tmp_path: Path, audit_cli: str) -> None:
     (tmp_path / "c.toml").write_text('[batch]\nmax_spans = 64\n[source]\npath = "/from/file.jsonl"\n')
-    result = check_config(audit_cli, "--config", str(tmp_path / "c.toml"), "--file", "/from/option.jsonl", "--json",
-                          env={"AUDIT_OTLP_LOG_LEVEL": "debug", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318"})
+    result = check_config(
+        audit_cli,
+        "--config",
+        str(tmp_path / "c.toml"),
+        "--file",
+        "/from/option.jsonl",
+        "--json",
+        env={"AUDIT_OTLP_LOG_LEVEL": "debug", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318"},
+    )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert {k.name for k in KEYS} <= set(doc["values"])
@@ -78,7 +90,10 @@ def test_every_key_is_shown_with_its_origin(tmp_path: Path, audit_cli: str) -> N
     assert origin["batch.max_spans"] == "file" and doc["values"]["batch.max_spans"] == 64
     assert origin["source.path"] == "option" and doc["values"]["source.path"] == "/from/option.jsonl"
     assert origin["log.level"] == "env:AUDIT_OTLP_LOG_LEVEL"
-    assert origin["export.endpoint"] == "env:OTEL_EXPORTER_OTLP_ENDPOINT" and doc["values"]["export.endpoint"] == "http://otel:4318/v1/traces"
+    assert (
+        origin["export.endpoint"] == "env:OTEL_EXPORTER_OTLP_ENDPOINT"
+        and doc["values"]["export.endpoint"] == "http://otel:4318/v1/traces"
+    )
     assert origin["batch.max_wait"] == "default"
     assert doc["config_file"] == str(tmp_path / "c.toml")
 

@@ -111,8 +111,10 @@ def test_last_line_without_newline_is_checked(tmp_path: Path) -> None:
 
 def test_files_in_rotation_order_continue_one_chain(tmp_path: Path, audit_cli: str) -> None:
     lines = chained_lines(tmp_path, 90)
-    old, mid, new = (write(tmp_path / name, part) for name, part in
-                     (("audit.jsonl.2", lines[:30]), ("audit.jsonl.1", lines[30:60]), ("audit.jsonl", lines[60:])))
+    old, mid, new = (
+        write(tmp_path / name, part)
+        for name, part in (("audit.jsonl.2", lines[:30]), ("audit.jsonl.1", lines[30:60]), ("audit.jsonl", lines[60:]))
+    )
     result = run_verify(audit_cli, str(old), str(mid), str(new))
     assert result.returncode == 0, result.stdout
     # out of order, the seam breaks
@@ -162,8 +164,16 @@ def test_hmac_key_file(tmp_path: Path, audit_cli: str) -> None:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.sampled_from(["edit", "delete", "insert", "insert_bogus", "swap", "genesis", "blank",
-                                           "unchained"]), st.integers(1, 38)), min_size=1, max_size=3))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["edit", "delete", "insert", "insert_bogus", "swap", "genesis", "blank", "unchained"]),
+            st.integers(1, 38),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_verify_and_the_daemon_agree_on_any_tampering(tmp_path: Path, ops: list[tuple[str, int]]) -> None:
     """`verify`'s inline fast path and the daemon's RowMapper report the same lines."""
     from audit_otlp.mapping.chain import ChainState

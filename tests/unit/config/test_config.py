@@ -57,7 +57,10 @@ def test_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
         ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/custom"}, "http://c:4318/custom"),
         # A traces URL with no path posts to the root, as the spec says.
         ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318"}, "http://c:4318/"),
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://base:1", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://wins:2/x"}, "http://wins:2/x"),
+        (
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://base:1", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://wins:2/x"},
+            "http://wins:2/x",
+        ),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": ""}, DEFAULT_ENDPOINT),  # empty means unset
     ],
 )
@@ -73,19 +76,25 @@ def test_endpoint_option_and_file_beat_the_environment(tmp_path: Path) -> None:
 
 
 def test_headers_timeout_and_compression_from_the_environment() -> None:
-    config = load_config(None, {}, {
-        "OTEL_EXPORTER_OTLP_HEADERS": "api-key=abc%3D%3D,X-Team = one",
-        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-sentry-auth=sentry sentry_key=k123",
-        "OTEL_EXPORTER_OTLP_TIMEOUT": "2500",
-        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
-    })
+    config = load_config(
+        None,
+        {},
+        {
+            "OTEL_EXPORTER_OTLP_HEADERS": "api-key=abc%3D%3D,X-Team = one",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-sentry-auth=sentry sentry_key=k123",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "2500",
+            "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+        },
+    )
     assert config.export.headers == {"api-key": "abc==", "x-team": "one", "x-sentry-auth": "sentry sentry_key=k123"}
     assert config.export.timeout == pytest.approx(2.5)  # milliseconds, as the spec says
     assert config.export.compression == "gzip"
 
 
 def test_service_name_and_resource_attributes() -> None:
-    config = load_config(None, {}, {"OTEL_SERVICE_NAME": "svc", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team=sec"})
+    config = load_config(
+        None, {}, {"OTEL_SERVICE_NAME": "svc", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team=sec"}
+    )
     assert config.resource.service_name == "svc"
     assert config.resource.attributes == {"deployment.environment": "prod", "team": "sec"}
     assert load_config(None, {}, {}).resource.service_name == "hydra.audit-trail"
@@ -128,8 +137,11 @@ def test_invalid_environment_value_names_the_variable() -> None:
 
 
 def test_secrets_are_masked_in_the_effective_configuration() -> None:
-    config = load_config(None, {"endpoint": "https://user:pw-secret@collector.example/v1/traces?token=tok-secret"},
-                         {"OTEL_EXPORTER_OTLP_HEADERS": "api-key=key-secret", "AUDIT_OTLP_CHAIN_KEY": "chain-secret"})
+    config = load_config(
+        None,
+        {"endpoint": "https://user:pw-secret@collector.example/v1/traces?token=tok-secret"},
+        {"OTEL_EXPORTER_OTLP_HEADERS": "api-key=key-secret", "AUDIT_OTLP_CHAIN_KEY": "chain-secret"},
+    )
     text = repr(config.masked())
     for secret in ("pw-secret", "tok-secret", "key-secret", "chain-secret"):
         assert secret not in text

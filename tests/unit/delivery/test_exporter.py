@@ -20,10 +20,29 @@ from tests.helpers.delivery import Sleeps, has_marker, make_batch, make_exporter
 
 @pytest.mark.parametrize(
     ("status", "verdict"),
-    [(200, "ok"), (202, "ok"), (204, "ok"), (429, "retry"), (502, "retry"), (503, "retry"), (504, "retry"),
-     (500, "retry"), (408, "retry"), (None, "retry"), (401, "config"), (403, "config"), (404, "config"),
-     (405, "config"), (415, "config"), (301, "config"), (307, "config"), (413, "too_large"), (400, "refused"),
-     (409, "refused"), (422, "refused")],
+    [
+        (200, "ok"),
+        (202, "ok"),
+        (204, "ok"),
+        (429, "retry"),
+        (502, "retry"),
+        (503, "retry"),
+        (504, "retry"),
+        (500, "retry"),
+        (408, "retry"),
+        (None, "retry"),
+        (401, "config"),
+        (403, "config"),
+        (404, "config"),
+        (405, "config"),
+        (415, "config"),
+        (301, "config"),
+        (307, "config"),
+        (413, "too_large"),
+        (400, "refused"),
+        (409, "refused"),
+        (422, "refused"),
+    ],
 )
 def test_classify(status: int | None, verdict: str) -> None:
     assert classify(status) == verdict
@@ -31,11 +50,15 @@ def test_classify(status: int | None, verdict: str) -> None:
 
 @pytest.mark.parametrize(
     ("body", "expected"),
-    [(b"", (0, "")), (b"{}", (0, "")), (b"not json", (0, "")),
-     (b'{"partialSuccess":{"rejectedSpans":"3","errorMessage":"bad ids"}}', (3, "bad ids")),
-     (b'{"partialSuccess":{"rejectedSpans":2}}', (2, "")),
-     (b'{"partialSuccess":{"rejectedSpans":"0","errorMessage":"just a warning"}}', (0, "just a warning")),
-     (b'{"partialSuccess":{"rejectedSpans":"x"}}', (0, ""))],
+    [
+        (b"", (0, "")),
+        (b"{}", (0, "")),
+        (b"not json", (0, "")),
+        (b'{"partialSuccess":{"rejectedSpans":"3","errorMessage":"bad ids"}}', (3, "bad ids")),
+        (b'{"partialSuccess":{"rejectedSpans":2}}', (2, "")),
+        (b'{"partialSuccess":{"rejectedSpans":"0","errorMessage":"just a warning"}}', (0, "just a warning")),
+        (b'{"partialSuccess":{"rejectedSpans":"x"}}', (0, "")),
+    ],
 )
 def test_parse_partial_success(body: bytes, expected: tuple[int, str]) -> None:
     assert parse_partial_success(body) == expected
@@ -110,8 +133,11 @@ async def test_retryable_statuses_are_retried_until_2xx(tmp_path: Path, status: 
 async def test_retry_after_seconds_and_http_date_are_honoured(tmp_path: Path) -> None:
     sleeps = Sleeps()
     date = email.utils.formatdate(time.time() + 7, usegmt=True)
-    replies = {1: Reply(503, headers={"Retry-After": "3"}), 2: Reply(429, headers={"Retry-After": date}),
-               3: Reply(503, headers={"Retry-After": "100000"})}
+    replies = {
+        1: Reply(503, headers={"Retry-After": "3"}),
+        2: Reply(429, headers={"Retry-After": date}),
+        3: Reply(503, headers={"Retry-After": "100000"}),
+    }
     with Collector(lambda doc, n: replies.get(n, Reply())) as c:
         exporter = make_exporter(tmp_path, c.endpoint, sleep=sleeps)
         await exporter.start()
@@ -162,8 +188,9 @@ async def test_auth_errors_back_off_long_and_loudly_without_the_credential(
 ) -> None:
     sleeps = Sleeps()
     with Collector(lambda doc, n: Reply(status, b'{"message":"bad key"}') if n <= 3 else Reply()) as c:
-        exporter = make_exporter(tmp_path, c.endpoint, sleep=sleeps, auth_backoff=42.0,
-                                 headers={"authorization": "Bearer SECRET-TOKEN-123"})
+        exporter = make_exporter(
+            tmp_path, c.endpoint, sleep=sleeps, auth_backoff=42.0, headers={"authorization": "Bearer SECRET-TOKEN-123"}
+        )
         await exporter.start()
         with caplog.at_level(logging.DEBUG):
             outcome = await exporter.deliver(make_batch(tmp_path, 2))
@@ -179,9 +206,10 @@ async def test_auth_errors_back_off_long_and_loudly_without_the_credential(
 
 async def test_redirects_are_not_followed(tmp_path: Path) -> None:
     sleeps = Sleeps()
-    with Collector() as elsewhere, Collector(
-        lambda doc, n: Reply(307, headers={"Location": elsewhere.endpoint}) if n == 1 else Reply()
-    ) as c:
+    with (
+        Collector() as elsewhere,
+        Collector(lambda doc, n: Reply(307, headers={"Location": elsewhere.endpoint}) if n == 1 else Reply()) as c,
+    ):
         exporter = make_exporter(tmp_path, c.endpoint, sleep=sleeps, vendor_headers={"x-sentry-auth": "sentry sentry_key=k"})
         await exporter.start()
         await exporter.deliver(make_batch(tmp_path, 1))

@@ -33,8 +33,9 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _issue(subject: str, issuer_key: ec.EllipticCurvePrivateKey | None, issuer: x509.Name | None, *, ca: bool,
-           server: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _issue(
+    subject: str, issuer_key: ec.EllipticCurvePrivateKey | None, issuer: x509.Name | None, *, ca: bool, server: bool = False
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     builder = (
@@ -48,8 +49,7 @@ def _issue(subject: str, issuer_key: ec.EllipticCurvePrivateKey | None, issuer: 
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        builder = builder.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     else:
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -57,7 +57,8 @@ def _issue(subject: str, issuer_key: ec.EllipticCurvePrivateKey | None, issuer: 
         if server:
             builder = builder.add_extension(
                 x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-                critical=False)
+                critical=False,
+            )
     cert = builder.sign(issuer_key or key, hashes.SHA256())
     return cert, key
 
@@ -65,8 +66,9 @@ def _issue(subject: str, issuer_key: ec.EllipticCurvePrivateKey | None, issuer: 
 def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None = None) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if key is not None:
-        path.with_suffix(".key").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        path.with_suffix(".key").write_bytes(
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +133,9 @@ async def _attempt(tmp: Path, env: dict[str, str], config_text: str = "") -> tup
     return delivered, sleeps, exporter
 
 
-async def test_ca_bundle_from_otel_certificate_verifies_the_server(tmp_path: Path, pki: Path, tls_collector: TlsCollector) -> None:
+async def test_ca_bundle_from_otel_certificate_verifies_the_server(
+    tmp_path: Path, pki: Path, tls_collector: TlsCollector
+) -> None:
     env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": tls_collector.endpoint, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(pki / "ca.pem")}
     delivered, _, _ = await _attempt(tmp_path, env)
     assert delivered == 3 and len(tls_collector.accepted_spans()) == 3
@@ -141,7 +145,9 @@ async def test_unverifiable_server_is_a_loud_config_problem_never_a_silent_send(
     tmp_path: Path, pki: Path, tls_collector: TlsCollector, caplog: pytest.LogCaptureFixture
 ) -> None:
     for ca in (None, pki / "other-ca.pem"):  # the system store, then a CA that did not sign it
-        env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": tls_collector.endpoint} | ({"OTEL_EXPORTER_OTLP_CERTIFICATE": str(ca)} if ca else {})
+        env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": tls_collector.endpoint} | (
+            {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(ca)} if ca else {}
+        )
         caplog.clear()
         with caplog.at_level(logging.ERROR):
             delivered, sleeps, _ = await _attempt(tmp_path, env, '[retry]\nauth_backoff = "7s"\n')
@@ -166,8 +172,10 @@ async def test_mtls_client_certificate_from_otel_variables(tmp_path: Path, pki: 
     base = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": mtls_collector.endpoint, "OTEL_EXPORTER_OTLP_CERTIFICATE": str(pki / "ca.pem")}
     delivered, _, _ = await _attempt(tmp_path, base)
     assert delivered == 0, "the server requires a client certificate"
-    env = base | {"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(pki / "client.pem"),
-                  "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(pki / "client.key")}
+    env = base | {
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": str(pki / "client.pem"),
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY": str(pki / "client.key"),
+    }
     delivered, _, _ = await _attempt(tmp_path, env)
     assert delivered == 3 and len(mtls_collector.accepted_spans()) == 3
 
@@ -178,8 +186,9 @@ def test_unreadable_certificate_is_a_config_error(tmp_path: Path) -> None:
         Exporter(build_export_settings(config), ENVELOPE, Metrics(), RunState(), DurableLog(tmp_path / "dl"))
 
 
-def test_daemon_delivers_over_mtls_with_the_standard_variables(audit_cli: str, tmp_path: Path, pki: Path,
-                                                               mtls_collector: TlsCollector) -> None:
+def test_daemon_delivers_over_mtls_with_the_standard_variables(
+    audit_cli: str, tmp_path: Path, pki: Path, mtls_collector: TlsCollector
+) -> None:
     AuditWriter(tmp_path / "audit.jsonl").append(7)
     env = daemon_env(
         OTEL_EXPORTER_OTLP_ENDPOINT=f"https://127.0.0.1:{mtls_collector.port}",
@@ -187,15 +196,35 @@ def test_daemon_delivers_over_mtls_with_the_standard_variables(audit_cli: str, t
         OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE=str(pki / "client.pem"),
         OTEL_EXPORTER_OTLP_CLIENT_KEY=str(pki / "client.key"),
     )
-    result = subprocess.run([audit_cli, "run", "--once", "--deadline", "30", "--file", str(tmp_path / "audit.jsonl"),
-                             "--checkpoint", str(tmp_path / "cp.json")], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            audit_cli,
+            "run",
+            "--once",
+            "--deadline",
+            "30",
+            "--file",
+            str(tmp_path / "audit.jsonl"),
+            "--checkpoint",
+            str(tmp_path / "cp.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert len(mtls_collector.accepted_spans()) == 7
 
 
 def test_daemon_exits_2_on_a_missing_ca_file(audit_cli: str, tmp_path: Path) -> None:
     env = daemon_env(OTEL_EXPORTER_OTLP_CERTIFICATE=str(tmp_path / "nope.pem"))
-    result = subprocess.run([audit_cli, "run", "--once", "--file", str(tmp_path / "a.jsonl"),
-                             "--checkpoint", str(tmp_path / "cp.json")], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [audit_cli, "run", "--once", "--file", str(tmp_path / "a.jsonl"), "--checkpoint", str(tmp_path / "cp.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2, result.stderr
     assert "export.certificate" in result.stderr

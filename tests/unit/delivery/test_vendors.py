@@ -32,18 +32,23 @@ def test_self_hosted_sentry_dsn_keeps_port_and_path_prefix() -> None:
     assert preset.headers["x-sentry-auth"] == "sentry sentry_key=pub"
 
 
-@pytest.mark.parametrize("dsn", ["not a dsn", "https://o1.ingest.sentry.io/42", "https://key@o1.ingest.sentry.io/abc", "ftp://k@h/1"])
+@pytest.mark.parametrize(
+    "dsn", ["not a dsn", "https://o1.ingest.sentry.io/42", "https://key@o1.ingest.sentry.io/abc", "ftp://k@h/1"]
+)
 def test_malformed_dsn_is_a_config_error_naming_the_variable(dsn: str) -> None:
     with pytest.raises(ConfigError, match="SENTRY_DSN"):
         load_config(env={"SENTRY_DSN": dsn})
 
 
-@pytest.mark.parametrize(("site", "endpoint"), [
-    (None, "https://otlp.datadoghq.com/v1/traces"),
-    ("datadoghq.eu", "https://otlp.datadoghq.eu/v1/traces"),
-    ("us5.datadoghq.com", "https://otlp.us5.datadoghq.com/v1/traces"),
-    ("ap1.datadoghq.com", "https://otlp.ap1.datadoghq.com/v1/traces"),
-])
+@pytest.mark.parametrize(
+    ("site", "endpoint"),
+    [
+        (None, "https://otlp.datadoghq.com/v1/traces"),
+        ("datadoghq.eu", "https://otlp.datadoghq.eu/v1/traces"),
+        ("us5.datadoghq.com", "https://otlp.us5.datadoghq.com/v1/traces"),
+        ("ap1.datadoghq.com", "https://otlp.ap1.datadoghq.com/v1/traces"),
+    ],
+)
 def test_datadog_preset(site: str | None, endpoint: str) -> None:
     env = {"DD_API_KEY": "0123456789abcdef0123456789abcdef"} | ({"DD_SITE": site} if site else {})
     config = load_config(env=env)
@@ -70,19 +75,29 @@ def test_an_explicit_foreign_endpoint_gets_no_vendor_credential(endpoint_var: st
 
 
 def test_an_explicit_endpoint_on_the_vendor_origin_keeps_its_credential() -> None:
-    env = {"SENTRY_DSN": DSN, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://o4507.ingest.de.sentry.io/api/4508123/integration/otlp/v1/traces/"}
+    env = {
+        "SENTRY_DSN": DSN,
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://o4507.ingest.de.sentry.io/api/4508123/integration/otlp/v1/traces/",
+    }
     assert build_export_settings(load_config(env=env)).vendor_headers == {"x-sentry-auth": "sentry sentry_key=f00dfeedcafe4b1d"}
     # with both presets, the endpoint chooses which credential may go
-    env = {"SENTRY_DSN": DSN, "DD_API_KEY": "d" * 32, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://otlp.datadoghq.com/v1/traces"}
+    env = {
+        "SENTRY_DSN": DSN,
+        "DD_API_KEY": "d" * 32,
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://otlp.datadoghq.com/v1/traces",
+    }
     assert build_export_settings(load_config(env=env)).vendor_headers["dd-api-key"] == "d" * 32
 
 
-@pytest.mark.parametrize("url", [
-    "https://o4507.ingest.de.sentry.io:8443/x",  # another port
-    "http://o4507.ingest.de.sentry.io/x",  # plain http: another origin
-    "https://o4507.ingest.de.sentry.io.evil.example/x",
-    "https://evil.example/?o4507.ingest.de.sentry.io",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://o4507.ingest.de.sentry.io:8443/x",  # another port
+        "http://o4507.ingest.de.sentry.io/x",  # plain http: another origin
+        "https://o4507.ingest.de.sentry.io.evil.example/x",
+        "https://evil.example/?o4507.ingest.de.sentry.io",
+    ],
+)
 def test_origin_match_is_exact(url: str) -> None:
     preset = vendors.sentry_from_dsn(DSN)
     assert preset.headers_for(url) == {}
@@ -92,9 +107,21 @@ def test_origin_match_is_exact(url: str) -> None:
 def _deliver_once(audit_cli: str, tmp: Path, env: dict[str, str], rows: int = 5) -> subprocess.CompletedProcess[str]:
     AuditWriter(tmp / "audit.jsonl").append(rows)
     return subprocess.run(
-        [audit_cli, "run", "--once", "--deadline", "30", "--file", str(tmp / "audit.jsonl"),
-         "--checkpoint", str(tmp / "cp.json")],
-        env=daemon_env(**env), capture_output=True, text=True, timeout=60,
+        [
+            audit_cli,
+            "run",
+            "--once",
+            "--deadline",
+            "30",
+            "--file",
+            str(tmp / "audit.jsonl"),
+            "--checkpoint",
+            str(tmp / "cp.json"),
+        ],
+        env=daemon_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

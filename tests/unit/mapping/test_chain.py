@@ -29,8 +29,9 @@ needs_jq = pytest.mark.skipif(JQ is None, reason="jq is not installed (tests/run
 def jq_canonical(lines: list[bytes]) -> list[bytes]:
     """Every line through one `jq -c -S .` process."""
     assert JQ is not None
-    out = subprocess.run([JQ, "-c", "-S", "."], input=b"\n".join(lines) + b"\n", capture_output=True, check=True,
-                         timeout=60).stdout
+    out = subprocess.run(
+        [JQ, "-c", "-S", "."], input=b"\n".join(lines) + b"\n", capture_output=True, check=True, timeout=60
+    ).stdout
     return out.splitlines()
 
 
@@ -64,14 +65,33 @@ def test_corpus_matches_live_jq() -> None:
 
 
 @needs_jq
-@pytest.mark.parametrize("text", [
-    '{"n":1.0}', '{"n":1e3}', '{"n":-0.0}', '{"n":0.1}', '{"n":1e-7}', '{"n":1e300}', '{"n":-0}',
-    '{"n":9007199254740993}', '{"n":9007199254740992}', '{"n":10000000000000000}', '{"n":18446744073709551616}',
-    '{"n":1000000000000000000000000000000}', '{"n":1e16}', '{"n":1e-5}', '{"n":123456789.123456789}',
-    '{"s":"\\u007f"}', '{"s":"\u2028\u2029"}', '{"s":"\\ud83d\\ude00"}', '{"s":"\\udc00"}',
-    '{"\\u00e9":1,"e":2,"\\ud83d\\ude00":3,"\\uff41":4,"\\udc00":5,"\\ue000":6}',
-    '{"a":[{"z":1,"y":[{"d":1,"c":2}]}]}', '{"k":1,"k":2}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"n":1.0}',
+        '{"n":1e3}',
+        '{"n":-0.0}',
+        '{"n":0.1}',
+        '{"n":1e-7}',
+        '{"n":1e300}',
+        '{"n":-0}',
+        '{"n":9007199254740993}',
+        '{"n":9007199254740992}',
+        '{"n":10000000000000000}',
+        '{"n":18446744073709551616}',
+        '{"n":1000000000000000000000000000000}',
+        '{"n":1e16}',
+        '{"n":1e-5}',
+        '{"n":123456789.123456789}',
+        '{"s":"\\u007f"}',
+        '{"s":"\u2028\u2029"}',
+        '{"s":"\\ud83d\\ude00"}',
+        '{"s":"\\udc00"}',
+        '{"\\u00e9":1,"e":2,"\\ud83d\\ude00":3,"\\uff41":4,"\\udc00":5,"\\ue000":6}',
+        '{"a":[{"z":1,"y":[{"d":1,"c":2}]}]}',
+        '{"k":1,"k":2}',
+    ],
+)
 def test_single_cases_match_jq(text: str) -> None:
     line = text.encode()
     assert ours(line) == jq_canonical([line])[0]
@@ -85,8 +105,9 @@ def _number_text() -> st.SearchStrategy[str]:
     ).map(str)
     floats = st.floats(allow_nan=False, allow_infinity=False).map(repr)
     exponents = st.tuples(st.integers(-9999, 9999), st.sampled_from(["e", "E", "e+", "e-", "E-"]), st.integers(0, 330)).map(
-        lambda t: f"{t[0]}{t[1]}{t[2]}")
-    decimals = st.tuples(st.integers(-10**6, 10**6), st.integers(0, 10**12)).map(lambda t: f"{t[0]}.{t[1]}")
+        lambda t: f"{t[0]}{t[1]}{t[2]}"
+    )
+    decimals = st.tuples(st.integers(-(10**6), 10**6), st.integers(0, 10**12)).map(lambda t: f"{t[0]}.{t[1]}")
     return st.one_of(ints, floats, exponents, decimals, st.sampled_from(["-0", "-0.0", "0.0", "1.0", "1e3", "100.00"]))
 
 
@@ -104,14 +125,16 @@ def _json_text() -> st.SearchStrategy[str]:
         lambda children: st.one_of(
             st.lists(children, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]"),
             st.lists(st.tuples(_string_text(), children), max_size=5).map(
-                lambda kvs: "{" + ",".join(f"{k}:{v}" for k, v in kvs) + "}"),
+                lambda kvs: "{" + ",".join(f"{k}:{v}" for k, v in kvs) + "}"
+            ),
         ),
         max_leaves=12,
     )
 
 
 _objects = st.lists(st.tuples(_string_text(), _json_text()), max_size=8).map(
-    lambda kvs: "{" + ",".join(f"{k}:{v}" for k, v in kvs) + "}")
+    lambda kvs: "{" + ",".join(f"{k}:{v}" for k, v in kvs) + "}"
+)
 
 
 @needs_jq

@@ -31,8 +31,12 @@ HEX16 = re.compile(r"[0-9a-f]{16}")
 TS_NS = calendar.timegm((2026, 4, 15, 14, 23, 3)) * 1_000_000_000 + 250_000_000
 
 
-def span_of(row: dict[str, Any], options: MappingOptions = MappingOptions(), chain: bool = False,  # noqa: B008 - frozen
-            line: bytes | None = None) -> dict[str, Any]:
+def span_of(
+    row: dict[str, Any],
+    options: MappingOptions = MappingOptions(),  # noqa: B008 - frozen
+    chain: bool = False,
+    line: bytes | None = None,
+) -> dict[str, Any]:
     line = line if line is not None else json.dumps(row).encode()
     verdict = verify_row(ChainState(), row, ChainHasher(), line) if chain else None
     span = row_span(row, line_digest(line), offset=123, observed_ns=OBSERVED, options=options, chain=verdict)
@@ -45,10 +49,22 @@ def valid_request(spans: list[dict[str, Any]]) -> None:
     to_proto(orjson.loads(envelope.body([orjson.dumps(s) for s in spans])))
 
 
-TOOL_ROW = {"event": "tool_use", "ts": "2026-04-15T14:23:03.250Z", "tool": "WebFetch", "session_id": "s-42",
-            "duration_ms": 42, "bytes_in": 120, "bytes_out": 5120, "dest_host": "example.com",
-            "policy_outcome": "allowed", "tool_use_id": "toolu_01", "target": "https://example.com/",
-            "severity": "info", "prev_hash": "abc=", "unknown_field": {"ignored": True}}
+TOOL_ROW = {
+    "event": "tool_use",
+    "ts": "2026-04-15T14:23:03.250Z",
+    "tool": "WebFetch",
+    "session_id": "s-42",
+    "duration_ms": 42,
+    "bytes_in": 120,
+    "bytes_out": 5120,
+    "dest_host": "example.com",
+    "policy_outcome": "allowed",
+    "tool_use_id": "toolu_01",
+    "target": "https://example.com/",
+    "severity": "info",
+    "prev_hash": "abc=",
+    "unknown_field": {"ignored": True},
+}
 
 
 # -- ids ------------------------------------------------------------------------------------
@@ -112,28 +128,45 @@ def test_times_from_ts_and_duration() -> None:
         assert bad_span["endTimeUnixNano"] == bad_span["startTimeUnixNano"]
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("2026-04-15T14:23:00Z", 1776262980_000000000),
-    ("2026-04-15T14:23:00.5Z", 1776262980_500000000),
-    ("2026-04-15T14:23:00.123456789123Z", 1776262980_123456789),
-    ("2026-04-15T16:23:00+02:00", 1776262980_000000000),
-    ("2026-04-15T09:23:00-0500", 1776262980_000000000),
-    ("2026-04-15t14:23:00z", 1776262980_000000000),
-    ("1970-01-01T00:00:00Z", 0),
-    ("2026-04-15T14:23:00.000000001Z", 1776262980_000000001),
-    ("2026-04-15T14:23:00,1234567+00:00", 1776262980_123456700),
-    ("2016-12-31T23:59:60Z", calendar.timegm((2017, 1, 1, 0, 0, 0)) * 10**9),  # leap second
-    ("2026-04-15T14:23:00.999999Z", 1776262980_999999000),
-    ("2026-04-15T14:23:00.5-00:30", 1776264780_500000000),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("2026-04-15T14:23:00Z", 1776262980_000000000),
+        ("2026-04-15T14:23:00.5Z", 1776262980_500000000),
+        ("2026-04-15T14:23:00.123456789123Z", 1776262980_123456789),
+        ("2026-04-15T16:23:00+02:00", 1776262980_000000000),
+        ("2026-04-15T09:23:00-0500", 1776262980_000000000),
+        ("2026-04-15t14:23:00z", 1776262980_000000000),
+        ("1970-01-01T00:00:00Z", 0),
+        ("2026-04-15T14:23:00.000000001Z", 1776262980_000000001),
+        ("2026-04-15T14:23:00,1234567+00:00", 1776262980_123456700),
+        ("2016-12-31T23:59:60Z", calendar.timegm((2017, 1, 1, 0, 0, 0)) * 10**9),  # leap second
+        ("2026-04-15T14:23:00.999999Z", 1776262980_999999000),
+        ("2026-04-15T14:23:00.5-00:30", 1776264780_500000000),
+    ],
+)
 def test_parse_timestamp(text: str, expected: int) -> None:
     assert parse_timestamp_ns(text) == expected
 
 
-@pytest.mark.parametrize("text", ["2026-02-30T00:00:00Z", "2026-04-15T24:00:00Z", "2026-04-15", "2026-04-15T14:23:00",
-                                  "1969-12-31T23:59:59Z", "9999-12-31T23:59:59Z", "２０２６-04-15T14:23:00Z",
-                                  "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00", "2026-04-15T14:23:00.1234567",
-                                  "2026-04-15T14:23:00Z\n", 1776262980, None])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-02-30T00:00:00Z",
+        "2026-04-15T24:00:00Z",
+        "2026-04-15",
+        "2026-04-15T14:23:00",
+        "1969-12-31T23:59:59Z",
+        "9999-12-31T23:59:59Z",
+        "２０２６-04-15T14:23:00Z",
+        "9999-12-31T23:59:59-01:00",
+        "0001-01-01T00:00:00+01:00",
+        "2026-04-15T14:23:00.1234567",
+        "2026-04-15T14:23:00Z\n",
+        1776262980,
+        None,
+    ],
+)
 def test_bad_timestamps_fall_back_to_observed_time(text: Any) -> None:
     assert parse_timestamp_ns(text) is None
     span = span_of({**TOOL_ROW, "ts": text})
@@ -141,10 +174,17 @@ def test_bad_timestamps_fall_back_to_observed_time(text: Any) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(0, 2**64 // 10**9 - 86400 * 2), st.integers(0, 999_999_999), st.integers(0, 9),
-       st.integers(-23 * 60 - 59, 23 * 60 + 59), st.sampled_from(["T", "t", " "]), st.booleans())
-def test_fast_and_exact_timestamp_parsers_agree(seconds: int, nanos: int, digits: int, offset_min: int, sep: str,
-                                                zulu: bool) -> None:
+@given(
+    st.integers(0, 2**64 // 10**9 - 86400 * 2),
+    st.integers(0, 999_999_999),
+    st.integers(0, 9),
+    st.integers(-23 * 60 - 59, 23 * 60 + 59),
+    st.sampled_from(["T", "t", " "]),
+    st.booleans(),
+)
+def test_fast_and_exact_timestamp_parsers_agree(
+    seconds: int, nanos: int, digits: int, offset_min: int, sep: str, zulu: bool
+) -> None:
     from datetime import datetime, timedelta
 
     from audit_otlp.mapping.parse import _parse_rfc3339_ns
@@ -164,15 +204,18 @@ def test_fast_and_exact_timestamp_parsers_agree(seconds: int, nanos: int, digits
 
 
 def test_time_zone_of_the_machine_does_not_matter() -> None:
-    code = ("import orjson,sys; from audit_otlp.mapping.spans import row_span; from audit_otlp.mapping.ids import line_digest, MappingOptions; "
-            "rows=[{'ts':'2026-04-15T14:23:03.250Z'},{'ts':'2026-03-08T07:30:00Z'},{'ts':'2026-11-01T06:30:00.000000001Z'},"
-            "{'ts':'2026-07-01T12:00:00+05:30'}]; "
-            "print([row_span(r,line_digest(b'x'),offset=0,observed_ns=1,options=MappingOptions())['startTimeUnixNano'] for r in rows])")
+    code = (
+        "import orjson,sys; from audit_otlp.mapping.spans import row_span; from audit_otlp.mapping.ids import line_digest, MappingOptions; "
+        "rows=[{'ts':'2026-04-15T14:23:03.250Z'},{'ts':'2026-03-08T07:30:00Z'},{'ts':'2026-11-01T06:30:00.000000001Z'},"
+        "{'ts':'2026-07-01T12:00:00+05:30'}]; "
+        "print([row_span(r,line_digest(b'x'),offset=0,observed_ns=1,options=MappingOptions())['startTimeUnixNano'] for r in rows])"
+    )
     outputs = set()
     for tz in ("UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham"):
         env = {**os.environ, "TZ": tz}
-        outputs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
-                                   timeout=60).stdout)
+        outputs.add(
+            subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=60).stdout
+        )
     assert len(outputs) == 1
     assert f"'{TS_NS}'" in outputs.pop()
 
@@ -219,8 +262,14 @@ def test_tool_row_is_an_execute_tool_span() -> None:
 
 
 def test_secret_detected_is_a_successful_guardrail_tool_span() -> None:
-    row = {"event": "secret_detected", "ts": "2026-04-15T14:23:01Z", "file": "cfg.env", "pattern_id": "aws-access-key-id",
-           "severity": "critical", "masked": "AKIA...MPLE"}
+    row = {
+        "event": "secret_detected",
+        "ts": "2026-04-15T14:23:01Z",
+        "file": "cfg.env",
+        "pattern_id": "aws-access-key-id",
+        "severity": "critical",
+        "masked": "AKIA...MPLE",
+    }
     span = span_of(row)
     a = attrs(span)
     assert span["name"] == "execute_tool guardrail.secret_detected"
@@ -240,17 +289,20 @@ def test_action_blocked_is_an_error_with_a_low_cardinality_type() -> None:
     assert attrs(with_tool)["error.type"] == "action_blocked" and attrs(with_tool)["gen_ai.tool.name"] == "Bash"
 
 
-@pytest.mark.parametrize("fields,error_type", [
-    ({"error_type": "timeout"}, "timeout"),
-    ({"error": "ENOENT"}, "ENOENT"),
-    ({"error": "file not found: /home/user/secret/path.txt"}, "_OTHER"),
-    ({"error": True}, "_OTHER"),
-    ({"error": {"code": 5}}, "_OTHER"),
-    ({"error_type": "timeout", "error": "took 31 s"}, "timeout"),
-    ({"error": False}, None),
-    ({"error": ""}, None),
-    ({"error": None, "error_type": None}, None),
-])
+@pytest.mark.parametrize(
+    "fields,error_type",
+    [
+        ({"error_type": "timeout"}, "timeout"),
+        ({"error": "ENOENT"}, "ENOENT"),
+        ({"error": "file not found: /home/user/secret/path.txt"}, "_OTHER"),
+        ({"error": True}, "_OTHER"),
+        ({"error": {"code": 5}}, "_OTHER"),
+        ({"error_type": "timeout", "error": "took 31 s"}, "timeout"),
+        ({"error": False}, None),
+        ({"error": ""}, None),
+        ({"error": None, "error_type": None}, None),
+    ],
+)
 def test_error_rows(fields: dict[str, Any], error_type: str | None) -> None:
     span = span_of({**TOOL_ROW, **fields})
     if error_type is None:
@@ -265,8 +317,11 @@ def test_every_span_has_a_gen_ai_identity() -> None:
     digest = line_digest(b"x")
     verdict = verify_row(ChainState(last_hash="a"), {"prev_hash": "b"}, ChainHasher())
     spans = [
-        span_of({}), span_of({"event": "session_start"}), span_of(TOOL_ROW),
-        span_of({"event": "secret_detected"}), span_of({"event": "action_blocked"}),
+        span_of({}),
+        span_of({"event": "session_start"}),
+        span_of(TOOL_ROW),
+        span_of({"event": "secret_detected"}),
+        span_of({"event": "action_blocked"}),
         orjson.loads(encode_span(malformed_span(offset=0, length=1, digest=digest, reason="invalid_json", observed_ns=1))),
         orjson.loads(encode_span(chain_broken_span(verdict=verdict, offset=0, line_number=1, digest=digest, start_ns=1))),
     ]
@@ -296,18 +351,47 @@ def test_resource_attributes_and_llmobs_switch() -> None:
 # -- robustness ------------------------------------------------------------------------------
 
 _json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
-              st.text(st.characters(blacklist_categories=()), max_size=20)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=False),
+        st.text(st.characters(blacklist_categories=()), max_size=20),
+    ),
     lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(st.text(max_size=5), children, max_size=3)),
     max_leaves=6,
 )
-_FIELDS = ["event", "ts", "tool", "session_id", "agent_id", "agent_name", "duration_ms", "bytes_in", "bytes_out",
-           "dest_host", "policy_outcome", "outcome", "error", "error_type", "target", "severity", "prev_hash",
-           "trace_id", "tool_use_id", "tool_call_id", "call_id", "reason"]
-_rows = st.dictionaries(st.one_of(st.sampled_from(_FIELDS), st.text(max_size=8)),
-                        st.one_of(_json_values, st.sampled_from(["2026-04-15T14:23:00Z", "GENESIS", "action_blocked",
-                                                                 "4bf92f3577b34da6a3ce929d0e0e4736"])),
-                        max_size=12)
+_FIELDS = [
+    "event",
+    "ts",
+    "tool",
+    "session_id",
+    "agent_id",
+    "agent_name",
+    "duration_ms",
+    "bytes_in",
+    "bytes_out",
+    "dest_host",
+    "policy_outcome",
+    "outcome",
+    "error",
+    "error_type",
+    "target",
+    "severity",
+    "prev_hash",
+    "trace_id",
+    "tool_use_id",
+    "tool_call_id",
+    "call_id",
+    "reason",
+]
+_rows = st.dictionaries(
+    st.one_of(st.sampled_from(_FIELDS), st.text(max_size=8)),
+    st.one_of(
+        _json_values, st.sampled_from(["2026-04-15T14:23:00Z", "GENESIS", "action_blocked", "4bf92f3577b34da6a3ce929d0e0e4736"])
+    ),
+    max_size=12,
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -351,4 +435,5 @@ def test_request_body_is_the_envelope_around_the_comma_joined_spans(count: int) 
     assert body == envelope.head + b",".join(spans) + envelope.tail
     assert len(body) == envelope.size(sum(map(len, spans)), count)
     assert [s["spanId"] for s in orjson.loads(body)["resourceSpans"][0]["scopeSpans"][0]["spans"]] == [
-        f"{i:016x}" for i in range(count)]
+        f"{i:016x}" for i in range(count)
+    ]

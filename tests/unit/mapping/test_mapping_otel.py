@@ -25,19 +25,42 @@ from audit_otlp.mapping.spans import row_span
 from tests.helpers.collector import to_proto  # noqa: E402
 
 ROWS = [
-    {"event": "tool_use", "ts": "2026-04-15T14:23:03.250Z", "tool": "WebFetch", "session_id": "s-42", "duration_ms": 42,
-     "bytes_in": 120, "bytes_out": 5120, "dest_host": "example.com", "policy_outcome": "allowed", "prev_hash": "GENESIS"},
-    {"event": "action_blocked", "ts": "2026-04-15T14:23:02Z", "reason": "rm -rf /", "severity": "critical",
-     "prev_hash": "abc="},
-    {"event": "tool_use", "ts": "2026-04-15T14:23:04Z", "tool": "Bash", "error": "ENOENT", "duration_ms": 1.5,
-     "bytes_in": -(2**63), "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "tool_use_id": "toolu_9"},
-    {"event": "secret_detected", "ts": "2026-04-15T14:23:01Z", "file": "cfg.env", "severity": "critical",
-     "score": 0.25, "agent_id": "agent-1"},
+    {
+        "event": "tool_use",
+        "ts": "2026-04-15T14:23:03.250Z",
+        "tool": "WebFetch",
+        "session_id": "s-42",
+        "duration_ms": 42,
+        "bytes_in": 120,
+        "bytes_out": 5120,
+        "dest_host": "example.com",
+        "policy_outcome": "allowed",
+        "prev_hash": "GENESIS",
+    },
+    {"event": "action_blocked", "ts": "2026-04-15T14:23:02Z", "reason": "rm -rf /", "severity": "critical", "prev_hash": "abc="},
+    {
+        "event": "tool_use",
+        "ts": "2026-04-15T14:23:04Z",
+        "tool": "Bash",
+        "error": "ENOENT",
+        "duration_ms": 1.5,
+        "bytes_in": -(2**63),
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "tool_use_id": "toolu_9",
+    },
+    {
+        "event": "secret_detected",
+        "ts": "2026-04-15T14:23:01Z",
+        "file": "cfg.env",
+        "severity": "critical",
+        "score": 0.25,
+        "agent_id": "agent-1",
+    },
 ]
 
 
 def plain(value: dict[str, Any]) -> Any:
-    (kind, v), = value.items()
+    ((kind, v),) = value.items()
     return {"intValue": int, "stringValue": str, "boolValue": bool, "doubleValue": float}[kind](v)
 
 
@@ -65,11 +88,13 @@ def test_same_json_as_the_opentelemetry_encoder() -> None:
     for row in ROWS:
         line = orjson.dumps(row)
         verdict = verify_row(state, row, hasher, line)
-        encoded.append(encode_span(row_span(row, line_digest(line), offset=7, observed_ns=1, options=MappingOptions(),
-                                            chain=verdict)))
+        encoded.append(
+            encode_span(row_span(row, line_digest(line), offset=7, observed_ns=1, options=MappingOptions(), chain=verdict))
+        )
     ours = orjson.loads(envelope.body(encoded))
-    theirs = encode_spans([as_readable_span(s, Resource(attributes))
-                           for s in ours["resourceSpans"][0]["scopeSpans"][0]["spans"]]).to_dict()
+    theirs = encode_spans(
+        [as_readable_span(s, Resource(attributes)) for s in ours["resourceSpans"][0]["scopeSpans"][0]["spans"]]
+    ).to_dict()
     for span in theirs["resourceSpans"][0]["scopeSpans"][0]["spans"]:
         assert span.pop("flags") == 0x100  # the SDK's "parent is not remote"; optional, we leave it out
     assert ours == theirs

@@ -72,10 +72,26 @@ def test_tty_shows_colour_and_progress_line_and_ctrl_c_writes_checkpoint(tmp_pat
     with Collector(responder) as collector:
         master, slave = pty.openpty()
         proc = subprocess.Popen(
-            [audit_cli, "run", "--foreground", "--config", str(tmp_path / "c.toml"), "--file", str(tmp_path / "audit.jsonl"),
-             "--checkpoint", str(tmp_path / "cp.json"), "--endpoint", collector.endpoint],
-            stdin=slave, stdout=slave, stderr=slave, start_new_session=True, preexec_fn=_become_terminal_session,
-            env={**os.environ, "TERM": "xterm"})
+            [
+                audit_cli,
+                "run",
+                "--foreground",
+                "--config",
+                str(tmp_path / "c.toml"),
+                "--file",
+                str(tmp_path / "audit.jsonl"),
+                "--checkpoint",
+                str(tmp_path / "cp.json"),
+                "--endpoint",
+                collector.endpoint,
+            ],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=_become_terminal_session,
+            env={**os.environ, "TERM": "xterm"},
+        )
         os.close(slave)
         out = PtyOutput(master)
         try:
@@ -104,10 +120,24 @@ def test_not_a_tty_gives_plain_lines_without_progress_or_colour(tmp_path: Path, 
     AuditWriter(tmp_path / "audit.jsonl").append(50)
     with Collector() as collector:
         result = subprocess.run(
-            [audit_cli, "run", "--foreground", "--once", "-v", "--file", str(tmp_path / "audit.jsonl"),
-             "--checkpoint", str(tmp_path / "cp.json"), "--endpoint", collector.endpoint],
-            capture_output=True, text=True, timeout=60,
-            env={**os.environ, "AUDIT_OTLP_LOG_FORMAT": "json"})  # --foreground means text for a person
+            [
+                audit_cli,
+                "run",
+                "--foreground",
+                "--once",
+                "-v",
+                "--file",
+                str(tmp_path / "audit.jsonl"),
+                "--checkpoint",
+                str(tmp_path / "cp.json"),
+                "--endpoint",
+                collector.endpoint,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "AUDIT_OTLP_LOG_FORMAT": "json"},
+        )  # --foreground means text for a person
     assert result.returncode == 0, result.stderr
     assert not ANSI.search(result.stderr) and "\r" not in result.stderr
     assert "catching up" not in result.stderr
@@ -120,9 +150,23 @@ def test_dry_run_prints_spans_and_posts_nothing(tmp_path: Path, audit_cli: str) 
     AuditWriter(tmp_path / "audit.jsonl").append(7)
     with Collector() as collector:
         result = subprocess.run(
-            [audit_cli, "run", "--foreground", "--dry-run", "--once", "--file", str(tmp_path / "audit.jsonl"),
-             "--checkpoint", str(tmp_path / "cp.json"), "--endpoint", collector.endpoint],
-            capture_output=True, text=True, timeout=60)
+            [
+                audit_cli,
+                "run",
+                "--foreground",
+                "--dry-run",
+                "--once",
+                "--file",
+                str(tmp_path / "audit.jsonl"),
+                "--checkpoint",
+                str(tmp_path / "cp.json"),
+                "--endpoint",
+                collector.endpoint,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         assert collector.requests == []
     docs = [json.loads(line) for line in result.stdout.splitlines()]
@@ -172,7 +216,8 @@ def test_log_records_erase_and_redraw_the_progress_line() -> None:
     assert out.getvalue() == "\r\x1b[Kcatching up: 1 rows/s\r\x1b[KINFO hello\ncatching up: 1 rows/s"
 
 
-@pytest.mark.parametrize("bytes_per_s,left,shown", [
-    (0, 5_000, "ETA ?"), (1000, 5_000, "ETA 5s"), (1, 10_000, "ETA 2h46m"), (100, 9_000, "ETA 1m30s")])
+@pytest.mark.parametrize(
+    "bytes_per_s,left,shown", [(0, 5_000, "ETA ?"), (1000, 5_000, "ETA 5s"), (1, 10_000, "ETA 2h46m"), (100, 9_000, "ETA 1m30s")]
+)
 def test_eta_formatting(bytes_per_s: float, left: int, shown: str) -> None:
     assert format_progress(10, bytes_per_s, left).endswith(shown)

@@ -64,12 +64,16 @@ async def test_healthz_follows_the_event_loop_heartbeat(server) -> None:
     assert status == 503 and json.loads(body)["status"] == "stalled"
 
 
-@pytest.mark.parametrize("breakage,failed_check", [
-    (lambda s: setattr(s, "checkpoint_loaded", False), "checkpoint_loaded"),
-    (lambda s: setattr(s, "file_reachable", False), "file_reachable"),
-    (lambda s: (s.export_failed("HTTP 503"), setattr(s, "failing_since", time.monotonic() - 61)), "exports_ok"),
-    (lambda s: setattr(s, "checkpoint_error", "cannot write checkpoint: No space left on device"), "checkpoint_writable"),
-], ids=["checkpoint-not-loaded", "file-unreachable", "exports-failing-too-long", "checkpoint-unwritable"])
+@pytest.mark.parametrize(
+    "breakage,failed_check",
+    [
+        (lambda s: setattr(s, "checkpoint_loaded", False), "checkpoint_loaded"),
+        (lambda s: setattr(s, "file_reachable", False), "file_reachable"),
+        (lambda s: (s.export_failed("HTTP 503"), setattr(s, "failing_since", time.monotonic() - 61)), "exports_ok"),
+        (lambda s: setattr(s, "checkpoint_error", "cannot write checkpoint: No space left on device"), "checkpoint_writable"),
+    ],
+    ids=["checkpoint-not-loaded", "file-unreachable", "exports-failing-too-long", "checkpoint-unwritable"],
+)
 async def test_readyz_fails_for_each_unready_state(server, breakage, failed_check: str) -> None:
     state = ready_state()
     srv = await server(state)
@@ -101,8 +105,6 @@ async def test_metrics_unknown_paths_and_methods(server) -> None:
 # -- end to end ------------------------------------------------------------------------------
 
 
-
-
 def http_get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -113,25 +115,39 @@ def http_get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-
-
 def test_daemon_health_ready_then_unready_while_collector_fails(tmp_path: Path, audit_cli: str) -> None:
     writer = AuditWriter(tmp_path / "audit.jsonl")
     writer.append(5)
-    (tmp_path / "c.toml").write_text('[health]\nfailing_after = "1s"\n[retry]\ninitial_backoff = "100ms"\nmax_backoff = "200ms"\n')
+    (tmp_path / "c.toml").write_text(
+        '[health]\nfailing_after = "1s"\n[retry]\ninitial_backoff = "100ms"\nmax_backoff = "200ms"\n'
+    )
     failing = threading.Event()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with Collector(lambda doc, n: Reply(503, b"down") if failing.is_set() else Reply()) as collector:
         proc = subprocess.Popen(
-            [audit_cli, "run", "--config", str(tmp_path / "c.toml"), "--file", str(tmp_path / "audit.jsonl"),
-             "--checkpoint", str(tmp_path / "cp.json"), "--endpoint", collector.endpoint,
-             "--health-listen", f"127.0.0.1:{port}"], stderr=subprocess.DEVNULL)
+            [
+                audit_cli,
+                "run",
+                "--config",
+                str(tmp_path / "c.toml"),
+                "--file",
+                str(tmp_path / "audit.jsonl"),
+                "--checkpoint",
+                str(tmp_path / "cp.json"),
+                "--endpoint",
+                collector.endpoint,
+                "--health-listen",
+                f"127.0.0.1:{port}",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
         try:
             assert collector.wait_for_spans(5)
             assert wait_until(lambda: http_get(base + "/readyz")[0] == 200)
-            health = subprocess.run([audit_cli, "health", "--health-listen", f"127.0.0.1:{port}"],
-                                    capture_output=True, text=True, timeout=30)
+            health = subprocess.run(
+                [audit_cli, "health", "--health-listen", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30
+            )
             assert health.returncode == 0 and json.loads(health.stdout)["status"] == "ok"
             assert wait_until(lambda: "audit_otlp_spans_delivered_total 5.0" in http_get(base + "/metrics")[1])
 
@@ -140,8 +156,12 @@ def test_daemon_health_ready_then_unready_while_collector_fails(tmp_path: Path, 
             assert wait_until(lambda: http_get(base + "/readyz")[0] == 503)
             doc = json.loads(http_get(base + "/readyz")[1])
             assert doc["exports_ok"] is False and "503" in doc["last_error"]
-            ready = subprocess.run([audit_cli, "health", "--ready", "--health-listen", f"127.0.0.1:{port}"],
-                                   capture_output=True, text=True, timeout=30)
+            ready = subprocess.run(
+                [audit_cli, "health", "--ready", "--health-listen", f"127.0.0.1:{port}"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert ready.returncode == 1
             assert http_get(base + "/healthz")[0] == 200  # alive, just not delivering
 
@@ -156,8 +176,9 @@ def test_daemon_health_ready_then_unready_while_collector_fails(tmp_path: Path, 
 
 def test_health_command_without_a_daemon_fails_clearly(audit_cli: str) -> None:
     port = free_port()
-    result = subprocess.run([audit_cli, "health", "--health-listen", f"127.0.0.1:{port}"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [audit_cli, "health", "--health-listen", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 1 and f"127.0.0.1:{port}/healthz" in result.stderr
     env = {k: v for k, v in os.environ.items() if k != "AUDIT_OTLP_HEALTH_LISTEN"}
     result = subprocess.run([audit_cli, "health"], capture_output=True, text=True, timeout=30, env=env)

@@ -39,17 +39,31 @@ def test_sighup_applies_batch_and_log_level_and_names_keys_needing_restart(tmp_p
     writer.append(30)
     with Collector() as collector:
         proc = subprocess.Popen(
-            [audit_cli, "run", "--config", str(config), "--file", str(tmp_path / "audit.jsonl"),
-             "--checkpoint", str(tmp_path / "cp.json"), "--endpoint", collector.endpoint],
-            stderr=subprocess.PIPE, text=True)
+            [
+                audit_cli,
+                "run",
+                "--config",
+                str(config),
+                "--file",
+                str(tmp_path / "audit.jsonl"),
+                "--checkpoint",
+                str(tmp_path / "cp.json"),
+                "--endpoint",
+                collector.endpoint,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         log = StderrLog(proc)
         try:
             assert collector.wait_for_spans(30)
             assert [len(r.spans) for r in collector.accepted()] == [30]
             assert "request: status=" not in log.text()  # info level: no per-request lines
 
-            config.write_text('[batch]\nmax_spans = 4\nmax_wait = "50ms"\n[log]\nlevel = "debug"\n'
-                              '[retry]\nmax_backoff = "10s"\n[export]\nmax_in_flight = 2\n')
+            config.write_text(
+                '[batch]\nmax_spans = 4\nmax_wait = "50ms"\n[log]\nlevel = "debug"\n'
+                '[retry]\nmax_backoff = "10s"\n[export]\nmax_in_flight = 2\n'
+            )
             proc.send_signal(signal.SIGHUP)
             assert log.wait_for("SIGHUP: configuration reloaded"), log.text()
             reload_line = next(line for line in log.lines if "SIGHUP" in line)

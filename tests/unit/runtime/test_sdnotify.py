@@ -68,8 +68,20 @@ def test_daemon_sends_ready_status_watchdog_stopping_in_order(tmp_path: Path, au
         env = {**os.environ, "NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "1000000"}
         env.pop("WATCHDOG_PID", None)
         proc = subprocess.Popen(
-            [audit_cli, "run", "--file", str(tmp_path / "audit.jsonl"), "--checkpoint", str(tmp_path / "state/cp.json"),
-             "--endpoint", collector.endpoint], env=env, stderr=subprocess.PIPE, text=True)
+            [
+                audit_cli,
+                "run",
+                "--file",
+                str(tmp_path / "audit.jsonl"),
+                "--checkpoint",
+                str(tmp_path / "state/cp.json"),
+                "--endpoint",
+                collector.endpoint,
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert listener.wait_for(has("READY", "1"), 20), listener.messages
             assert collector.wait_for_spans(3)
@@ -95,7 +107,7 @@ def test_daemon_sends_ready_status_watchdog_stopping_in_order(tmp_path: Path, au
     assert ready < watchdogs[0] and watchdogs[-1] < stopping
     refreshes = [i for i, m in enumerate(msgs) if "STATUS" in m and "READY" not in m and "STOPPING" not in m]
     assert refreshes and ready < refreshes[0] and refreshes[-1] < stopping
-    assert not any("READY" in m or "WATCHDOG" in m for m in msgs[stopping + 1:])  # nothing after STOPPING but STATUS
+    assert not any("READY" in m or "WATCHDOG" in m for m in msgs[stopping + 1 :])  # nothing after STOPPING but STATUS
 
 
 def test_ready_is_sent_while_the_audit_log_does_not_exist_yet(tmp_path: Path, audit_cli: str) -> None:
@@ -104,8 +116,19 @@ def test_ready_is_sent_while_the_audit_log_does_not_exist_yet(tmp_path: Path, au
     with Collector() as collector:
         env = {**os.environ, "NOTIFY_SOCKET": listener.address}
         proc = subprocess.Popen(
-            [audit_cli, "run", "--file", str(tmp_path / "audit.jsonl"), "--checkpoint", str(tmp_path / "cp.json"),
-             "--endpoint", collector.endpoint], env=env, stderr=subprocess.DEVNULL)
+            [
+                audit_cli,
+                "run",
+                "--file",
+                str(tmp_path / "audit.jsonl"),
+                "--checkpoint",
+                str(tmp_path / "cp.json"),
+                "--endpoint",
+                collector.endpoint,
+            ],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             assert listener.wait_for(has("READY", "1"), 20), listener.messages
             assert "waiting for" in listener.messages[0]["STATUS"]

@@ -191,11 +191,20 @@ async def test_starts_when_the_file_appears(log: Path) -> None:
     await reader.stop()
 
 
-@pytest.mark.parametrize("styles", [
-    ["rename"], ["copytruncate"], ["tail_rewrite"], ["rename", "rename", "rename"],
-    ["copytruncate", "copytruncate"], ["rename", "tail_rewrite"], ["tail_rewrite", "rename", "copytruncate"],
-    ["copytruncate", "tail_rewrite", "rename"],
-], ids="+".join)
+@pytest.mark.parametrize(
+    "styles",
+    [
+        ["rename"],
+        ["copytruncate"],
+        ["tail_rewrite"],
+        ["rename", "rename", "rename"],
+        ["copytruncate", "copytruncate"],
+        ["rename", "tail_rewrite"],
+        ["tail_rewrite", "rename", "copytruncate"],
+        ["copytruncate", "tail_rewrite", "rename"],
+    ],
+    ids="+".join,
+)
 async def test_rotated_while_stopped(log: Path, styles: list[str]) -> None:
     writer = AuditWriter(log)
     writer.append(20)
@@ -256,6 +265,7 @@ async def test_inode_reuse_is_not_trusted(log: Path) -> None:
     assert reader.resume is not None and reader.resume.identity is not None
     st = os.stat(log)
     from dataclasses import replace
+
     reused = replace(reader.resume.identity, dev=st.st_dev, ino=st.st_ino)
     reader.resume = replace(reader.resume, identity=reused)
     await reader.start()
