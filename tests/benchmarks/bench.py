@@ -30,7 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks.gen import RowGenerator, append, write_file
+from tests.benchmarks.gen import RowGenerator, write_file
+from tests.helpers.auditgen import append_bytes
 from tests.helpers.wait import free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
@@ -214,7 +215,7 @@ def live(tools: Tools, sink: Sink, tool: str, seconds: float, rate: int) -> dict
     path = tools.work / "live.jsonl"
     path.unlink(missing_ok=True)
     gen = RowGenerator()
-    append(path, gen.lines(1))
+    append_bytes(path, gen.lines(1))
     sink.reset()
     proc = tools.start(tool, path, sink.url)
     if sink.wait_records(1, 30)["records"] < 1:
@@ -227,7 +228,7 @@ def live(tools: Tools, sink: Sink, tool: str, seconds: float, rate: int) -> dict
     next_at = time.monotonic()
     cpu0 = proc_cpu_s(proc.pid)
     for _ in range(ticks):
-        append(path, gen.lines(per_tick, marker_ns=time.time_ns()))
+        append_bytes(path, gen.lines(per_tick, marker_ns=time.time_ns()))
         next_at += tick
         delay = next_at - time.monotonic()
         if delay > 0:
@@ -265,7 +266,7 @@ def memory(tools: Tools, sink: Sink, tool: str, path: Path, rows: int, down_seco
 def idle(tools: Tools, sink: Sink, tool: str, seconds: float) -> dict[str, Any]:
     path = tools.work / "idle.jsonl"
     path.unlink(missing_ok=True)
-    append(path, RowGenerator().lines(1000))
+    append_bytes(path, RowGenerator().lines(1000))
     sink.reset()
     proc = tools.start(tool, path, sink.url)
     ok = sink.wait_records(1000, 60)["records"] == 1000

@@ -80,11 +80,3 @@ def write_file(path: Path, rows: int) -> None:
             out.write(gen.lines(n))
             left -= n
     os.replace(tmp, path)
-
-
-def append(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
