@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from audit_otlp.delivery import vendors
-from audit_otlp.runtime.lifecycle import build_export_settings
+from audit_otlp.runtime.wiring import build_export_settings
 from audit_otlp.config import ConfigError, load_config
 from auditgen import AuditWriter
 from collector import Collector

@@ -5,6 +5,7 @@ counted, not estimated, and the resume point is found the way a restarting daemo
 
 from __future__ import annotations
 
+import argparse
 import glob
 import hashlib
 import os
@@ -15,10 +16,11 @@ from typing import Any
 
 import orjson
 
-from audit_otlp.state.checkpoint import Checkpoint
 from audit_otlp.config import Config, mask_url
 from audit_otlp.delivery.records import DurableLog
+from audit_otlp.runtime.lifecycle import EXIT_OK
 from audit_otlp.source.fileid import fingerprint_matches
+from audit_otlp.state.checkpoint import Checkpoint
 
 CHUNK = 4 * 1024 * 1024
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
@@ -230,3 +232,12 @@ def format_status(status: dict[str, Any]) -> str:
 
 def _size(size: int | None) -> str:
     return "missing" if size is None else f"{size} bytes"
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    status = collect_status(config)
+    if args.json:
+        print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_status(status))
+    return EXIT_OK
