@@ -24,7 +24,9 @@ from typing import Awaitable, Callable, Protocol
 from audit_otlp.state.acks import AckTracker
 from audit_otlp.delivery.batching import Batch, BatchBuilder, BatchLimits, SpanSource
 from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict
-from audit_otlp.state.checkpoint import Checkpoint, CheckpointError, CheckpointKeeper, CheckpointStore, Cursor
+from audit_otlp.state.checkpoint import Checkpoint, Cursor
+from audit_otlp.state.keeper import CheckpointKeeper
+from audit_otlp.state.store import CheckpointError, CheckpointStore
 from audit_otlp.config.loader import Config, mask_url
 from audit_otlp.delivery.records import DurableLog
 from audit_otlp.commands.export import DryRunSink
