@@ -25,7 +25,8 @@ from gen import RowGenerator  # noqa: E402
 
 from audit_otlp.mapping.chain import ChainHasher, ChainState  # noqa: E402
 from audit_otlp.delivery.records import DurableLog  # noqa: E402
-from audit_otlp.delivery.policy import ExportSettings, Exporter  # noqa: E402
+from audit_otlp.delivery.policy import Exporter  # noqa: E402
+from audit_otlp.delivery.settings import ExportSettings  # noqa: E402
 from audit_otlp.source.lines import LineSplitter  # noqa: E402
 from audit_otlp.mapping.spans import MappingOptions, make_envelope, resource_attributes  # noqa: E402
 from audit_otlp.runtime.metrics import Metrics  # noqa: E402

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from audit_otlp.delivery.batching import Batch, BatchBuilder, BatchLimits, SpanSource
+from audit_otlp.delivery.batching import BatchBuilder, BatchLimits, SpanSource
 from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict
 from audit_otlp.state.checkpoint import Cursor
-from audit_otlp.delivery.policy import Outcome
 from audit_otlp.source.fileid import identify_fd
 from audit_otlp.source.lines import LineSplitter
 from audit_otlp.mapping.spans import Envelope, MappingOptions
@@ -68,22 +66,3 @@ def write_export(out: BinaryIO, requests: Iterator[bytes]) -> int:
         count += 1
     out.flush()
     return count
-
-
-class DryRunSink:
-    """--dry-run: print each request body as one line on stdout; nothing is delivered."""
-
-    def __init__(self, envelope: Envelope) -> None:
-        self.envelope = envelope
-
-    async def start(self) -> None:
-        pass
-
-    async def deliver(self, batch: Batch) -> Outcome:
-        if batch.spans:
-            sys.stdout.buffer.write(self.envelope.body(batch.spans) + b"\n")
-            sys.stdout.buffer.flush()
-        return Outcome()
-
-    async def aclose(self) -> None:
-        pass

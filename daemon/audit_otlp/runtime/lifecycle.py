@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable
 
 from audit_otlp.state.acks import AckTracker
 from audit_otlp.delivery.batching import Batch, BatchBuilder, BatchLimits, SpanSource
@@ -29,8 +29,9 @@ from audit_otlp.state.keeper import CheckpointKeeper
 from audit_otlp.state.store import CheckpointError, CheckpointStore
 from audit_otlp.config.loader import Config, mask_url
 from audit_otlp.delivery.records import DurableLog
-from audit_otlp.commands.export import DryRunSink
-from audit_otlp.delivery.policy import Exporter, ExportSettings, Outcome
+from audit_otlp.delivery.policy import Exporter
+from audit_otlp.delivery.settings import ExportSettings
+from audit_otlp.delivery.sink import DryRunSink, Outcome, Sink
 from audit_otlp.runtime.health import HealthServer
 from audit_otlp.source.lines import Line
 from audit_otlp.runtime.logs import apply_log_settings
@@ -51,12 +52,6 @@ EXIT_OK, EXIT_DEADLINE, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
 
 class FatalError(Exception):
     """A runtime error the daemon cannot work around (exit 3, one-line reason)."""
-
-
-class Sink(Protocol):
-    async def start(self) -> None: ...
-    async def deliver(self, batch: Batch) -> Outcome: ...
-    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True)
