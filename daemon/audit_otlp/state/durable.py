@@ -16,12 +16,7 @@ def replace_atomically(path: Path, data: bytes) -> None:
     directory; raises OSError with the previous file intact (and no temp file left behind)."""
     tmp = path.parent / f".{path.name}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_synced(tmp, os.O_TRUNC, data)
         os.replace(tmp, path)
         fsync_directory(path.parent)
     except OSError:
@@ -37,12 +32,7 @@ def append_durably(path: Path, data: bytes) -> None:
     created file's directory is fsynced too, so its entry survives a crash. Raises OSError."""
     path.parent.mkdir(parents=True, exist_ok=True)
     created = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_synced(path, os.O_APPEND, data)
     if created:
         fsync_directory(path.parent)
 
@@ -56,7 +46,13 @@ def fsync_directory(directory: Path) -> None:
         os.close(dir_fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _write_synced(path: Path, mode: int, data: bytes) -> None:
+    """Open `path` (created 0600) with `mode` (truncate or append), write all of `data`, fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | mode, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
