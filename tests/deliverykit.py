@@ -21,7 +21,8 @@ from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.settings import ExportSettings
 from audit_otlp.source.fileid import FileIdentity
 from audit_otlp.source.lines import Line
-from audit_otlp.mapping.spans import MappingOptions, make_envelope, resource_attributes
+from audit_otlp.mapping.envelope import make_envelope, resource_attributes
+from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.mapping.rows import RowMapper
 from audit_otlp.runtime.runstate import RunState

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from audit_otlp.config.loader import KEYS
+from audit_otlp.config import KEYS
 
 HEADER_TOKEN = "hdr-s3cret-token-0001"
 URL_PASSWORD = "url-pa55word-0002"
@@ -98,7 +98,7 @@ def test_example_config_documents_every_key_and_is_valid_when_uncommented(tmp_pa
     """config/audit-otlp.toml: each key of config.KEYS appears (commented) and the file parses."""
     import re
 
-    from audit_otlp.config.loader import load_config
+    from audit_otlp.config import load_config
 
     example = Path(__file__).resolve().parent.parent / "config" / "audit-otlp.toml"
     text = example.read_text()
@@ -123,4 +123,4 @@ def test_example_config_documents_every_key_and_is_valid_when_uncommented(tmp_pa
     body = "\n".join(uncommented).replace('"/etc/audit-otlp/chain-key"', f'"{key_file}"')
     (tmp_path / "all.toml").write_text(body)
     config = load_config(tmp_path / "all.toml", {}, {})
-    assert config["batch.max_spans"] == 512 and config["health.listen"] == ("127.0.0.1", 9464)
+    assert config.batch.max_spans == 512 and config.health.listen == ("127.0.0.1", 9464)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from auditgen import AuditWriter
 from collector import Collector
-from audit_otlp.config.loader import load_config
+from audit_otlp.config import load_config
 from audit_otlp.runtime.reload import plan_reload
 
 
@@ -94,7 +94,7 @@ def test_reload_plan_masks_secrets_and_keeps_restart_only_values(tmp_path: Path)
     text = plan.describe()
     assert "secret-token" not in text and "new-secret" not in repr(plan.needs_restart)
     # Restart-only keys keep their running values; reloadable ones take the new value.
-    assert plan.config.endpoint == "http://127.0.0.1:4318/v1/traces"
-    assert plan.config["export.headers"] == before["export.headers"]
-    assert plan.config["batch.max_wait"] == 1.0
+    assert plan.config.export.endpoint == "http://127.0.0.1:4318/v1/traces"
+    assert plan.config.export.headers == before.export.headers
+    assert plan.config.batch.max_wait == 1.0
     assert plan.config.secrets == before.secrets

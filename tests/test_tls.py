@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from audit_otlp.runtime.lifecycle import build_export_settings
-from audit_otlp.config.loader import ConfigError, load_config
+from audit_otlp.config import ConfigError, load_config
 from audit_otlp.delivery.records import DurableLog
 from audit_otlp.delivery.policy import Exporter
 from audit_otlp.runtime.metrics import Metrics

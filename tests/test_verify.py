@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audit_otlp.mapping.chain import GENESIS, ChainHasher
+from audit_otlp.mapping.chain import ChainHasher, GENESIS
 from audit_otlp.commands.verify import verify_files
 from auditgen import AuditWriter
 
@@ -203,7 +203,7 @@ def test_hmac_key_file(tmp_path: Path, audit_cli: str) -> None:
 def test_verify_and_the_daemon_agree_on_any_tampering(tmp_path: Path, ops: list[tuple[str, int]]) -> None:
     """`verify`'s inline fast path and the daemon's RowMapper report the same lines."""
     from audit_otlp.source.lines import Line
-    from audit_otlp.mapping.spans import MappingOptions
+    from audit_otlp.mapping.ids import MappingOptions
     from audit_otlp.mapping.rows import RowMapper
     from audit_otlp.mapping.chain import ChainState
 

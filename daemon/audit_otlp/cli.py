@@ -17,9 +17,9 @@ from audit_otlp import __version__
 from audit_otlp.runtime.lifecycle import EXIT_FATAL, EXIT_OK, EXIT_USAGE, FatalError, RunOptions, build_envelope, run_daemon
 from audit_otlp.delivery.batching import BatchLimits
 from audit_otlp.mapping.chain import ChainHasher
-from audit_otlp.config.loader import Config, ConfigError, load_config, parse_duration
+from audit_otlp.config import Config, ConfigError, load_config, parse_duration
 from audit_otlp.runtime.logs import setup_logging
-from audit_otlp.mapping.spans import MappingOptions
+from audit_otlp.mapping.ids import MappingOptions
 
 log = logging.getLogger("audit_otlp")
 
@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
             print("audit-otlp: --deadline: only valid with --once", file=sys.stderr)
             return EXIT_USAGE
     terminal = None
-    log_format = config["log.format"]
+    log_format = config.log.format
     if args.foreground:
         # For a person: readable text (unless --log-format json was asked for on this command line),
         # coloured on a TTY, and a live progress line on a TTY only.
@@ -138,7 +138,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         if sys.stderr.isatty():
             from audit_otlp.runtime.progress import TerminalLine
             terminal = TerminalLine(sys.stderr)
-    setup_logging(log_format, config["log.level"], config.secrets, verbose=args.verbose, stream=terminal)
+    setup_logging(log_format, config.log.level, config.secrets, verbose=args.verbose, stream=terminal)
     options = RunOptions(once=args.once, deadline=deadline, dry_run=args.dry_run, foreground=args.foreground)
     return run_daemon(config, options, terminal=terminal, verbose=args.verbose,
                       reloader=lambda: load_config(getattr(args, "config", None), _options(args)))
@@ -148,13 +148,13 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
     from audit_otlp.commands.export import export_requests, write_export
 
     path = Path(args.path)
-    setup_logging(config["log.format"], config["log.level"], config.secrets)
-    limits = BatchLimits(config["batch.max_spans"], config["batch.max_bytes"], config["batch.max_wait"])
-    hasher = ChainHasher(config.chain_key) if config["chain.verify"] else None
+    setup_logging(config.log.format, config.log.level, config.secrets)
+    limits = BatchLimits(config.batch.max_spans, config.batch.max_bytes, config.batch.max_wait)
+    hasher = ChainHasher(config.chain_key) if config.chain.verify else None
     try:
         write_export(sys.stdout.buffer, export_requests(path, build_envelope(config), limits,
-                                                         MappingOptions(config["mapping.trace_id_from"]), hasher,
-                                                         config["source.max_line_bytes"]))
+                                                         MappingOptions(config.mapping.trace_id_from), hasher,
+                                                         config.source.max_line_bytes))
     except OSError as exc:
         print(f"audit-otlp: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -229,7 +229,7 @@ def _show(value: Any) -> str:
 
 
 def cmd_health(args: argparse.Namespace, config: Config) -> int:
-    listen = config["health.listen"]
+    listen = config.health.listen
     if not listen:
         print("audit-otlp health: no health.listen configured (set AUDIT_OTLP_HEALTH_LISTEN or --health-listen)", file=sys.stderr)
         return EXIT_USAGE

@@ -28,7 +28,8 @@ from audit_otlp.delivery.records import DurableLog  # noqa: E402
 from audit_otlp.delivery.policy import Exporter  # noqa: E402
 from audit_otlp.delivery.settings import ExportSettings  # noqa: E402
 from audit_otlp.source.lines import LineSplitter  # noqa: E402
-from audit_otlp.mapping.spans import MappingOptions, make_envelope, resource_attributes  # noqa: E402
+from audit_otlp.mapping.envelope import make_envelope, resource_attributes  # noqa: E402
+from audit_otlp.mapping.ids import MappingOptions  # noqa: E402
 from audit_otlp.runtime.metrics import Metrics  # noqa: E402
 from audit_otlp.mapping.rows import RowMapper  # noqa: E402
 from audit_otlp.runtime.runstate import RunState  # noqa: E402

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from audit_otlp.config.loader import KEYS, Key
+from audit_otlp.config import KEYS, Key
 from harness import clean_env
 
 TOML_CANDIDATES: tuple[Any, ...] = ("bogus-value!", -1, 0, 42, True, [1], {"a": [1]})

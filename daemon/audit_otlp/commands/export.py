@@ -11,7 +11,8 @@ from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict
 from audit_otlp.state.checkpoint import Cursor
 from audit_otlp.source.fileid import identify_fd
 from audit_otlp.source.lines import LineSplitter
-from audit_otlp.mapping.spans import Envelope, MappingOptions
+from audit_otlp.mapping.envelope import Envelope
+from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.mapping.rows import RowMapper
 
 CHUNK = 1024 * 1024

@@ -19,8 +19,10 @@ from typing import Any
 
 import orjson
 
-from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict, canonical_line, judge
-from audit_otlp.mapping.spans import parse_line, too_deep
+from audit_otlp.mapping.canonical import canonical_line
+
+from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict, judge
+from audit_otlp.mapping.parse import parse_line, too_deep
 
 CHUNK = 8 * 1024 * 1024
 OVERLAP_WINDOW = 65536  # row hashes of the previous file kept to recognise a tail-rewrite

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from audit_otlp.mapping.spans import Envelope
+from audit_otlp.mapping.envelope import Envelope
 from audit_otlp.source.fileid import FileIdentity
 from audit_otlp.state.checkpoint import Cursor
 

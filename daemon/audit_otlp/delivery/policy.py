@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from audit_otlp.config.loader import mask_url
+from audit_otlp.config import mask_url
 from audit_otlp.delivery.batching import Batch
 from audit_otlp.delivery.ratelimit import LOUD_EVERY, RateLimitedLog
 from audit_otlp.delivery.records import DurableLog, append_until_written, dead_letter_record, receipt_record
@@ -37,7 +37,7 @@ from audit_otlp.delivery.retry import Backoff
 from audit_otlp.delivery.settings import ExportSettings
 from audit_otlp.delivery.sink import Outcome
 from audit_otlp.delivery.transport import Answer, Transport
-from audit_otlp.mapping.spans import Envelope
+from audit_otlp.mapping.envelope import Envelope
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
 

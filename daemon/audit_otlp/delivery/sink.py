@@ -10,7 +10,7 @@ import sys
 from typing import NamedTuple, Protocol
 
 from audit_otlp.delivery.batching import Batch
-from audit_otlp.mapping.spans import Envelope
+from audit_otlp.mapping.envelope import Envelope
 
 
 class Outcome(NamedTuple):

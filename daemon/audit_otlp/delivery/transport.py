@@ -15,7 +15,7 @@ from typing import NamedTuple
 import httpx
 
 from audit_otlp import __version__
-from audit_otlp.config.loader import ConfigError
+from audit_otlp.config import ConfigError
 from audit_otlp.delivery.retry import parse_retry_after
 from audit_otlp.delivery.settings import ExportSettings
 

@@ -1,163 +1,27 @@
-"""Row -> OTLP/JSON span, as pure functions.
-
-A span is built as a dict and encoded once with orjson; a request body is the encoded spans
-joined inside one resourceSpans/scopeSpans envelope (see `request_body`), so batches can be
-split and re-joined for 413/400 handling without re-mapping anything.
-
-Ids are derived from content, never from time or randomness: the same row always gives the
-same spanId (from the SHA-256 of its line) and traceId (its own `trace_id`, else from
-`prev_hash` or, with trace_id_from=session, from the session), so a span delivered twice after
-a crash is recognisably the same span.
-"""
+"""Row -> OTLP/JSON span dict, as pure functions: the attributes of interface.md ("Spans"), the
+GenAI identity Datadog and Sentry read, status, times; plus the evidence spans for malformed
+lines and chain breaks. `envelope.encode_span` turns a dict into the bytes a request carries."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
-import re
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import orjson
 
-from audit_otlp import __version__
 from audit_otlp.mapping.chain import ChainVerdict
+from audit_otlp.mapping.ids import MappingOptions, nonzero_hex, span_id_for, trace_id_for
+from audit_otlp.mapping.parse import UINT64_MAX, parse_timestamp_ns
 
 SPAN_KIND_INTERNAL = 1
 STATUS_OK = 1
 STATUS_ERROR = 2
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-_UINT64_MAX = 2**64 - 1
-SCOPE_NAME = "audit-otlp"
 
 # Events that record a guardrail decision rather than a tool call.
 GUARDRAIL_EVENTS = frozenset({"secret_detected", "action_blocked", "policy_violation", "policy_decision"})
-_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
-_TS_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?([Zz]|[+-]\d{2}:?\d{2})", re.ASCII
-)
-_SURROGATES = re.compile("[\ud800-\udfff]")
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_ONE_MICROSECOND = timedelta(microseconds=1)
-
-
-@dataclass(frozen=True)
-class MappingOptions:
-    trace_id_from: str = "prev_hash"  # or "session"
-
-
-# ---------------------------------------------------------------------------------------------
-# Parsing lines.
-
-
-# jq 1.6 refuses input nested deeper than this ("Exceeds depth limit for parsing"), so no
-# producer hashing with it can have chained such a row; deeper lines are malformed for us too,
-# which also keeps every recursive walk (canonical JSON, attribute values) far from Python's
-# recursion limit.
-MAX_DEPTH = 256
-
-
-def too_deep(data: bytes) -> bool:
-    """Is the JSON text nested deeper than MAX_DEPTH? Counting brackets (C speed) settles
-    almost every line; only a line with that many brackets is walked byte by byte."""
-    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
-        return False
-    depth, in_string, escaped = 0, False, False
-    for byte in data:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > MAX_DEPTH:
-                return True
-        elif byte in (0x5D, 0x7D):  # ] }
-            depth -= 1
-    return False
-
-
-def parse_line(data: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """(row, None) for a JSON object, else (None, reason) with a low-cardinality reason."""
-    if too_deep(data):
-        return None, "too_deep"
-    try:
-        row = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            return None, "invalid_utf8"
-        # orjson refuses integers beyond 64 bits and lone surrogate escapes, which are valid
-        # JSON; the standard library parses those (NaN and Infinity stay refused).
-        try:
-            row = json.loads(text, parse_constant=_refuse_constant)
-        except ValueError:
-            return None, "invalid_json"
-        except RecursionError:  # a safety net: MAX_DEPTH keeps real input far from it
-            return None, "too_deep"
-    if not isinstance(row, dict):
-        return None, "not_an_object"
-    return row, None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_timestamp_ns(value: Any) -> int | None:
-    """RFC 3339 -> nanoseconds since the epoch, in UTC whatever the machine's time zone (never
-    local time). Times without an offset, and times a fixed64 cannot hold, give None."""
-    if type(value) is not str:
-        return None
-    dot = value.find(".")
-    if dot < 0:
-        dot = value.find(",")
-    if dot < 0 or not value[dot + 7:dot + 8].isdigit():
-        # Fast path (C parser, a quarter of the cost) when microseconds hold every digit.
-        try:
-            parsed = datetime.fromisoformat(value)
-            if parsed.tzinfo is None:
-                return None
-            ns = (parsed - _EPOCH) // _ONE_MICROSECOND * 1000
-        except (ValueError, OverflowError):
-            return _parse_rfc3339_ns(value)  # e.g. a leap second, which datetime refuses
-        return ns if 0 <= ns <= _UINT64_MAX else None
-    return _parse_rfc3339_ns(value)
-
-
-def _parse_rfc3339_ns(value: str) -> int | None:
-    """The exact parser: nanosecond digits and leap seconds (23:59:60 counts as the next second)."""
-    m = _TS_RE.fullmatch(value)
-    if m is None:
-        return None
-    year, month, day, hour, minute, second, frac, tz = m.groups()
-    try:
-        days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL
-    except ValueError:
-        return None
-    h, mi, s = int(hour), int(minute), int(second)
-    if h > 23 or mi > 59 or s > 60:
-        return None
-    offset = 0
-    if tz not in ("Z", "z"):
-        sign = -1 if tz[0] == "-" else 1
-        tz_digits = tz[1:].replace(":", "")
-        offset = sign * (int(tz_digits[:2]) * 3600 + int(tz_digits[2:]) * 60)
-    seconds = days * 86400 + h * 3600 + mi * 60 + s - offset
-    nanos = int((frac or "0")[:9].ljust(9, "0"))
-    ns = seconds * 1_000_000_000 + nanos
-    # startTimeUnixNano is a fixed64: times before 1970 or after 2554 cannot be sent.
-    return ns if 0 <= ns <= _UINT64_MAX else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,45 +49,11 @@ def any_value(value: Any) -> dict[str, Any]:
     return {"stringValue": _text(value)}
 
 
-def _kv(key: str, value: Any) -> dict[str, Any]:
+def kv(key: str, value: Any) -> dict[str, Any]:
     # Most values are strings: build those without the call to any_value.
     if type(value) is str:
         return {"key": key, "value": {"stringValue": value}}
     return {"key": key, "value": any_value(value)}
-
-
-def _nonzero_hex(raw: bytes) -> str:
-    if not any(raw):  # all-zero ids are invalid in OTLP and W3C
-        raw = raw[:-1] + b"\x01"
-    return raw.hex()
-
-
-def line_digest(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
-def span_id_for(digest: bytes) -> str:
-    return _nonzero_hex(digest[:8])
-
-
-def trace_id_for(row: Mapping[str, Any], digest: bytes, options: MappingOptions) -> str:
-    own = row.get("trace_id")
-    if isinstance(own, str) and _HEX32.match(own) and own.strip("0"):
-        return own.lower()
-    if options.trace_id_from == "session":
-        session = row.get("session_id")
-        if isinstance(session, str) and session:
-            return _session_trace_id(session)
-    prev = row.get("prev_hash")
-    if isinstance(prev, str) and prev:
-        return _nonzero_hex(hashlib.sha256(b"prev_hash:" + prev.encode("utf-8", "replace")).digest()[:16])
-    return _nonzero_hex(digest[8:24])
-
-
-@functools.lru_cache(maxsize=256)
-def _session_trace_id(session: str) -> str:
-    # A session spans many rows in a row: hash it once (a pure function of the session).
-    return _nonzero_hex(hashlib.sha256(b"session:" + session.encode("utf-8", "replace")).digest()[:16])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,24 +76,16 @@ _MAX_ERROR_TYPE = 64  # longer `error` text is a message, not a type: error.type
 _MAX_STATUS_MESSAGE = 256
 
 # Pre-encoded attributes every span of a kind carries (shared, never mutated).
-_OP_EXECUTE_TOOL = _kv("gen_ai.operation.name", "execute_tool")
-_SENTRY_OP_TOOL = _kv("sentry.op", "gen_ai.execute_tool")
-_TOOL_TYPE_FUNCTION = _kv("gen_ai.tool.type", "function")
-_TOOL_TYPE_EXTENSION = _kv("gen_ai.tool.type", "extension")
-_OP_WORKFLOW = _kv("gen_ai.operation.name", "invoke_workflow")
-_SENTRY_OP_WORKFLOW = _kv("sentry.op", "gen_ai.invoke_workflow")
-_VERIFIED_TRUE = _kv("audit.chain.verified", True)
-_VERIFIED_FALSE = _kv("audit.chain.verified", False)
-_TS_INVALID = _kv("audit.ts_invalid", True)
+_OP_EXECUTE_TOOL = kv("gen_ai.operation.name", "execute_tool")
+_SENTRY_OP_TOOL = kv("sentry.op", "gen_ai.execute_tool")
+_TOOL_TYPE_FUNCTION = kv("gen_ai.tool.type", "function")
+_TOOL_TYPE_EXTENSION = kv("gen_ai.tool.type", "extension")
+_OP_WORKFLOW = kv("gen_ai.operation.name", "invoke_workflow")
+_SENTRY_OP_WORKFLOW = kv("sentry.op", "gen_ai.invoke_workflow")
+_VERIFIED_TRUE = kv("audit.chain.verified", True)
+_VERIFIED_FALSE = kv("audit.chain.verified", False)
+_TS_INVALID = kv("audit.ts_invalid", True)
 _STATUS_OK = {"code": STATUS_OK}
-
-
-def _first_present(row: Mapping[str, Any], *fields: str) -> Any:
-    for name in fields:
-        value = row.get(name)
-        if value is not None:
-            return value
-    return None
 
 
 def _text(value: Any) -> str:
@@ -306,7 +128,7 @@ def row_span(
     agent_id = get("agent_id")
     agent = agent_id if agent_id is not None else session
     if agent is not None:
-        add(_kv("agent.id", agent))
+        add(kv("agent.id", agent))
     for source, attribute in _DIRECT_ATTRIBUTES:
         value = get(source)
         if value is not None:  # strings inline: most values are, and a call per attribute counts
@@ -315,7 +137,7 @@ def row_span(
     if outcome is None:
         outcome = get("outcome")
     if outcome is not None:
-        add(_kv("policy.outcome", outcome))
+        add(kv("policy.outcome", outcome))
 
     # GenAI identity: every span gets one, because Datadog LLM Observability drops spans
     # without a gen_ai.* attribute. A row naming a tool is an execute_tool span of that tool
@@ -361,11 +183,11 @@ def row_span(
     if error_type is False or error_type == "":
         error_type = None
     if error_type is not None or error is not None:
-        add(_kv("error.type", _error_type(error_type if error_type is not None else error)))
+        add(kv("error.type", _error_type(error_type if error_type is not None else error)))
         message = error if type(error) is str and error else "error"
         status: dict[str, Any] = {"code": STATUS_ERROR, "message": message[:_MAX_STATUS_MESSAGE]}
     elif event_name == "action_blocked":
-        add(_kv("error.type", "action_blocked"))
+        add(kv("error.type", "action_blocked"))
         reason = get("reason")
         message = reason if type(reason) is str and reason else "action blocked"
         status = {"code": STATUS_ERROR, "message": message[:_MAX_STATUS_MESSAGE]}
@@ -377,9 +199,9 @@ def row_span(
             add(_VERIFIED_TRUE if chain.verified else _VERIFIED_FALSE)
         add({"key": "audit.hash", "value": {"stringValue": chain.row_hash}})
         if chain.restart:
-            add(_kv("audit.chain.restart", True))
+            add(kv("audit.chain.restart", True))
         if chain.anchor:
-            add(_kv("audit.chain.anchor", True))  # first row seen: its prev_hash is unchecked
+            add(kv("audit.chain.anchor", True))  # first row seen: its prev_hash is unchecked
     add({"key": "audit.offset", "value": {"intValue": str(offset)}})
 
     start = parse_timestamp_ns(get("ts"))
@@ -390,7 +212,7 @@ def row_span(
     duration = get("duration_ms")
     if type(duration) is int or type(duration) is float:
         if 0 < duration < 10**12:  # NaN and negative durations fail this too
-            end = min(start + int(duration * 1_000_000), _UINT64_MAX)
+            end = min(start + int(duration * 1_000_000), UINT64_MAX)
 
     return {
         "traceId": trace_id_for(row, digest, options),
@@ -407,22 +229,22 @@ def row_span(
 def malformed_span(*, offset: int, length: int, digest: bytes, reason: str, observed_ns: int) -> dict[str, Any]:
     """An ERROR span for a line that is not a JSON object: where it is, never what it says."""
     return {
-        "traceId": _nonzero_hex(digest[8:24]),
+        "traceId": nonzero_hex(digest[8:24]),
         "spanId": span_id_for(digest),
         "name": "audit.malformed_line",
         "kind": SPAN_KIND_INTERNAL,
         "startTimeUnixNano": str(observed_ns),
         "endTimeUnixNano": str(observed_ns),
         "attributes": [
-            _kv("audit.event", "audit.malformed_line"),
+            kv("audit.event", "audit.malformed_line"),
             _OP_EXECUTE_TOOL,
-            _kv("gen_ai.tool.name", "guardrail.malformed_line"),
+            kv("gen_ai.tool.name", "guardrail.malformed_line"),
             _TOOL_TYPE_EXTENSION,
             _SENTRY_OP_TOOL,
-            _kv("error.type", reason),
-            _kv("audit.offset", offset),
-            _kv("audit.length", length),
-            _kv("audit.line_sha256", digest.hex()),
+            kv("error.type", reason),
+            kv("audit.offset", offset),
+            kv("audit.length", length),
+            kv("audit.line_sha256", digest.hex()),
         ],
         "status": {"code": STATUS_ERROR, "message": reason},
     }
@@ -437,21 +259,21 @@ def chain_broken_span(
     marker = hashlib.sha256(b"chain_broken:" + digest).digest()
     kind = "chain_restart" if verdict.restart else "chain_broken"
     attributes = [
-        _kv("audit.event", "audit.chain_broken"),
+        kv("audit.event", "audit.chain_broken"),
         _OP_EXECUTE_TOOL,
-        _kv("gen_ai.tool.name", "guardrail.chain_integrity"),
+        kv("gen_ai.tool.name", "guardrail.chain_integrity"),
         _TOOL_TYPE_EXTENSION,
         _SENTRY_OP_TOOL,
-        _kv("error.type", kind),
-        _kv("audit.offset", offset),
-        _kv("audit.line_number", line_number),
-        _kv("audit.chain.expected", verdict.expected or ""),
-        _kv("audit.chain.found", verdict.found or ""),
-        _kv("audit.hash", verdict.row_hash),
+        kv("error.type", kind),
+        kv("audit.offset", offset),
+        kv("audit.line_number", line_number),
+        kv("audit.chain.expected", verdict.expected or ""),
+        kv("audit.chain.found", verdict.found or ""),
+        kv("audit.hash", verdict.row_hash),
     ]
     return {
-        "traceId": _nonzero_hex(marker[:16]),
-        "spanId": _nonzero_hex(marker[16:24]),
+        "traceId": nonzero_hex(marker[:16]),
+        "spanId": nonzero_hex(marker[16:24]),
         "name": "audit.chain_broken",
         "kind": SPAN_KIND_INTERNAL,
         "startTimeUnixNano": str(start_ns),
@@ -459,70 +281,6 @@ def chain_broken_span(
         "attributes": attributes,
         "status": {"code": STATUS_ERROR, "message": "chain restarts with GENESIS" if verdict.restart else "prev_hash mismatch"},
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Requests.
-
-
-def encode_span(span: Mapping[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(span)
-    except TypeError:
-        # A lone surrogate (valid JSON escape, not valid UTF-8) reached a string: send U+FFFD,
-        # as jq shows it.
-        return orjson.dumps(_scrub(span))
-
-
-def _scrub(value: Any) -> Any:
-    if type(value) is str:
-        return _SURROGATES.sub("\ufffd", value)
-    if type(value) is dict:
-        return {_scrub(k): _scrub(v) for k, v in value.items()}
-    if type(value) is list:
-        return [_scrub(v) for v in value]
-    return value
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """The bytes around the spans of every request: resource and scope, encoded once."""
-
-    head: bytes
-    tail: bytes = b"]}]}]}"
-
-    def body(self, spans: Sequence[bytes]) -> bytes:
-        # One copy of the spans: the head rides on the first span and the tail on the last.
-        # (head + join + tail copied a ~1 MB body three times, a third of a request's CPU.)
-        if len(spans) < 2:
-            return self.head + (spans[0] if spans else b"") + self.tail
-        return b",".join((self.head + spans[0], *spans[1:-1], spans[-1] + self.tail))
-
-    def size(self, spans_bytes: int, count: int) -> int:
-        return len(self.head) + spans_bytes + max(count - 1, 0) + len(self.tail)
-
-
-def resource_attributes(service_name: str, extra: Mapping[str, str], dd_llmobs_enabled: bool) -> dict[str, str]:
-    attrs = dict(extra)
-    attrs["service.name"] = service_name  # OTEL_SERVICE_NAME wins over OTEL_RESOURCE_ATTRIBUTES
-    attrs.setdefault("service.namespace", "enchanter")
-    # Datadog LLM Observability: documented as automatic with `false` to opt out, reported as
-    # opt-in with `true` since late 2026; sending the switch explicitly is right under both.
-    attrs.setdefault("dd_llmobs_enabled", "true" if dd_llmobs_enabled else "false")
-    return attrs
-
-
-def make_envelope(attributes: Mapping[str, str]) -> Envelope:
-    resource = {"attributes": [_kv(k, v) for k, v in attributes.items()]}
-    scope = {"name": SCOPE_NAME, "version": __version__}
-    head = (
-        b'{"resourceSpans":[{"resource":'
-        + orjson.dumps(resource)
-        + b',"scopeSpans":[{"scope":'
-        + orjson.dumps(scope)
-        + b',"spans":['
-    )
-    return Envelope(head)
 
 
 def iter_attributes(span: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:

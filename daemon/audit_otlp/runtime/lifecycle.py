@@ -27,7 +27,7 @@ from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict
 from audit_otlp.state.checkpoint import Checkpoint, Cursor
 from audit_otlp.state.keeper import CheckpointKeeper
 from audit_otlp.state.store import CheckpointError, CheckpointStore
-from audit_otlp.config.loader import Config, mask_url
+from audit_otlp.config import Config, mask_url
 from audit_otlp.delivery.records import DurableLog
 from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.settings import ExportSettings
@@ -35,7 +35,8 @@ from audit_otlp.delivery.sink import DryRunSink, Outcome, Sink
 from audit_otlp.runtime.health import HealthServer
 from audit_otlp.source.lines import Line
 from audit_otlp.runtime.logs import apply_log_settings
-from audit_otlp.mapping.spans import Envelope, MappingOptions, make_envelope, resource_attributes
+from audit_otlp.mapping.envelope import Envelope, make_envelope, resource_attributes
+from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine
 from audit_otlp.runtime.reload import ReloadPlan, reload_config
@@ -65,29 +66,29 @@ class RunOptions:
 def build_envelope(config: Config) -> Envelope:
     # The OpenTelemetry rule: OTEL_SERVICE_NAME (or our own key) wins; otherwise a service.name
     # given in OTEL_RESOURCE_ATTRIBUTES applies; the embedded default comes last.
-    service_name = config["resource.service_name"]
+    service_name = config.resource.service_name
     if config.origin["resource.service_name"] == "default":
-        service_name = config["resource.attributes"].get("service.name", service_name)
-    return make_envelope(resource_attributes(service_name, config["resource.attributes"], config["mapping.dd_llmobs_enabled"]))
+        service_name = config.resource.attributes.get("service.name", service_name)
+    return make_envelope(resource_attributes(service_name, config.resource.attributes, config.mapping.dd_llmobs_enabled))
 
 
 def build_export_settings(config: Config) -> ExportSettings:
-    vendor_headers = config.vendor.headers_for(config.endpoint) if config.vendor else {}
+    vendor_headers = config.vendor.headers_for(config.export.endpoint) if config.vendor else {}
     return ExportSettings(
-        endpoint=config.endpoint,
-        headers=config["export.headers"],
+        endpoint=config.export.endpoint,
+        headers=config.export.headers,
         vendor_headers=vendor_headers,
-        timeout=config["export.timeout"],
-        compression=config["export.compression"],
-        max_in_flight=config["export.max_in_flight"],
-        initial_backoff=config["retry.initial_backoff"],
-        max_backoff=config["retry.max_backoff"],
-        auth_backoff=config["retry.auth_backoff"],
-        max_request_bytes=config["export.max_request_bytes"],
-        certificate=str(config["export.certificate"]) if config["export.certificate"] else None,
-        client_certificate=str(config["export.client_certificate"]) if config["export.client_certificate"] else None,
-        client_key=str(config["export.client_key"]) if config["export.client_key"] else None,
-        insecure=config["export.insecure"],
+        timeout=config.export.timeout,
+        compression=config.export.compression,
+        max_in_flight=config.export.max_in_flight,
+        initial_backoff=config.retry.initial_backoff,
+        max_backoff=config.retry.max_backoff,
+        auth_backoff=config.retry.auth_backoff,
+        max_request_bytes=config.export.max_request_bytes,
+        certificate=str(config.export.certificate) if config.export.certificate else None,
+        client_certificate=str(config.export.client_certificate) if config.export.client_certificate else None,
+        client_key=str(config.export.client_key) if config.export.client_key else None,
+        insecure=config.export.insecure,
     )
 
 
@@ -107,7 +108,7 @@ class Daemon:
         self.state = RunState()
         self.notifier = notifier or Notifier()
         self.envelope = build_envelope(config)
-        self.store = CheckpointStore(config.checkpoint_path)
+        self.store = CheckpointStore(config.checkpoint.path)
         self.acks = AckTracker()
         # One batch waiting is enough to keep every worker busy (the reader refills it while they
         # send); each extra one would cost ~1 MB of RSS for nothing.
@@ -119,22 +120,22 @@ class Daemon:
         # Notified whenever a batch is settled: --once waits on it, and so does the reader while
         # the window of unsettled batches is full.
         self._settled = asyncio.Condition()
-        self._window = config["export.max_in_flight"]
+        self._window = config.export.max_in_flight
         self._unsettled_source_bytes = 0  # bytes of lines read but not yet settled
         self.sink: Sink
         if options.dry_run:
             self.sink = DryRunSink(self.envelope)
         else:
-            receipts_path = config["delivery.receipts_path"]
+            receipts_path = config.delivery.receipts_path
             self.sink = Exporter(
                 build_export_settings(config), self.envelope, self.metrics, self.state,
-                DurableLog(config["dead_letter.path"]), DurableLog(receipts_path) if receipts_path else None,
+                DurableLog(config.dead_letter.path), DurableLog(receipts_path) if receipts_path else None,
             )
         self.tailer = Tailer(
-            config.source_path,
-            max_line_bytes=config["source.max_line_bytes"],
-            poll_interval=config["source.poll_interval"],
-            rotated_glob=config["source.rotated_glob"],
+            config.source.path,
+            max_line_bytes=config.source.max_line_bytes,
+            poll_interval=config.source.poll_interval,
+            rotated_glob=config.source.rotated_glob,
             events=self._SourceEvents(self),
         )
         self.keeper: CheckpointKeeper  # set in _load_checkpoint
@@ -191,7 +192,7 @@ class Daemon:
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
-            log.info("stopping: no more reading; in-flight requests get %.1f s", self.config["shutdown.grace_period"])
+            log.info("stopping: no more reading; in-flight requests get %.1f s", self.config.shutdown.grace_period)
             self.stopping.set()
 
     def request_reload(self) -> None:
@@ -206,13 +207,13 @@ class Daemon:
         """Put reloadable settings into effect: new requests and batches use them at once."""
         self.config = config = plan.config
         # --foreground chose its format for a person at a terminal; SIGHUP leaves that alone.
-        apply_log_settings(None if self.options.foreground else config["log.format"], config["log.level"], self.verbose)
+        apply_log_settings(None if self.options.foreground else config.log.format, config.log.level, self.verbose)
         if self._builder is not None:
-            self._builder.limits = BatchLimits(config["batch.max_spans"], config["batch.max_bytes"], config["batch.max_wait"])
+            self._builder.limits = BatchLimits(config.batch.max_spans, config.batch.max_bytes, config.batch.max_wait)
         if isinstance(self.sink, Exporter):
             self.sink.settings = dataclasses.replace(
-                self.sink.settings, initial_backoff=config["retry.initial_backoff"],
-                max_backoff=config["retry.max_backoff"], auth_backoff=config["retry.auth_backoff"])
+                self.sink.settings, initial_backoff=config.retry.initial_backoff,
+                max_backoff=config.retry.max_backoff, auth_backoff=config.retry.auth_backoff)
         (log.warning if plan.needs_restart else log.info)("SIGHUP: configuration reloaded: %s", plan.describe())
 
     async def _run(self) -> int:
@@ -220,9 +221,9 @@ class Daemon:
         row_events = self._RowEvents(self)
         row_events.breaks = checkpoint.chain_breaks
         self._row_events = row_events
-        hasher = ChainHasher(self.config.chain_key) if self.config["chain.verify"] else None
+        hasher = ChainHasher(self.config.chain_key) if self.config.chain.verify else None
         self.mapper = RowMapper(
-            MappingOptions(self.config["mapping.trace_id_from"]), hasher,
+            MappingOptions(self.config.mapping.trace_id_from), hasher,
             ChainState(last_hash=checkpoint.cursor.chain_last_hash), row_events,
         )
         self._last_cursor = checkpoint.cursor
@@ -230,21 +231,21 @@ class Daemon:
         if checkpoint.cursor.offset or checkpoint.cursor.identity is not None:
             resume = ResumePoint(checkpoint.cursor.identity, checkpoint.cursor.offset,
                                  checkpoint.cursor.last_line_sha256, checkpoint.cursor.last_line_length)
-        await self.tailer.start(resume, self.config["source.start_at"])
+        await self.tailer.start(resume, self.config.source.start_at)
         self.state.file_reachable = self.tailer.current is not None
         if self.tailer.current is None:
-            log.info("waiting for %s to appear", self.config.source_path)
+            log.info("waiting for %s to appear", self.config.source.path)
         await self.sink.start()
         health = None
-        if self.config["health.listen"] and not self.options.dry_run:
-            host, port = self.config["health.listen"]
-            health = HealthServer(host, port, self.state, self.metrics, self.config["health.failing_after"], self._refresh_gauges)
+        if self.config.health.listen and not self.options.dry_run:
+            host, port = self.config.health.listen
+            health = HealthServer(host, port, self.state, self.metrics, self.config.health.failing_after, self._refresh_gauges)
             try:
                 await health.start()
             except OSError as exc:
                 raise FatalError(f"cannot listen on {host}:{port} for health checks: {exc.strerror or exc}") from exc
 
-        workers = [asyncio.create_task(self._export_worker(), name=f"export-{i}") for i in range(self.config["export.max_in_flight"])]
+        workers = [asyncio.create_task(self._export_worker(), name=f"export-{i}") for i in range(self.config.export.max_in_flight)]
         housekeeping = [
             asyncio.create_task(self.keeper.run(), name="checkpoint"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
@@ -255,8 +256,8 @@ class Daemon:
         reader = asyncio.create_task(self._read_loop(), name="reader")
         self.notifier.ready(self._status_line())
         log.info(
-            "following %s -> %s (checkpoint %s)", self.config.source_path,
-            "stdout (dry run)" if self.options.dry_run else mask_url(self.config.endpoint), self.config.checkpoint_path,
+            "following %s -> %s (checkpoint %s)", self.config.source.path,
+            "stdout (dry run)" if self.options.dry_run else mask_url(self.config.export.endpoint), self.config.checkpoint.path,
         )
         exit_code = EXIT_OK
         try:
@@ -272,7 +273,7 @@ class Daemon:
             self.notifier.stopping()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-            await self._drain_in_flight(self.config["shutdown.grace_period"])
+            await self._drain_in_flight(self.config.shutdown.grace_period)
             for task in workers + housekeeping:
                 task.cancel()
             await asyncio.gather(*workers, *housekeeping, return_exceptions=True)
@@ -315,20 +316,20 @@ class Daemon:
             except (CheckpointError, OSError) as exc:
                 raise FatalError(str(exc)) from exc
         checkpoint = self.store.load()
-        if checkpoint is not None and checkpoint.cursor.path != str(self.config.source_path):
+        if checkpoint is not None and checkpoint.cursor.path != str(self.config.source.path):
             log.warning("the checkpoint was for %s, now following %s: matching by file identity and content",
-                        checkpoint.cursor.path, self.config.source_path)
+                        checkpoint.cursor.path, self.config.source.path)
         if checkpoint is None:
-            checkpoint = Checkpoint(Cursor(str(self.config.source_path), None, 0))
+            checkpoint = Checkpoint(Cursor(str(self.config.source.path), None, 0))
         self.state.checkpoint_loaded = True
-        self.keeper = CheckpointKeeper(self.store, checkpoint, self.config["checkpoint.interval"], self.metrics,
+        self.keeper = CheckpointKeeper(self.store, checkpoint, self.config.checkpoint.interval, self.metrics,
                                        self.state, enabled=not self.options.dry_run)
         return checkpoint
 
     # -- the stages ----------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        limits = BatchLimits(self.config["batch.max_spans"], self.config["batch.max_bytes"], self.config["batch.max_wait"])
+        limits = BatchLimits(self.config.batch.max_spans, self.config.batch.max_bytes, self.config.batch.max_wait)
         builder = self._builder = BatchBuilder(self.envelope, limits)
         settled_cursor = self._last_cursor
         complete_cursor = settled_cursor  # the end of the last line whose spans are all in `builder`
@@ -430,7 +431,7 @@ class Daemon:
     async def _deliver_until_settled(self, batch: Batch) -> Outcome:
         """The sink retries every failure it knows; an unexpected error must not kill the worker
         (the batch would never settle and the checkpoint would stall), so log it and try again."""
-        backoff = Backoff(self.config["retry.initial_backoff"], self.config["retry.max_backoff"])
+        backoff = Backoff(self.config.retry.initial_backoff, self.config.retry.max_backoff)
         while True:
             try:
                 return await self.sink.deliver(batch)
@@ -470,7 +471,7 @@ class Daemon:
 
     def _status_line(self) -> str:
         self._refresh_gauges()
-        waiting = "" if self.tailer.current is not None or self.tailer.draining else f"waiting for {self.config.source_path}; "
+        waiting = "" if self.tailer.current is not None or self.tailer.draining else f"waiting for {self.config.source.path}; "
         return (
             f"{waiting}delivered {self.state.delivered_spans} spans of {self.state.rows_read} rows read, "
             f"backlog {self.state.backlog_bytes} bytes, "

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from audit_otlp.config.loader import KEYS_BY_NAME, Config, ConfigError
+from audit_otlp.config import KEYS_BY_NAME, Config, ConfigError
 
 
 @dataclass(frozen=True)
