@@ -17,7 +17,8 @@ from audit_otlp.delivery.batching import Batch, SpanSource
 from audit_otlp.mapping.chain import ChainState
 from audit_otlp.state.checkpoint import Cursor
 from audit_otlp.delivery.records import DurableLog
-from audit_otlp.delivery.policy import Exporter, ExportSettings
+from audit_otlp.delivery.policy import Exporter
+from audit_otlp.delivery.settings import ExportSettings
 from audit_otlp.source.fileid import FileIdentity
 from audit_otlp.source.lines import Line
 from audit_otlp.mapping.envelope import make_envelope, resource_attributes

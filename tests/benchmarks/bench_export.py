@@ -25,7 +25,8 @@ from gen import RowGenerator  # noqa: E402
 
 from audit_otlp.mapping.chain import ChainHasher, ChainState  # noqa: E402
 from audit_otlp.delivery.records import DurableLog  # noqa: E402
-from audit_otlp.delivery.policy import ExportSettings, Exporter  # noqa: E402
+from audit_otlp.delivery.policy import Exporter  # noqa: E402
+from audit_otlp.delivery.settings import ExportSettings  # noqa: E402
 from audit_otlp.source.lines import LineSplitter  # noqa: E402
 from audit_otlp.mapping.envelope import make_envelope, resource_attributes  # noqa: E402
 from audit_otlp.mapping.ids import MappingOptions  # noqa: E402
@@ -67,13 +68,13 @@ async def run(requests: int, spans_per_request: int, tmp: Path) -> None:
         await exporter.start()
         body_len = len(envelope.body(spans))
         for _ in range(5):  # warm the connection
-            await exporter._post(envelope.body(spans))
+            await exporter.transport.post(envelope.body(spans))
         gc.collect()
         gc.disable()
         try:
             rss0, t0, c0 = rss_kb(), time.perf_counter(), time.process_time()
             for _ in range(requests):
-                answer = await exporter._post(envelope.body(spans))  # a fresh body, as in the daemon
+                answer = await exporter.transport.post(envelope.body(spans))  # a fresh body, as in the daemon
                 assert answer.status == 200, answer
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
             rss1 = rss_kb()

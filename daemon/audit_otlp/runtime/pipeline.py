@@ -28,7 +28,8 @@ from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.lines import Line
 from audit_otlp.source.tailer import LineChunk, Tailer
 from audit_otlp.state.acks import AckTracker
-from audit_otlp.state.checkpoint import CheckpointKeeper, Cursor
+from audit_otlp.state.checkpoint import Cursor
+from audit_otlp.state.keeper import CheckpointKeeper
 
 log = logging.getLogger("audit_otlp")
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from audit_otlp.config import Config
 from audit_otlp.delivery.batching import BatchLimits
-from audit_otlp.delivery.policy import Exporter, ExportSettings
+from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.records import DurableLog
+from audit_otlp.delivery.settings import ExportSettings
 from audit_otlp.delivery.sink import DryRunSink, Sink
 from audit_otlp.mapping.chain import ChainHasher, ChainState
 from audit_otlp.mapping.envelope import Envelope, make_envelope, resource_attributes
@@ -17,7 +18,9 @@ from audit_otlp.mapping.rows import RowEvents, RowMapper
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.tailer import SourceEvents, Tailer
-from audit_otlp.state.checkpoint import Checkpoint, CheckpointKeeper, CheckpointStore
+from audit_otlp.state.checkpoint import Checkpoint
+from audit_otlp.state.keeper import CheckpointKeeper
+from audit_otlp.state.store import CheckpointStore
 
 
 @dataclass(frozen=True)
