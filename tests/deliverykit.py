@@ -5,29 +5,32 @@ from __future__ import annotations
 
 import hashlib
 import re
-import socket
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
 import orjson
-
 from audit_otlp.delivery.batching import Batch, SpanSource
-from audit_otlp.mapping.chain import ChainState
-from audit_otlp.state.checkpoint import Cursor
-from audit_otlp.delivery.records import DurableLog
 from audit_otlp.delivery.policy import Exporter
+from audit_otlp.delivery.records import DurableLog
 from audit_otlp.delivery.settings import ExportSettings
-from audit_otlp.source.fileid import FileIdentity
-from audit_otlp.source.lines import Line
+from audit_otlp.mapping.chain import ChainState
 from audit_otlp.mapping.envelope import make_envelope, resource_attributes
 from audit_otlp.mapping.ids import MappingOptions
-from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.mapping.rows import RowMapper
+from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
+from audit_otlp.source.fileid import FileIdentity
+from audit_otlp.source.lines import Line
+from audit_otlp.state.checkpoint import Cursor
 from auditgen import AuditWriter
 from processes import free_port, wait_until
+
+
+def _metrics_and_state() -> tuple[Metrics, RunState]:
+    state = RunState()
+    return Metrics(state), state
 
 ENVELOPE = make_envelope(resource_attributes("test", {}, False))
 IDENTITY = FileIdentity(1, 2, "ab" * 32, 1024)
@@ -85,7 +88,7 @@ def make_exporter(tmp: Path, endpoint: str, receipts: bool = False, sleep: Calla
     if sleep is not None:
         kwargs["sleep"] = sleep
     return Exporter(
-        settings(endpoint, **overrides), ENVELOPE, Metrics(), RunState(),
+        settings(endpoint, **overrides), ENVELOPE, *_metrics_and_state(),
         DurableLog(dead_letter or tmp / "dead-letter.jsonl"),
         DurableLog(tmp / "receipts.jsonl") if receipts else None, **kwargs,
     )

@@ -12,20 +12,24 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from audit_otlp.config import ConfigError, load_config
+from audit_otlp.delivery.policy import Exporter
+from audit_otlp.delivery.records import DurableLog
+from audit_otlp.runtime.metrics import Metrics
+from audit_otlp.runtime.runstate import RunState
+from audit_otlp.runtime.wiring import build_export_settings
+from auditgen import AuditWriter
+from collector import Collector
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from audit_otlp.runtime.wiring import build_export_settings
-from audit_otlp.config import ConfigError, load_config
-from audit_otlp.delivery.records import DurableLog
-from audit_otlp.delivery.policy import Exporter
-from audit_otlp.runtime.metrics import Metrics
-from audit_otlp.runtime.runstate import RunState
-from auditgen import AuditWriter
-from collector import Collector
 from deliverykit import ENVELOPE, daemon_env, make_batch
+
+
+def _metrics_and_state() -> tuple[Metrics, RunState]:
+    state = RunState()
+    return Metrics(state), state
 
 
 def _name(cn: str) -> x509.Name:
@@ -118,7 +122,7 @@ async def _attempt(tmp: Path, env: dict[str, str], config_text: str = "") -> tup
         if len(sleeps) >= 3:
             raise TimeoutError("gave up")
 
-    exporter = Exporter(build_export_settings(config), ENVELOPE, Metrics(), RunState(), DurableLog(tmp / "dl.jsonl"), sleep=sleep)
+    exporter = Exporter(build_export_settings(config), ENVELOPE, *_metrics_and_state(), DurableLog(tmp / "dl.jsonl"), sleep=sleep)
     await exporter.start()
     try:
         outcome = await exporter.deliver(make_batch(tmp, 3))
@@ -174,7 +178,7 @@ async def test_mtls_client_certificate_from_otel_variables(tmp_path: Path, pki: 
 def test_unreadable_certificate_is_a_config_error(tmp_path: Path) -> None:
     config = load_config(env={"OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "missing.pem")})
     with pytest.raises(ConfigError, match="export.certificate"):
-        Exporter(build_export_settings(config), ENVELOPE, Metrics(), RunState(), DurableLog(tmp_path / "dl"))
+        Exporter(build_export_settings(config), ENVELOPE, *_metrics_and_state(), DurableLog(tmp_path / "dl"))
 
 
 def test_daemon_delivers_over_mtls_with_the_standard_variables(audit_cli: str, tmp_path: Path, pki: Path,

@@ -21,18 +21,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gen import RowGenerator  # noqa: E402
-
-from audit_otlp.mapping.chain import ChainHasher, ChainState  # noqa: E402
-from audit_otlp.delivery.records import DurableLog  # noqa: E402
 from audit_otlp.delivery.policy import Exporter  # noqa: E402
+from audit_otlp.delivery.records import DurableLog  # noqa: E402
 from audit_otlp.delivery.settings import ExportSettings  # noqa: E402
-from audit_otlp.source.lines import LineSplitter  # noqa: E402
+from audit_otlp.mapping.chain import ChainHasher, ChainState  # noqa: E402
 from audit_otlp.mapping.envelope import make_envelope, resource_attributes  # noqa: E402
 from audit_otlp.mapping.ids import MappingOptions  # noqa: E402
-from audit_otlp.runtime.metrics import Metrics  # noqa: E402
 from audit_otlp.mapping.rows import RowMapper  # noqa: E402
+from audit_otlp.runtime.metrics import Metrics  # noqa: E402
 from audit_otlp.runtime.runstate import RunState  # noqa: E402
+from audit_otlp.source.lines import LineSplitter  # noqa: E402
+from gen import RowGenerator  # noqa: E402
+
+
+def _metrics_and_state() -> tuple[Metrics, RunState]:
+    state = RunState()
+    return Metrics(state), state
 
 
 class _NoEvents:
@@ -64,7 +68,7 @@ async def run(requests: int, spans_per_request: int, tmp: Path) -> None:
     try:
         assert sink.stdout is not None and b"ready" in sink.stdout.readline()
         settings = ExportSettings(endpoint=f"http://127.0.0.1:{port}/v1/traces", headers={}, vendor_headers={})
-        exporter = Exporter(settings, envelope, Metrics(), RunState(), DurableLog(tmp / "dl.jsonl"))
+        exporter = Exporter(settings, envelope, *_metrics_and_state(), DurableLog(tmp / "dl.jsonl"))
         await exporter.start()
         body_len = len(envelope.body(spans))
         for _ in range(5):  # warm the connection

@@ -201,16 +201,13 @@ class Exporter:
             await self._write_durably(
                 self.receipts, receipt_record(batch.sources[lo:hi], self._host, answer.status or 0, rejected)
             )
-        self.metrics.spans_delivered.inc(delivered)
-        self.metrics.spans_rejected.inc(rejected)
-        self.metrics.last_success.set(time.time())
         self.state.export_succeeded(delivered, rejected)
         return Outcome(delivered=delivered, rejected=rejected)
 
     async def _dead_letter(self, batch: Batch, index: int, answer: Answer, reason: str) -> Outcome:
         source = batch.sources[index]
         await self._write_durably(self.dead_letter, dead_letter_record(source, self._host, answer.status, answer.body, reason))
-        self.metrics.spans_dead_lettered.inc()
+        self.state.dead_lettered_spans += 1
         log.error(
             "collector refused a span for good (%s, HTTP %s); row at %s offset %d written to the dead-letter file %s",
             reason,

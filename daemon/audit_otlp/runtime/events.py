@@ -39,7 +39,6 @@ class RowObserver:
         self.metrics.malformed_lines.labels(reason=reason).inc()
 
     def chain_break(self, verdict: ChainVerdict, offset: int, line_number: int) -> None:
-        self.metrics.chain_breaks.inc()
         self.state.chain_breaks += 1
         what = "restarts with GENESIS" if verdict.restart else "breaks"
         log.error(

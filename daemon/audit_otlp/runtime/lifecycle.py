@@ -49,8 +49,8 @@ class Daemon:
         self.terminal = terminal  # --foreground on a TTY: the live progress line
         self.reloader = reloader  # SIGHUP: how to read the configuration again
         self.verbose = verbose
-        self.metrics = Metrics()
         self.state = RunState()
+        self.metrics = Metrics(self.state)
         self.notifier = notifier or Notifier()
         self.envelope = wiring.build_envelope(config)
         self.sink = wiring.build_sink(config, options, self.envelope, self.metrics, self.state)
@@ -101,12 +101,13 @@ class Daemon:
 
     async def _run(self) -> int:
         checkpoint = self._load_checkpoint()
-        self.state.chain_breaks = checkpoint.chain_breaks
+        self.state.delivered_before = checkpoint.delivered_spans
+        self.state.chain_breaks_before = checkpoint.chain_breaks
         keeper = wiring.build_keeper(self.config, self.options, checkpoint, self.metrics, self.state)
         mapper = wiring.build_mapper(self.config, checkpoint, RowObserver(self.metrics, self.state))
         pipeline = self.pipeline = Pipeline(
             self.tailer, mapper, self.sink, keeper, self.envelope, wiring.batch_limits(self.config), self.config.retry,
-            self.config.export.max_in_flight, self.metrics, self.state,
+            self.config.export.max_in_flight, self.state,
         )
         cursor = checkpoint.cursor
         resume = None

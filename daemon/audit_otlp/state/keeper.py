@@ -30,14 +30,17 @@ class CheckpointKeeper:
         self._dirty = asyncio.Event()
         self._writing: asyncio.Future[None] | None = None
 
-    def advance(self, frontier: Cursor | None, delivered: int, rejected: int, chain_breaks: int) -> None:
-        """A batch was settled: `frontier` is the new position if it moved."""
-        changes: dict[str, object] = {"chain_breaks": chain_breaks}
-        if delivered or rejected:
-            changes["delivered_spans"] = self.current.delivered_spans + delivered
-            changes["last_success_unix"] = self.state.last_success_unix
-        changes["last_error"] = self.state.last_error
-        self.current = self.current.with_cursor(frontier or self.current.cursor, **changes)
+    def advance(self, frontier: Cursor | None) -> None:
+        """A batch was settled: `frontier` is the new position if it moved; the counts are the
+        run state's."""
+        state = self.state
+        self.current = self.current.with_cursor(
+            frontier or self.current.cursor,
+            delivered_spans=state.all_time_delivered(),
+            chain_breaks=state.all_time_chain_breaks(),
+            last_success_unix=state.last_success_unix or self.current.last_success_unix,
+            last_error=state.last_error,
+        )
         self._dirty.set()
 
     async def flush(self) -> bool:
