@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RunState:
-    started_monotonic: float = field(default_factory=time.monotonic)
     checkpoint_loaded: bool = False
     file_reachable: bool = False
     delivered_spans: int = 0  # this run, acknowledged with 2xx minus rejected
