@@ -16,7 +16,6 @@ from audit_otlp.mapping.spans import (
     MappingOptions,
     chain_broken_span,
     encode_span,
-    line_digest,
     malformed_span,
     parse_line,
     row_span,
@@ -54,12 +53,12 @@ class RowMapper:
         self.line_number += 1
         data = line.data
         if data is None:  # longer than source.max_line_bytes
-            digest = line.oversize_sha256 or b"\0" * 32
+            digest = line.digest
             self.events.malformed_line("line_too_long")
             return MappedLine([encode_span(malformed_span(
                 offset=line.offset, length=line.length, digest=digest, reason="line_too_long", observed_ns=observed_ns
             ))], digest)
-        digest = line_digest(data)
+        digest = line.digest  # hashed once, by the splitter
         if not data.strip():
             return MappedLine([], digest)
         row, reason = parse_line(data)
