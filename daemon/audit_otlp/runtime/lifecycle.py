@@ -40,7 +40,8 @@ from audit_otlp.delivery.retry import Backoff
 from audit_otlp.mapping.rows import RowMapper
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.runtime.sdnotify import Notifier
-from audit_otlp.source.tailer import LineChunk, ResumePoint, Tailer
+from audit_otlp.source.resume import ResumePoint
+from audit_otlp.source.tailer import LineChunk, Tailer
 
 log = logging.getLogger("audit_otlp")
 

@@ -17,7 +17,7 @@ class Line:
     """One complete line and its SHA-256, hashed once when it is split (the tailer's overlap
     memory, the checkpoint and the span ids all use this one digest)."""
 
-    __slots__ = ("offset", "end", "data", "digest")
+    __slots__ = ("data", "digest", "end", "offset")
 
     def __init__(self, offset: int, end: int, data: bytes | None, digest: bytes | None = None) -> None:
         self.offset = offset  # byte offset of the line's first byte in its file
@@ -48,7 +48,7 @@ class LineSplitter:
         self._pending: list[bytes] = []  # pieces of the incomplete line (bounded by the limit)
         self._pending_len = 0
         self._pending_offset = start_offset
-        self._oversize: "hashlib._Hash | None" = None  # set while skipping an oversize line
+        self._oversize: hashlib._Hash | None = None  # set while skipping an oversize line
 
     @property
     def pending_offset(self) -> int:
