@@ -11,7 +11,6 @@ import logging
 from typing import NamedTuple, Protocol
 
 from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict, verify_row
-from audit_otlp.source.lines import Line
 from audit_otlp.mapping.spans import (
     MappingOptions,
     chain_broken_span,
@@ -20,6 +19,7 @@ from audit_otlp.mapping.spans import (
     parse_line,
     row_span,
 )
+from audit_otlp.source.lines import Line
 
 log = logging.getLogger(__name__)
 
