@@ -94,6 +94,16 @@ class FollowedFile:
         if self.identity.fingerprint_len < 1024:
             self.identity = identify_fd(self.fd)
 
+    def unterminated_tail(self, successor: FollowedFile) -> Line | None:
+        """For a finished file: its held partial last line, unless `successor` continues it
+        where it starts reading (a tail-rewrite copies that line over)."""
+        if not self.splitter.pending_bytes:
+            return None
+        held = self.splitter.pending_data()
+        if held is not None and os.pread(successor.fd, len(held), successor.read_offset) == held:
+            return None
+        return self.splitter.take_unterminated()
+
     def quiet_for(self) -> float:
         """Seconds since the file was last written (a writer may still hold a rotated file)."""
         try:

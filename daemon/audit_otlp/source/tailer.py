@@ -1,12 +1,11 @@
 """Follow the audit log across rotations and hand out complete lines in file order.
 
-The tailer keeps a queue of open, read-only handles, oldest first: rotated-away files still to be
-finished, rotated copies holding rows a copytruncate cut off, and last the file at the path.
-Reading always takes the head of the queue. A monitor task watches the path (inotify wake-ups,
-polling as the source of truth) even while the reader is blocked behind a collector outage, so
-every version of the file is opened while it still exists and the backlog survives rotations.
+A queue of open, read-only handles, oldest first: rotated-away files still to be finished, copies
+holding rows a copytruncate cut off, and last the file at the path; reading takes the head. A
+monitor task looks at the path (inotify wake-ups, polling as the source of truth) even while the
+reader is held back by a collector outage, so every version is opened while it still exists.
 
-One cycle of `Tailer.read()` (see docs/rotation.md for the whole story):
+One cycle of `FileQueue.read_once()` (see docs/rotation.md for the whole story):
 1. The head file may begin with lines already read (a tail-rewrite): skip the leading lines whose
    digests are among the recently read ones, once, when it becomes the head.
 2. Read the head from its offset in large chunks; before using a chunk, check the file still
@@ -48,6 +47,9 @@ class LineChunk:
 
 
 class Tailer:
+    """The source's public face: start (resume or the path's file), read with a timeout, and a
+    monitor task that looks at the path even while the reader is held back."""
+
     def __init__(
         self,
         path: Path,
@@ -59,43 +61,32 @@ class Tailer:
         rotate_quiet: float | None = None,
     ) -> None:
         self.path = path
-        self.max_line_bytes = max_line_bytes
-        self.rotated_glob = rotated_glob or f"{path}.*"
-        self.events: SourceEvents = events or LogOnlyEvents()
-        self.poll_interval = poll_interval
         self.watcher = FileWatcher(path, poll_interval)
         # A writer that opened the file before the rename may still append to it: a rotated file
         # is released once it is at its end and has not been written for this long.
-        self.rotate_quiet = min(poll_interval, 1.0) if rotate_quiet is None else rotate_quiet
-        self.files: list[FollowedFile] = []  # oldest first; the last one is the path's file
-        self.recent = RecentLines()
+        quiet = min(poll_interval, 1.0) if rotate_quiet is None else rotate_quiet
+        self.queue = FileQueue(path, max_line_bytes, rotated_glob or f"{path}.*", events or LogOnlyEvents(), self.watcher, quiet)
         self.at_end = False  # the last read found nothing anywhere (for --once)
-        self._resume: ResumePoint | None = None
-        self._resume_tried = False
-        self._start_at_end = False
         self._lock = asyncio.Lock()  # the reader and the monitor take turns on the queue
         self._monitor_task: asyncio.Task[None] | None = None
-        self.changes = PathChanges(path, self.rotated_glob, max_line_bytes, self._path_changed)
 
     @property
     def current(self) -> FollowedFile | None:
-        return self.files[-1] if self.files else None
+        return self.queue.files[-1] if self.queue.files else None
 
     @property
     def draining(self) -> list[FollowedFile]:
         """Rotated files held open until they are read to their end."""
-        return self.files[:-1]
-
-    # -- lifecycle -----------------------------------------------------------------------------
+        return self.queue.files[:-1]
 
     async def start(self, resume: ResumePoint | None, start_at: str = "beginning") -> None:
         self.watcher.start()
         if resume is not None and not resume.says_nothing:
-            self._resume = resume
-        self._start_at_end = resume is None and start_at == "end"
+            self.queue.resume = resume
+        self.queue.start_at_end = resume is None and start_at == "end"
         async with self._lock:
-            await self._open_initial()
-        self.changes.seen_at = coarse_now_ns()
+            await self.queue.open_initial()
+        self.queue.changes.seen_at = coarse_now_ns()
         self._monitor_task = asyncio.create_task(self._monitor(), name="tailer-monitor")
 
     async def close(self) -> None:
@@ -104,14 +95,14 @@ class Tailer:
             await asyncio.gather(self._monitor_task, return_exceptions=True)
             self._monitor_task = None
         self.watcher.close()
-        for followed in self.files:
+        for followed in self.queue.files:
             followed.close()
-        self.files.clear()
+        self.queue.files.clear()
 
     async def poll(self) -> None:
         """One monitor cycle: look at the path now (tests call this instead of waiting)."""
         async with self._lock:
-            await self._check_path()
+            await self.queue.check_path()
 
     async def _monitor(self) -> None:
         """Notice rotations while the reader is busy or blocked (collector down): open each new
@@ -121,11 +112,9 @@ class Tailer:
             await self.watcher.wait(None, channel)
             async with self._lock:
                 try:
-                    await self._check_path()
+                    await self.queue.check_path()
                 except OSError as exc:
                     log.warning("cannot check %s: %s", self.path, exc)
-
-    # -- reading -------------------------------------------------------------------------------
 
     async def read(self, timeout: float | None) -> LineChunk | None:
         """The next lines in file order, or None if none arrived within `timeout` seconds."""
@@ -133,11 +122,11 @@ class Tailer:
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             async with self._lock:
-                chunk = await self._read_once()
+                chunk = await self.queue.read_once()
             if chunk is not None:
                 self.at_end = False
                 return chunk
-            quiet_wait = self._quiet_wait()
+            quiet_wait = self.queue.quiet_wait()
             self.at_end = quiet_wait is None
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
@@ -148,16 +137,42 @@ class Tailer:
                 remaining = quiet_wait if remaining is None else min(remaining, quiet_wait)
             await self.watcher.wait(remaining)
 
-    def _quiet_wait(self) -> float | None:
+    def backlog_bytes(self) -> int:
+        """Bytes present in the followed files that have not been read yet."""
+        return sum(f.pending_bytes() for f in self.queue.files)
+
+
+class FileQueue:
+    """The open handles, oldest first (the path's file last), and one read cycle on them: the
+    head is read, finished rotated files are released, and `changes` is asked about the path."""
+
+    def __init__(
+        self, path: Path, max_line_bytes: int, rotated_glob: str, events: SourceEvents, watcher: FileWatcher, rotate_quiet: float
+    ) -> None:
+        self.path = path
+        self.max_line_bytes = max_line_bytes
+        self.rotated_glob = rotated_glob
+        self.events = events
+        self.watcher = watcher
+        self.rotate_quiet = rotate_quiet
+        self.files: list[FollowedFile] = []
+        self.recent = RecentLines()
+        self.resume: ResumePoint | None = None  # searched for on the first open
+        self.resume_tried = False
+        self.start_at_end = False
+        self.changes = PathChanges(path, rotated_glob, max_line_bytes, self._path_changed)
+
+    def quiet_wait(self) -> float | None:
         """Seconds until the finished rotated head may be released; None when not waiting."""
         if len(self.files) < 2:
             return None
         return max(self.rotate_quiet - self.files[0].quiet_for(), 0.01)
 
-    async def _read_once(self) -> LineChunk | None:
+    async def read_once(self) -> LineChunk | None:
+        """One read cycle (the steps above); None when there is nothing to read now."""
         while True:
             if not self.files:
-                await self._open_initial()
+                await self.open_initial()
                 if not self.files:
                     return None
             head = self.files[0]
@@ -187,7 +202,7 @@ class Tailer:
                 if chunk is not None:
                     return chunk
                 continue
-            if not await self._check_path():
+            if not await self.check_path():
                 return None
 
     def _emit(self, followed: FollowedFile, lines: list[Line]) -> LineChunk:
@@ -195,7 +210,7 @@ class Tailer:
             self.recent.add(line.digest)
         first = followed.lines_before + 1
         followed.lines_before += len(lines)
-        if followed is not self.current:
+        if followed is not self.files[-1]:
             self._report_held()
         return LineChunk(followed.path, followed.identity, lines, first)
 
@@ -219,12 +234,7 @@ class Tailer:
         head, successor = self.files[0], self.files[1]
         if not successor.start_known:
             await self._resolve_start(successor)
-        tail: Line | None = None
-        if head.splitter.pending_bytes:
-            held = head.splitter.pending_data()
-            continued = held is not None and os.pread(successor.fd, len(held), successor.read_offset) == held
-            if not continued:
-                tail = head.splitter.take_unterminated()
+        tail = head.unterminated_tail(successor)
         self.files.pop(0)
         head.close()
         self.changes.finished.append(head.identity)
@@ -232,20 +242,16 @@ class Tailer:
         self._report_held()
         return self._emit(head, [tail]) if tail is not None else None
 
-    # -- opening, and looking at the path ------------------------------------------------------
-
-    async def _open_initial(self) -> None:
+    async def open_initial(self) -> None:
         """Open the file(s) to start with: the resume point's chain, or the path's file."""
-        if self._resume is not None:
-            if self._resume_tried and not os.path.exists(self.path):
+        if self.resume is not None:
+            if self.resume_tried and not os.path.exists(self.path):
                 return  # already looked everywhere; wait for the file to appear
-            self._resume_tried = True
-            located = await asyncio.to_thread(
-                locate, self.path, self.rotated_glob, self._resume, self.max_line_bytes, self.recent
-            )
+            self.resume_tried = True
+            located = await asyncio.to_thread(locate, self.path, self.rotated_glob, self.resume, self.max_line_bytes, self.recent)
             if located is None:
                 return
-            self._resume = None
+            self.resume = None
             if located.gap is not None:
                 self.events.resume_gap(located.gap)
             else:
@@ -264,15 +270,15 @@ class Tailer:
             log.warning("cannot open %s: %s", self.path, exc)
             return
         self.watcher.follow(self.path)
-        if self._start_at_end:
+        if self.start_at_end:
             followed.position_at(last_line_boundary(followed.fd))
-            self._start_at_end = False
+            self.start_at_end = False
         self.files = [followed]
 
-    async def _check_path(self) -> bool:
+    async def check_path(self) -> bool:
         """Has the path moved on from the newest file we hold? True if something changed."""
         if not self.files:
-            await self._open_initial()
+            await self.open_initial()
             return bool(self.files)
         return await self.changes.check_path(self.files)
 
@@ -283,12 +289,6 @@ class Tailer:
         self.events.rotation(kind, self.path)
         self._report_held()
 
-    # -- observability -------------------------------------------------------------------------
-
     def _report_held(self) -> None:
-        rotated = self.draining
+        rotated = self.files[:-1]
         self.events.held_files(len(rotated), sum(f.pending_bytes() for f in rotated))
-
-    def backlog_bytes(self) -> int:
-        """Bytes present in the followed files that have not been read yet."""
-        return sum(f.pending_bytes() for f in self.files)
