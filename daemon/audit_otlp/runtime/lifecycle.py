@@ -23,7 +23,7 @@ from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine
 from audit_otlp.runtime.reload import ReloadPlan, reload_config
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.runtime.sdnotify import Notifier
-from audit_otlp.source.tailer import ResumePoint
+from audit_otlp.source.resume import ResumePoint
 from audit_otlp.state.checkpoint import Checkpoint, Cursor
 from audit_otlp.state.store import CheckpointError, CheckpointStore
 

@@ -17,7 +17,8 @@ from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.mapping.rows import RowEvents, RowMapper
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
-from audit_otlp.source.tailer import SourceEvents, Tailer
+from audit_otlp.source.events import SourceEvents
+from audit_otlp.source.tailer import Tailer
 from audit_otlp.state.checkpoint import Checkpoint
 from audit_otlp.state.keeper import CheckpointKeeper
 from audit_otlp.state.store import CheckpointStore
