@@ -18,16 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-from audit_otlp.delivery.policy import Exporter, ExportSettings
+from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.records import DurableLog
+from audit_otlp.delivery.settings import ExportSettings
 from audit_otlp.mapping.chain import ChainHasher, ChainState
 from audit_otlp.mapping.envelope import make_envelope, resource_attributes
 from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.mapping.rows import RowMapper
-from audit_otlp.runtime.metrics import Metrics
-from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.lines import LineSplitter
 from tests.benchmarks.gen import RowGenerator
+from tests.helpers.delivery import metrics_and_state
 from tests.helpers.wait import free_port
 
 
@@ -54,17 +54,17 @@ async def run(requests: int, spans_per_request: int, tmp: Path) -> None:
     try:
         assert sink.stdout is not None and b"ready" in sink.stdout.readline()
         settings = ExportSettings(endpoint=f"http://127.0.0.1:{port}/v1/traces", headers={}, vendor_headers={})
-        exporter = Exporter(settings, envelope, Metrics(), RunState(), DurableLog(tmp / "dl.jsonl"))
+        exporter = Exporter(settings, envelope, *metrics_and_state(), DurableLog(tmp / "dl.jsonl"))
         await exporter.start()
         body_len = len(envelope.body(spans))
         for _ in range(5):  # warm the connection
-            await exporter._post(envelope.body(spans))
+            await exporter.transport.post(envelope.body(spans))
         gc.collect()
         gc.disable()
         try:
             rss0, t0, c0 = rss_kb(), time.perf_counter(), time.process_time()
             for _ in range(requests):
-                answer = await exporter._post(envelope.body(spans))  # a fresh body, as in the daemon
+                answer = await exporter.transport.post(envelope.body(spans))  # a fresh body, as in the daemon
                 assert answer.status == 200, answer
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
             rss1 = rss_kb()

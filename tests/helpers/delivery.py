@@ -12,8 +12,9 @@ from typing import Any
 import orjson
 
 from audit_otlp.delivery.batching import Batch, SpanSource
-from audit_otlp.delivery.policy import Exporter, ExportSettings
+from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.records import DurableLog
+from audit_otlp.delivery.settings import ExportSettings
 from audit_otlp.mapping.chain import ChainState
 from audit_otlp.mapping.envelope import make_envelope, resource_attributes
 from audit_otlp.mapping.ids import MappingOptions
@@ -56,6 +57,12 @@ def make_batch(tmp: Path, n: int, marker_seqs: frozenset[int] = frozenset(), seq
     return Batch(seq, spans, sources, Cursor(str(tmp / "audit.jsonl"), IDENTITY, offset))
 
 
+def metrics_and_state() -> tuple[Metrics, RunState]:
+    """A fresh RunState and the Metrics that read it (an Exporter takes both)."""
+    state = RunState()
+    return Metrics(state), state
+
+
 def settings(endpoint: str, **overrides: Any) -> ExportSettings:
     base: dict[str, Any] = dict(
         endpoint=endpoint,
@@ -96,8 +103,7 @@ def make_exporter(
     return Exporter(
         settings(endpoint, **overrides),
         ENVELOPE,
-        Metrics(),
-        RunState(),
+        *metrics_and_state(),
         DurableLog(dead_letter or tmp / "dead-letter.jsonl"),
         DurableLog(tmp / "receipts.jsonl") if receipts else None,
         **kwargs,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import orjson
 
-from audit_otlp.source.tailer import ResumePoint, Tailer
+from audit_otlp.source.resume import ResumePoint
+from audit_otlp.source.tailer import Tailer
 
 
 @dataclass

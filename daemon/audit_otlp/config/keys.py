@@ -232,7 +232,6 @@ KEYS: tuple[Key, ...] = (
     Key("log.level", _choice("debug", "info", "warning", "error"), "info", env=("AUDIT_OTLP_LOG_LEVEL",), reloadable=True),
 )
 KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
-SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(k.name.split(".", 1)[0] for k in KEYS))
 
 # Command-line options of `run` that map onto keys.
 OPTION_KEYS: dict[str, str] = {

@@ -153,12 +153,6 @@ class Config:
         for name in SECTION_TYPES:
             object.__setattr__(self, name, _section(name, self.values))
 
-    def with_values(self, **changes: Any) -> Config:
-        """A copy with some keys changed (`batch__max_spans=1` changes batch.max_spans)."""
-        values = dict(self.values)
-        values.update({k.replace("__", "."): v for k, v in changes.items()})
-        return dataclasses.replace(self, values=values)
-
     def masked(self) -> dict[str, Any]:
         """Every key with secrets masked: for check-config, status and logs."""
         out: dict[str, Any] = {}

@@ -12,7 +12,7 @@ from typing import NamedTuple, Protocol
 
 from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict, verify_row
 from audit_otlp.mapping.envelope import encode_span
-from audit_otlp.mapping.ids import MappingOptions, line_digest
+from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.mapping.parse import parse_line
 from audit_otlp.mapping.spans import chain_broken_span, malformed_span, row_span
 from audit_otlp.source.lines import Line
@@ -49,12 +49,12 @@ class RowMapper:
         self.line_number += 1
         data = line.data
         if data is None:  # longer than source.max_line_bytes
-            digest = line.oversize_sha256 or b"\0" * 32
+            digest = line.digest
             self.events.malformed_line("line_too_long")
             return MappedLine([encode_span(malformed_span(
                 offset=line.offset, length=line.length, digest=digest, reason="line_too_long", observed_ns=observed_ns
             ))], digest)
-        digest = line_digest(data)
+        digest = line.digest  # hashed once, by the splitter
         if not data.strip():
             return MappedLine([], digest)
         row, reason = parse_line(data)

@@ -1,4 +1,4 @@
-"""Row -> OTLP/JSON span dict, as pure functions: the attributes of interface.md ("Spans"), the
+"""Row -> OTLP/JSON span dict, as pure functions: the attributes of the README's "Spans" table, the
 GenAI identity Datadog and Sentry read, status, times; plus the evidence spans for malformed
 lines and chain breaks. `envelope.encode_span` turns a dict into the bytes a request carries."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import orjson
 
@@ -59,7 +59,7 @@ def kv(key: str, value: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Spans.
 
-# (row field, attribute) for the attributes of interface.md copied as they are.
+# (row field, attribute) for the attributes of the README's "Spans" table copied as they are.
 _DIRECT_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("tool", "tool.name"),
     ("duration_ms", "tool.duration_ms"),
@@ -114,7 +114,7 @@ def row_span(
     options: MappingOptions,
     chain: ChainVerdict | None = None,
 ) -> dict[str, Any]:
-    """The span for one audit row (interface.md, "Spans")."""
+    """The span for one audit row (README, "Spans")."""
     attributes: list[dict[str, Any]] = []
     add = attributes.append
     get = row.get
@@ -175,7 +175,7 @@ def row_span(
         add({"key": "gen_ai.agent.name", "value": {"stringValue": _text(agent_name)}})
 
     # Status: ERROR with a low-cardinality error.type for error rows and blocked actions,
-    # OK otherwise (interface.md); the free-text error, when there is one, is the message.
+    # OK otherwise (README, "Spans"); the free-text error, when there is one, is the message.
     error_type = get("error_type")
     error = get("error")
     if error is False or error == "":  # "error": false / "" says there was none
@@ -281,10 +281,3 @@ def chain_broken_span(
         "attributes": attributes,
         "status": {"code": STATUS_ERROR, "message": "chain restarts with GENESIS" if verdict.restart else "prev_hash mismatch"},
     }
-
-
-def iter_attributes(span: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
-    """(key, plain value) pairs of a span dict: a helper for tests and `--dry-run` readers."""
-    for kv in span.get("attributes", ()):
-        (kind, value), = kv["value"].items()
-        yield kv["key"], int(value) if kind == "intValue" else value

@@ -1,47 +1,31 @@
-"""The one place that wires the stages together and owns start-up and shutdown.
-
-    Tailer --lines--> RowMapper + BatchBuilder --Batch--> bounded queue --> N export workers
-                                                                               |
-    CheckpointKeeper <--frontier-- AckTracker <--settled batch (delivered / dead-lettered)
-
-At most `export.max_in_flight` batches are being sent and one more waits in the queue, so memory
-is bounded however far the collector falls behind: when it is away, reading simply stops and the
-file is the buffer.
-"""
+"""One daemon process from start to exit: load the checkpoint, start the stages in order, handle
+signals (stop, SIGHUP reload), keep the heartbeat, and shut down in order (docs/design.md,
+"Start-up and shutdown"). What runs in between is `pipeline.Pipeline`; what is built from the
+configuration is `wiring`."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import signal
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Callable, ClassVar, Coroutine
 
-from audit_otlp.state.acks import AckTracker
-from audit_otlp.delivery.batching import Batch, BatchBuilder, BatchLimits, SpanSource
-from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict
-from audit_otlp.state.checkpoint import Checkpoint, CheckpointError, CheckpointKeeper, CheckpointStore, Cursor
 from audit_otlp.config import Config, mask_url
-from audit_otlp.delivery.records import DurableLog
-from audit_otlp.commands.export import DryRunSink
-from audit_otlp.delivery.policy import Exporter, ExportSettings, Outcome
+from audit_otlp.delivery.policy import Exporter
+from audit_otlp.runtime import wiring
+from audit_otlp.runtime.events import RowObserver, SourceObserver
 from audit_otlp.runtime.health import HealthServer
-from audit_otlp.source.lines import Line
 from audit_otlp.runtime.logs import apply_log_settings
-from audit_otlp.mapping.envelope import Envelope, make_envelope, resource_attributes
-from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.runtime.metrics import Metrics
+from audit_otlp.runtime.pipeline import Pipeline
 from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine
 from audit_otlp.runtime.reload import ReloadPlan, reload_config
-from audit_otlp.delivery.retry import Backoff
-from audit_otlp.mapping.rows import RowMapper
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.runtime.sdnotify import Notifier
-from audit_otlp.source.tailer import LineChunk, ResumePoint, Tailer
+from audit_otlp.source.resume import ResumePoint
+from audit_otlp.state.checkpoint import Checkpoint, Cursor
+from audit_otlp.state.store import CheckpointError, CheckpointStore
 
 log = logging.getLogger("audit_otlp")
 
@@ -52,51 +36,12 @@ class FatalError(Exception):
     """A runtime error the daemon cannot work around (exit 3, one-line reason)."""
 
 
-class Sink(Protocol):
-    async def start(self) -> None: ...
-    async def deliver(self, batch: Batch) -> Outcome: ...
-    async def aclose(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    once: bool = False
-    deadline: float | None = None
-    dry_run: bool = False
-    foreground: bool = False
-
-
-def build_envelope(config: Config) -> Envelope:
-    # The OpenTelemetry rule: OTEL_SERVICE_NAME (or our own key) wins; otherwise a service.name
-    # given in OTEL_RESOURCE_ATTRIBUTES applies; the embedded default comes last.
-    service_name = config.resource.service_name
-    if config.origin["resource.service_name"] == "default":
-        service_name = config.resource.attributes.get("service.name", service_name)
-    return make_envelope(resource_attributes(service_name, config.resource.attributes, config.mapping.dd_llmobs_enabled))
-
-
-def build_export_settings(config: Config) -> ExportSettings:
-    vendor_headers = config.vendor.headers_for(config.export.endpoint) if config.vendor else {}
-    return ExportSettings(
-        endpoint=config.export.endpoint,
-        headers=config.export.headers,
-        vendor_headers=vendor_headers,
-        timeout=config.export.timeout,
-        compression=config.export.compression,
-        max_in_flight=config.export.max_in_flight,
-        initial_backoff=config.retry.initial_backoff,
-        max_backoff=config.retry.max_backoff,
-        auth_backoff=config.retry.auth_backoff,
-        max_request_bytes=config.export.max_request_bytes,
-        certificate=str(config.export.certificate) if config.export.certificate else None,
-        client_certificate=str(config.export.client_certificate) if config.export.client_certificate else None,
-        client_key=str(config.export.client_key) if config.export.client_key else None,
-        insecure=config.export.insecure,
-    )
-
-
 class Daemon:
-    def __init__(self, config: Config, options: RunOptions, notifier: Notifier | None = None,
+    # Where each reloadable section takes effect (a test checks every key marked reloadable in
+    # config.KEYS has its section here).
+    RELOAD_APPLIERS: ClassVar[tuple[str, ...]] = ("log", "batch", "retry")
+
+    def __init__(self, config: Config, options: wiring.RunOptions, notifier: Notifier | None = None,
                  terminal: TerminalLine | None = None, reloader: Callable[[], Config] | None = None,
                  verbose: bool = False) -> None:
         self.config = config
@@ -104,82 +49,16 @@ class Daemon:
         self.terminal = terminal  # --foreground on a TTY: the live progress line
         self.reloader = reloader  # SIGHUP: how to read the configuration again
         self.verbose = verbose
-        self._builder: BatchBuilder | None = None
-        self._settled_spans = 0  # this run, delivered or dead-lettered (for rates)
-        self._settled_bytes = 0
-        self.metrics = Metrics()
         self.state = RunState()
+        self.metrics = Metrics(self.state)
         self.notifier = notifier or Notifier()
-        self.envelope = build_envelope(config)
-        self.store = CheckpointStore(config.checkpoint.path)
-        self.acks = AckTracker()
-        # One batch waiting is enough to keep every worker busy (the reader refills it while they
-        # send); each extra one would cost ~1 MB of RSS for nothing.
-        self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
+        self.envelope = wiring.build_envelope(config)
+        self.sink = wiring.build_sink(config, options, self.envelope, self.metrics, self.state)
+        self.tailer = wiring.build_tailer(config, SourceObserver(self.metrics))
         self.stopping = asyncio.Event()
-        self._busy_workers = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        # Notified whenever a batch is settled: --once waits on it, and so does the reader while
-        # the window of unsettled batches is full.
-        self._settled = asyncio.Condition()
-        self._window = config.export.max_in_flight
-        self._unsettled_source_bytes = 0  # bytes of lines read but not yet settled
-        self.sink: Sink
-        if options.dry_run:
-            self.sink = DryRunSink(self.envelope)
-        else:
-            receipts_path = config.delivery.receipts_path
-            self.sink = Exporter(
-                build_export_settings(config), self.envelope, self.metrics, self.state,
-                DurableLog(config.dead_letter.path), DurableLog(receipts_path) if receipts_path else None,
-            )
-        self.tailer = Tailer(
-            config.source.path,
-            max_line_bytes=config.source.max_line_bytes,
-            poll_interval=config.source.poll_interval,
-            rotated_glob=config.source.rotated_glob,
-            events=self._SourceEvents(self),
-        )
-        self.keeper: CheckpointKeeper  # set in _load_checkpoint
-        self.mapper: RowMapper
+        self.pipeline: Pipeline | None = None  # built once the checkpoint is loaded
 
-    # -- observability adapters ----------------------------------------------------------------
-
-    class _SourceEvents:
-        def __init__(self, daemon: "Daemon") -> None:
-            self.d = daemon
-
-        def rotation(self, kind: str, path: Path) -> None:
-            self.d.metrics.rotations.labels(kind=kind).inc()
-            log.info("rotation detected (%s) on %s", kind, path)
-
-        def resume_gap(self, reason: str) -> None:
-            self.d.metrics.resume_gaps.inc()
-            log.error("RESUME GAP: %s; reading the current file from its beginning (rows between may be missing)", reason)
-
-        def held_files(self, count: int, pending_bytes: int) -> None:
-            self.d.metrics.rotated_files_held.set(count)
-            self.d.metrics.rotated_bytes_pending.set(pending_bytes)
-
-    class _RowEvents:
-        def __init__(self, daemon: "Daemon") -> None:
-            self.d = daemon
-            self.breaks = 0
-
-        def malformed_line(self, reason: str) -> None:
-            self.d.metrics.malformed_lines.labels(reason=reason).inc()
-
-        def chain_break(self, verdict: ChainVerdict, offset: int, line_number: int) -> None:
-            self.d.metrics.chain_breaks.inc()
-            self.breaks += 1
-            what = "restarts with GENESIS" if verdict.restart else "breaks"
-            log.error(
-                "HASH CHAIN %s at line %d (offset %d): expected prev_hash %s, found %s; shipping continues",
-                what.upper(), line_number, offset, verdict.expected, verdict.found,
-            )
-
-    # -- run -----------------------------------------------------------------------------------
+    # -- signals -------------------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -211,52 +90,46 @@ class Daemon:
         self.config = config = plan.config
         # --foreground chose its format for a person at a terminal; SIGHUP leaves that alone.
         apply_log_settings(None if self.options.foreground else config.log.format, config.log.level, self.verbose)
-        if self._builder is not None:
-            self._builder.limits = BatchLimits(config.batch.max_spans, config.batch.max_bytes, config.batch.max_wait)
+        if self.pipeline is not None:
+            self.pipeline.builder.limits = wiring.batch_limits(config)
+            self.pipeline.retry = config.retry
         if isinstance(self.sink, Exporter):
-            self.sink.settings = dataclasses.replace(
-                self.sink.settings, initial_backoff=config.retry.initial_backoff,
-                max_backoff=config.retry.max_backoff, auth_backoff=config.retry.auth_backoff)
+            self.sink.settings = wiring.build_export_settings(config)
         (log.warning if plan.needs_restart else log.info)("SIGHUP: configuration reloaded: %s", plan.describe())
+
+    # -- start-up, the run, shutdown -----------------------------------------------------------
 
     async def _run(self) -> int:
         checkpoint = self._load_checkpoint()
-        row_events = self._RowEvents(self)
-        row_events.breaks = checkpoint.chain_breaks
-        self._row_events = row_events
-        hasher = ChainHasher(self.config.chain_key) if self.config.chain.verify else None
-        self.mapper = RowMapper(
-            MappingOptions(self.config.mapping.trace_id_from), hasher,
-            ChainState(last_hash=checkpoint.cursor.chain_last_hash), row_events,
+        self.state.delivered_before = checkpoint.delivered_spans
+        self.state.chain_breaks_before = checkpoint.chain_breaks
+        keeper = wiring.build_keeper(self.config, self.options, checkpoint, self.metrics, self.state)
+        mapper = wiring.build_mapper(self.config, checkpoint, RowObserver(self.metrics, self.state))
+        pipeline = self.pipeline = Pipeline(
+            self.tailer, mapper, self.sink, keeper, self.envelope, wiring.batch_limits(self.config), self.config.retry,
+            self.config.export.max_in_flight, self.state,
         )
-        self._last_cursor = checkpoint.cursor
+        cursor = checkpoint.cursor
         resume = None
-        if checkpoint.cursor.offset or checkpoint.cursor.identity is not None:
-            resume = ResumePoint(checkpoint.cursor.identity, checkpoint.cursor.offset,
-                                 checkpoint.cursor.last_line_sha256, checkpoint.cursor.last_line_length)
+        if cursor.offset or cursor.identity is not None:
+            resume = ResumePoint(cursor.identity, cursor.offset, cursor.last_line_sha256, cursor.last_line_length)
         await self.tailer.start(resume, self.config.source.start_at)
         self.state.file_reachable = self.tailer.current is not None
         if self.tailer.current is None:
             log.info("waiting for %s to appear", self.config.source.path)
         await self.sink.start()
-        health = None
-        if self.config.health.listen and not self.options.dry_run:
-            host, port = self.config.health.listen
-            health = HealthServer(host, port, self.state, self.metrics, self.config.health.failing_after, self._refresh_gauges)
-            try:
-                await health.start()
-            except OSError as exc:
-                raise FatalError(f"cannot listen on {host}:{port} for health checks: {exc.strerror or exc}") from exc
+        health = await self._start_health()
 
-        workers = [asyncio.create_task(self._export_worker(), name=f"export-{i}") for i in range(self.config.export.max_in_flight)]
+        workers = [asyncio.create_task(pipeline.export_worker(), name=f"export-{i}")
+                   for i in range(self.config.export.max_in_flight)]
         housekeeping = [
-            asyncio.create_task(self.keeper.run(), name="checkpoint"),
+            asyncio.create_task(keeper.run(), name="checkpoint"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
         if self.terminal is not None:
             reporter = ProgressReporter(self.terminal, self._progress)
             housekeeping.append(asyncio.create_task(reporter.run(), name="progress"))
-        reader = asyncio.create_task(self._read_loop(), name="reader")
+        reader = asyncio.create_task(pipeline.read_loop(self.stopping, self.options.once), name="reader")
         self.notifier.ready(self._status_line())
         log.info(
             "following %s -> %s (checkpoint %s)", self.config.source.path,
@@ -273,14 +146,16 @@ class Daemon:
                 if reader in done:
                     reader.result()  # re-raise a reader crash
         finally:
+            # Ordered shutdown: stop reading, let in-flight requests finish (grace period), stop
+            # the workers, write the final checkpoint, close the sink, the files, the listener.
             self.notifier.stopping()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-            await self._drain_in_flight(self.config.shutdown.grace_period)
+            await pipeline.drain_in_flight(self.config.shutdown.grace_period)
             for task in workers + housekeeping:
                 task.cancel()
             await asyncio.gather(*workers, *housekeeping, return_exceptions=True)
-            await self.keeper.flush()
+            await keeper.flush()
             await self.sink.aclose()
             final_status = self._status_line()
             await self.tailer.close()
@@ -289,12 +164,26 @@ class Daemon:
             log.info("stopped: %s", final_status)
         return exit_code
 
+    async def _start_health(self) -> HealthServer | None:
+        listen = self.config.health.listen
+        if not listen or self.options.dry_run:
+            return None
+        host, port = listen
+        health = HealthServer(host, port, self.state, self.metrics, self.config.health.failing_after, self._refresh_gauges)
+        try:
+            await health.start()
+        except OSError as exc:
+            raise FatalError(f"cannot listen on {host}:{port} for health checks: {exc.strerror or exc}") from exc
+        return health
+
     async def _run_once(self, reader: asyncio.Task[None]) -> int:
-        deadline = self.options.deadline
+        assert self.pipeline is not None
+        pipeline, deadline = self.pipeline, self.options.deadline
+
         async def finished() -> None:
             await reader
-            async with self._settled:
-                await self._settled.wait_for(lambda: not self.acks.unsettled)
+            await pipeline.wait_all_settled()
+
         work = asyncio.create_task(finished())
         stop_wait = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait({work, stop_wait}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
@@ -309,147 +198,25 @@ class Daemon:
         await asyncio.gather(work, return_exceptions=True)
         if self.stopping.is_set():
             return EXIT_OK
-        log.error("--once: deadline of %.1f s passed with %d batches not delivered", deadline or 0, self.acks.unsettled)
+        log.error("--once: deadline of %.1f s passed with %d batches not delivered", deadline or 0, pipeline.acks.unsettled)
         return EXIT_DEADLINE
 
     def _load_checkpoint(self) -> Checkpoint:
+        store = CheckpointStore(self.config.checkpoint.path)
         if not self.options.dry_run:
             try:
-                self.store.ensure_writable()
+                store.ensure_writable()
             except (CheckpointError, OSError) as exc:
                 raise FatalError(str(exc)) from exc
-        checkpoint = self.store.load()
-        if checkpoint is not None and checkpoint.cursor.path != str(self.config.source.path):
+        checkpoint = store.load()
+        path = str(self.config.source.path)
+        if checkpoint is not None and checkpoint.cursor.path != path:
             log.warning("the checkpoint was for %s, now following %s: matching by file identity and content",
-                        checkpoint.cursor.path, self.config.source.path)
+                        checkpoint.cursor.path, path)
         if checkpoint is None:
-            checkpoint = Checkpoint(Cursor(str(self.config.source.path), None, 0))
+            checkpoint = Checkpoint(Cursor(path, None, 0))
         self.state.checkpoint_loaded = True
-        self.keeper = CheckpointKeeper(self.store, checkpoint, self.config.checkpoint.interval, self.metrics,
-                                       self.state, enabled=not self.options.dry_run)
         return checkpoint
-
-    # -- the stages ----------------------------------------------------------------------------
-
-    async def _read_loop(self) -> None:
-        limits = BatchLimits(self.config.batch.max_spans, self.config.batch.max_bytes, self.config.batch.max_wait)
-        builder = self._builder = BatchBuilder(self.envelope, limits)
-        settled_cursor = self._last_cursor
-        complete_cursor = settled_cursor  # the end of the last line whose spans are all in `builder`
-        once = self.options.once
-        while not self.stopping.is_set():
-            deadline = builder.deadline()
-            timeout = 0.0 if once else (None if deadline is None else max(deadline - time.monotonic(), 0.0))
-            chunk = await self.tailer.read(timeout)
-            self.state.file_reachable = self.tailer.current is not None or bool(self.tailer.draining)
-            if chunk is not None:
-                complete_cursor = await self._consume(chunk, builder, complete_cursor)
-            deadline = builder.deadline()
-            if deadline is not None and (builder.full or time.monotonic() >= deadline or (once and chunk is None)):
-                await self._flush(builder, complete_cursor)
-            if once and chunk is None and self.tailer.at_end:
-                if builder.opened_at is not None:
-                    await self._flush(builder, complete_cursor)
-                return
-
-    async def _consume(self, chunk: LineChunk, builder: BatchBuilder, cursor: Cursor) -> Cursor:
-        """Map a chunk's lines into `builder`; returns the cursor after its last line.
-
-        The hot loop of a catch-up: per line it only maps and appends. A Cursor (a frozen
-        dataclass, ~1 µs to build) is made only when a batch is handed over and at the end of
-        the chunk, from `done`: what the cursor after the last fully added line needs.
-        """
-        observed_ns = time.time_ns()
-        mapper = self.mapper
-        chain = mapper.chain
-        path, identity = chunk.path, chunk.identity
-        path_str = str(path)
-        mapper.line_number = chunk.first_line_number - 1
-        consumed = chunk.lines[-1].end - chunk.lines[0].offset
-        # Counted as backlog from the moment the tailer hands the lines over: _flush below may wait
-        # a long time for a free export worker, and those bytes are not delivered meanwhile.
-        self._unsettled_source_bytes += consumed
-        done: tuple[Line, bytes, str | None, int] | None = None  # (line, digest, chain hash, line number)
-
-        def cursor_after() -> Cursor:
-            if done is None:
-                return cursor
-            line, digest, chain_hash, line_number = done
-            return Cursor(path_str, identity, line.end, digest.hex(), line.length if line.data is not None else None,
-                          chain_hash, line_number)
-
-        for line in chunk.lines:
-            mapped = mapper.map_line(line, observed_ns)
-            spans = mapped.spans
-            if spans:
-                sha = mapped.digest.hex()
-                for span in spans:
-                    if not builder.fits(span):
-                        await self._flush(builder, cursor_after())
-                    builder.add(span, SpanSource(path, identity, line.offset, line.data, sha, line.end))
-            else:
-                builder.touch()
-            done = (line, mapped.digest, chain.last_hash, mapper.line_number)
-            if builder.full:
-                await self._flush(builder, cursor_after())
-        cursor = cursor_after()
-        builder.source_bytes += consumed
-        self.metrics.lines_read.inc(len(chunk.lines))
-        self.state.rows_read += len(chunk.lines)
-        return cursor
-
-    async def _flush(self, builder: BatchBuilder, end: Cursor) -> None:
-        """Hand the pending spans to the export workers.
-
-        At most `export.max_in_flight` batches may be unsettled or settled-but-behind-the-frontier
-        at once: when the oldest request is stuck in retries, the reader waits instead of letting
-        newer batches pile up behind it, so a crash repeats at most the requests in flight."""
-        async with self._settled:
-            await self._settled.wait_for(lambda: self.acks.unsettled < self._window)
-        seq = self.acks.register(end)
-        batch = builder.take(seq, end)
-        await self.queue.put(batch)
-
-    async def _export_worker(self) -> None:
-        while True:
-            batch = await self.queue.get()
-            self._busy_workers += 1
-            self._idle.clear()
-            try:
-                outcome = await self._deliver_until_settled(batch)
-                self.state.dead_lettered_spans += outcome.dead_lettered
-                frontier = self.acks.settle(batch.seq)
-                self.keeper.advance(frontier, outcome.delivered, outcome.rejected, self._row_events.breaks)
-                self._unsettled_source_bytes -= batch.source_bytes
-                self._settled_spans += len(batch.spans)
-                self._settled_bytes += batch.source_bytes
-                async with self._settled:
-                    self._settled.notify_all()
-            finally:
-                self._busy_workers -= 1
-                if self._busy_workers == 0:
-                    self._idle.set()
-                self.queue.task_done()
-
-    async def _deliver_until_settled(self, batch: Batch) -> Outcome:
-        """The sink retries every failure it knows; an unexpected error must not kill the worker
-        (the batch would never settle and the checkpoint would stall), so log it and try again."""
-        backoff = Backoff(self.config.retry.initial_backoff, self.config.retry.max_backoff)
-        while True:
-            try:
-                return await self.sink.deliver(batch)
-            except Exception:  # noqa: BLE001 - any bug in a sink must cost time, never rows
-                log.exception("unexpected error while delivering a batch of %d spans; retrying it", len(batch))
-                await asyncio.sleep(backoff.next_delay())
-
-    async def _drain_in_flight(self, grace: float) -> None:
-        """Let requests already being sent finish within the grace period; abandon the rest."""
-        if self._busy_workers == 0:
-            return
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout=grace)
-        except TimeoutError:
-            log.warning("grace period over: abandoning %d in-flight requests (they will be sent again)", self._busy_workers)
 
     async def _heartbeat(self) -> None:
         """Event-loop liveness for /healthz and the systemd watchdog, plus a STATUS refresh."""
@@ -463,27 +230,29 @@ class Daemon:
     # -- reporting -----------------------------------------------------------------------------
 
     def _refresh_gauges(self) -> None:
-        # Not yet delivered = not yet read + read but not yet settled.
-        backlog = self.tailer.backlog_bytes() + self._unsettled_source_bytes
+        backlog = self.pipeline.backlog_bytes() if self.pipeline is not None else self.tailer.backlog_bytes()
         self.state.backlog_bytes = backlog
         self.metrics.backlog_bytes.set(backlog)
 
     def _progress(self) -> Progress:
         self._refresh_gauges()
-        return Progress(self._settled_spans, self._settled_bytes, self.state.backlog_bytes)
+        assert self.pipeline is not None
+        return Progress(self.pipeline.settled_spans, self.pipeline.settled_bytes, self.state.backlog_bytes)
 
     def _status_line(self) -> str:
         self._refresh_gauges()
         waiting = "" if self.tailer.current is not None or self.tailer.draining else f"waiting for {self.config.source.path}; "
+        in_flight = self.pipeline.acks.unsettled if self.pipeline is not None else 0
         return (
             f"{waiting}delivered {self.state.delivered_spans} spans of {self.state.rows_read} rows read, "
             f"backlog {self.state.backlog_bytes} bytes, "
-            f"{self.acks.unsettled} batches in flight"
+            f"{in_flight} batches in flight"
             + (f", last error: {self.state.last_error}" if self.state.failing_since is not None else "")
         )
 
 
-def run_daemon(config: Config, options: RunOptions, runner: Callable[[Awaitable[int]], int] = asyncio.run,
+def run_daemon(config: Config, options: wiring.RunOptions,
+               runner: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run,
                terminal: TerminalLine | None = None, reloader: Callable[[], Config] | None = None,
                verbose: bool = False) -> int:
     daemon = Daemon(config, options, terminal=terminal, reloader=reloader, verbose=verbose)

@@ -162,7 +162,7 @@ def test_cli_usage_error_exits_2(audit_cli: str) -> None:
 
 
 def test_service_name_from_resource_attributes_applies_when_otel_service_name_is_unset() -> None:
-    from audit_otlp.runtime.lifecycle import build_envelope
+    from audit_otlp.runtime.wiring import build_envelope
 
     def service_name(env: dict[str, str]) -> str:
         head = build_envelope(load_config(None, {}, env)).head.decode()

@@ -72,7 +72,7 @@ async def test_202_with_empty_body_is_full_success(tmp_path: Path) -> None:
         outcome = await exporter.deliver(batch)
         await exporter.aclose()
     assert outcome.delivered == 5 and outcome.rejected == 0
-    assert exporter.metrics.spans_delivered._value.get() == 5
+    assert exporter.state.delivered_spans == 5
 
 
 async def test_a_delivered_request_leaves_no_reference_cycle(tmp_path: Path) -> None:
@@ -110,8 +110,8 @@ async def test_partial_success_counts_rejected_and_logs_the_message(tmp_path: Pa
         await exporter.aclose()
         assert len(c.requests) == 1  # a partial success is never retried
     assert outcome == (6, 4, 0)
-    assert exporter.metrics.spans_delivered._value.get() == 6
-    assert exporter.metrics.spans_rejected._value.get() == 4
+    assert exporter.state.delivered_spans == 6
+    assert exporter.state.rejected_spans == 4
     assert "span too old" in caplog.text and "rejected 4 of 10" in caplog.text
 
 
@@ -176,7 +176,7 @@ async def test_nothing_is_claimed_while_the_collector_is_down(tmp_path: Path) ->
     with pytest.raises(RuntimeError):
         await exporter.deliver(make_batch(tmp_path, 4))
     await exporter.aclose()
-    assert exporter.metrics.spans_delivered._value.get() == 0
+    assert exporter.state.delivered_spans == 0
     assert exporter.state.delivered_spans == 0 and exporter.state.last_success_unix is None
     assert not (tmp_path / "receipts.jsonl").exists()
     assert exporter.metrics.export_requests.labels(status="error")._value.get() == 5
@@ -257,8 +257,8 @@ async def test_400_bisects_and_dead_letters_exactly_the_poison_rows(tmp_path: Pa
         assert r["status"] == 400 and r["reason"] == "refused" and "poison" in r["response"]
         assert r["file"]["ino"] == 2 and r["time"].endswith("Z") and r["end"] > r["offset"]
         assert r["line_sha256"] == sha256_hex(r["line"].encode())
-    assert exporter.metrics.spans_dead_lettered._value.get() == 4
-    assert exporter.metrics.spans_delivered._value.get() == 46
+    assert exporter.state.dead_lettered_spans == 4
+    assert exporter.state.delivered_spans == 46
 
 
 async def test_dead_letter_response_body_is_truncated(tmp_path: Path) -> None:

@@ -20,13 +20,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from audit_otlp.config import ConfigError, load_config
 from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.records import DurableLog
-from audit_otlp.runtime.lifecycle import build_export_settings
-from audit_otlp.runtime.metrics import Metrics
-from audit_otlp.runtime.runstate import RunState
+from audit_otlp.runtime.wiring import build_export_settings
 from tests.helpers.auditgen import AuditWriter
 from tests.helpers.collector import Collector
 from tests.helpers.daemon import daemon_env
-from tests.helpers.delivery import ENVELOPE, make_batch
+from tests.helpers.delivery import ENVELOPE, make_batch, metrics_and_state
 
 
 def _name(cn: str) -> x509.Name:
@@ -121,7 +119,7 @@ async def _attempt(tmp: Path, env: dict[str, str], config_text: str = "") -> tup
         if len(sleeps) >= 3:
             raise TimeoutError("gave up")
 
-    exporter = Exporter(build_export_settings(config), ENVELOPE, Metrics(), RunState(), DurableLog(tmp / "dl.jsonl"), sleep=sleep)
+    exporter = Exporter(build_export_settings(config), ENVELOPE, *metrics_and_state(), DurableLog(tmp / "dl.jsonl"), sleep=sleep)
     await exporter.start()
     try:
         outcome = await exporter.deliver(make_batch(tmp, 3))
@@ -183,7 +181,7 @@ async def test_mtls_client_certificate_from_otel_variables(tmp_path: Path, pki: 
 def test_unreadable_certificate_is_a_config_error(tmp_path: Path) -> None:
     config = load_config(env={"OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "missing.pem")})
     with pytest.raises(ConfigError, match="export.certificate"):
-        Exporter(build_export_settings(config), ENVELOPE, Metrics(), RunState(), DurableLog(tmp_path / "dl"))
+        Exporter(build_export_settings(config), ENVELOPE, *metrics_and_state(), DurableLog(tmp_path / "dl"))
 
 
 def test_daemon_delivers_over_mtls_with_the_standard_variables(

@@ -10,7 +10,7 @@ import pytest
 
 from audit_otlp.config import ConfigError, load_config
 from audit_otlp.delivery import vendors
-from audit_otlp.runtime.lifecycle import build_export_settings
+from audit_otlp.runtime.wiring import build_export_settings
 from tests.helpers.auditgen import AuditWriter
 from tests.helpers.collector import Collector
 from tests.helpers.daemon import daemon_env

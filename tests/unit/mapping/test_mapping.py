@@ -1,4 +1,4 @@
-"""Row -> span (interface.md "Spans"): ids, times, attributes and their types, status, the
+"""Row -> span (README, "Spans"): ids, times, attributes and their types, status, the
 GenAI conventions Datadog LLM Observability and Sentry read, and robustness on any row."""
 
 from __future__ import annotations

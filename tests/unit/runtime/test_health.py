@@ -45,7 +45,7 @@ async def server():
     servers: list[HealthServer] = []
 
     async def start(state: RunState, failing_after: float = 60.0) -> HealthServer:
-        srv = HealthServer("127.0.0.1", 0, state, Metrics(), failing_after)
+        srv = HealthServer("127.0.0.1", 0, state, Metrics(state), failing_after)
         await srv.start()
         servers.append(srv)
         return srv

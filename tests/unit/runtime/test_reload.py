@@ -107,3 +107,12 @@ def test_reload_plan_masks_secrets_and_keeps_restart_only_values(tmp_path: Path)
     assert plan.config.export.headers == before.export.headers
     assert plan.config.batch.max_wait == 1.0
     assert plan.config.secrets == before.secrets
+
+
+def test_every_reloadable_key_has_a_place_where_it_takes_effect() -> None:
+    """A key marked reloadable in the key table must be applied by the running daemon."""
+    from audit_otlp.config import KEYS
+    from audit_otlp.runtime.lifecycle import Daemon
+
+    sections = {key.name.split(".", 1)[0] for key in KEYS if key.reloadable}
+    assert sections <= set(Daemon.RELOAD_APPLIERS)

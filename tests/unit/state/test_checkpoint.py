@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from audit_otlp.state.checkpoint import Checkpoint, CheckpointError, CheckpointStore, Cursor
 from audit_otlp.source.fileid import FileIdentity
+from audit_otlp.state.checkpoint import Checkpoint, Cursor
+from audit_otlp.state.store import CheckpointError, CheckpointStore
 
 IDENTITY = FileIdentity(dev=64769, ino=1234, fingerprint="ab" * 32, fingerprint_len=1024)
 
@@ -44,7 +45,9 @@ def test_missing_checkpoint_means_none(tmp_path: Path) -> None:
     assert CheckpointStore(tmp_path / "absent.json").load() is None
 
 
-@pytest.mark.parametrize("content", [b"", b"{not json", b'{"version": 99, "offset": 1}', b'{"version": 1, "offset": -5, "path": "x"}', b"[]"])
+@pytest.mark.parametrize(
+    "content", [b"", b"{not json", b'{"version": 99, "offset": 1}', b'{"version": 1, "offset": -5, "path": "x"}', b"[]"]
+)
 def test_corrupt_checkpoint_is_moved_aside_loudly(tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "cp.json"
     path.write_bytes(content)
