@@ -47,8 +47,10 @@ class Break:
         if self.kind == "malformed":
             return f"{where}: not a JSON object (the chain cannot be checked across it)"
         if self.kind == "overlap_mismatch":
-            return (f"{where}: this row repeats the previous file's tail but differs from it "
-                    f"(expected row hash {self.expected}, found {self.found})")
+            return (
+                f"{where}: this row repeats the previous file's tail but differs from it "
+                f"(expected row hash {self.expected}, found {self.found})"
+            )
         what = "restarts the chain with GENESIS" if self.kind == "restart" else "prev_hash does not match"
         return f"{where}: {what}: expected prev_hash {self.expected}, found {self.found}"
 

@@ -117,8 +117,7 @@ def judge(state: ChainState, found: Any, row_hash: str) -> ChainVerdict:
     elif last is None:
         # Nothing to compare against: the very first row, or we start mid-chain (start_at=end,
         # a single rotated file): a GENESIS row starts the chain, anything else is its anchor.
-        verdict = ChainVerdict(True, row_hash, GENESIS if found == GENESIS else None, found,
-                               anchor=found != GENESIS)
+        verdict = ChainVerdict(True, row_hash, GENESIS if found == GENESIS else None, found, anchor=found != GENESIS)
     elif found == GENESIS:
         verdict = ChainVerdict(False, row_hash, last, found, restart=True)
     elif state.last_broken and found == state.before_last_hash:

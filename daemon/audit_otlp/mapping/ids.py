@@ -6,8 +6,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 
@@ -15,7 +16,6 @@ _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 @dataclass(frozen=True)
 class MappingOptions:
     trace_id_from: str = "prev_hash"  # or "session"
-
 
 
 def nonzero_hex(raw: bytes) -> str:
@@ -50,4 +50,3 @@ def trace_id_for(row: Mapping[str, Any], digest: bytes, options: MappingOptions)
 def _session_trace_id(session: str) -> str:
     # A session spans many rows in a row: hash it once (a pure function of the session).
     return nonzero_hex(hashlib.sha256(b"session:" + session.encode("utf-8", "replace")).digest()[:16])
-

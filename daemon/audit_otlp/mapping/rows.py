@@ -51,9 +51,16 @@ class RowMapper:
         if data is None:  # longer than source.max_line_bytes
             digest = line.digest
             self.events.malformed_line("line_too_long")
-            return MappedLine([encode_span(malformed_span(
-                offset=line.offset, length=line.length, digest=digest, reason="line_too_long", observed_ns=observed_ns
-            ))], digest)
+            return MappedLine(
+                [
+                    encode_span(
+                        malformed_span(
+                            offset=line.offset, length=line.length, digest=digest, reason="line_too_long", observed_ns=observed_ns
+                        )
+                    )
+                ],
+                digest,
+            )
         digest = line.digest  # hashed once, by the splitter
         if not data.strip():
             return MappedLine([], digest)
@@ -61,19 +68,30 @@ class RowMapper:
         if row is None:
             assert reason is not None
             self.events.malformed_line(reason)
-            return MappedLine([encode_span(malformed_span(
-                offset=line.offset, length=len(data), digest=digest, reason=reason, observed_ns=observed_ns
-            ))], digest)
+            return MappedLine(
+                [
+                    encode_span(
+                        malformed_span(
+                            offset=line.offset, length=len(data), digest=digest, reason=reason, observed_ns=observed_ns
+                        )
+                    )
+                ],
+                digest,
+            )
         verdict = verify_row(self.chain, row, self.hasher, data) if self.hasher is not None else None
         span = row_span(row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict)
         spans = [encode_span(span)]
         if verdict is not None and (verdict.broken or verdict.restart):
             self.events.chain_break(verdict, line.offset, self.line_number)
-            spans.append(encode_span(chain_broken_span(
-                verdict=verdict,
-                offset=line.offset,
-                line_number=self.line_number,
-                digest=digest,
-                start_ns=int(span["startTimeUnixNano"]),
-            )))
+            spans.append(
+                encode_span(
+                    chain_broken_span(
+                        verdict=verdict,
+                        offset=line.offset,
+                        line_number=self.line_number,
+                        digest=digest,
+                        start_ns=int(span["startTimeUnixNano"]),
+                    )
+                )
+            )
         return MappedLine(spans, digest)

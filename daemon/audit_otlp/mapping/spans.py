@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
@@ -250,9 +251,7 @@ def malformed_span(*, offset: int, length: int, digest: bytes, reason: str, obse
     }
 
 
-def chain_broken_span(
-    *, verdict: ChainVerdict, offset: int, line_number: int, digest: bytes, start_ns: int
-) -> dict[str, Any]:
+def chain_broken_span(*, verdict: ChainVerdict, offset: int, line_number: int, digest: bytes, start_ns: int) -> dict[str, Any]:
     """The evidence span for a row whose prev_hash does not match the row before it (or that
     restarts the chain with GENESIS in mid-stream). Its ids derive from the row's line, so a
     re-delivery after a crash repeats the same span."""

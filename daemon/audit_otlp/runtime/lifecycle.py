@@ -9,7 +9,8 @@ import asyncio
 import logging
 import signal
 import time
-from typing import Any, Callable, ClassVar, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar
 
 from audit_otlp.config import Config, mask_url
 from audit_otlp.delivery.policy import Exporter
@@ -41,9 +42,15 @@ class Daemon:
     # config.KEYS has its section here).
     RELOAD_APPLIERS: ClassVar[tuple[str, ...]] = ("log", "batch", "retry")
 
-    def __init__(self, config: Config, options: wiring.RunOptions, notifier: Notifier | None = None,
-                 terminal: TerminalLine | None = None, reloader: Callable[[], Config] | None = None,
-                 verbose: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        options: wiring.RunOptions,
+        notifier: Notifier | None = None,
+        terminal: TerminalLine | None = None,
+        reloader: Callable[[], Config] | None = None,
+        verbose: bool = False,
+    ) -> None:
         self.config = config
         self.options = options
         self.terminal = terminal  # --foreground on a TTY: the live progress line
@@ -106,8 +113,15 @@ class Daemon:
         keeper = wiring.build_keeper(self.config, self.options, checkpoint, self.metrics, self.state)
         mapper = wiring.build_mapper(self.config, checkpoint, RowObserver(self.metrics, self.state))
         pipeline = self.pipeline = Pipeline(
-            self.tailer, mapper, self.sink, keeper, self.envelope, wiring.batch_limits(self.config), self.config.retry,
-            self.config.export.max_in_flight, self.state,
+            self.tailer,
+            mapper,
+            self.sink,
+            keeper,
+            self.envelope,
+            wiring.batch_limits(self.config),
+            self.config.retry,
+            self.config.export.max_in_flight,
+            self.state,
         )
         cursor = checkpoint.cursor
         resume = None
@@ -120,8 +134,9 @@ class Daemon:
         await self.sink.start()
         health = await self._start_health()
 
-        workers = [asyncio.create_task(pipeline.export_worker(), name=f"export-{i}")
-                   for i in range(self.config.export.max_in_flight)]
+        workers = [
+            asyncio.create_task(pipeline.export_worker(), name=f"export-{i}") for i in range(self.config.export.max_in_flight)
+        ]
         housekeeping = [
             asyncio.create_task(keeper.run(), name="checkpoint"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
@@ -132,8 +147,10 @@ class Daemon:
         reader = asyncio.create_task(pipeline.read_loop(self.stopping, self.options.once), name="reader")
         self.notifier.ready(self._status_line())
         log.info(
-            "following %s -> %s (checkpoint %s)", self.config.source.path,
-            "stdout (dry run)" if self.options.dry_run else mask_url(self.config.export.endpoint), self.config.checkpoint.path,
+            "following %s -> %s (checkpoint %s)",
+            self.config.source.path,
+            "stdout (dry run)" if self.options.dry_run else mask_url(self.config.export.endpoint),
+            self.config.checkpoint.path,
         )
         exit_code = EXIT_OK
         try:
@@ -211,8 +228,9 @@ class Daemon:
         checkpoint = store.load()
         path = str(self.config.source.path)
         if checkpoint is not None and checkpoint.cursor.path != path:
-            log.warning("the checkpoint was for %s, now following %s: matching by file identity and content",
-                        checkpoint.cursor.path, path)
+            log.warning(
+                "the checkpoint was for %s, now following %s: matching by file identity and content", checkpoint.cursor.path, path
+            )
         if checkpoint is None:
             checkpoint = Checkpoint(Cursor(path, None, 0))
         self.state.checkpoint_loaded = True
@@ -251,9 +269,13 @@ class Daemon:
         )
 
 
-def run_daemon(config: Config, options: wiring.RunOptions,
-               runner: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run,
-               terminal: TerminalLine | None = None, reloader: Callable[[], Config] | None = None,
-               verbose: bool = False) -> int:
+def run_daemon(
+    config: Config,
+    options: wiring.RunOptions,
+    runner: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run,
+    terminal: TerminalLine | None = None,
+    reloader: Callable[[], Config] | None = None,
+    verbose: bool = False,
+) -> int:
     daemon = Daemon(config, options, terminal=terminal, reloader=reloader, verbose=verbose)
     return runner(daemon.run())

@@ -24,18 +24,26 @@ class Metrics:
     def __init__(self, state: RunState) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         r.register(_RunStateCounts(state))
-        self.export_requests = Counter(f"{PREFIX}_export_requests", "Export requests by outcome (HTTP status, or 'error').", ["status"], registry=r)
+        self.export_requests = Counter(
+            f"{PREFIX}_export_requests", "Export requests by outcome (HTTP status, or 'error').", ["status"], registry=r
+        )
         self.export_retries = Counter(f"{PREFIX}_export_retries", "Export attempts that will be retried.", registry=r)
-        self.malformed_lines = Counter(f"{PREFIX}_malformed_lines", "Lines that were not a JSON object, not UTF-8, or too long.", ["reason"], registry=r)
+        self.malformed_lines = Counter(
+            f"{PREFIX}_malformed_lines", "Lines that were not a JSON object, not UTF-8, or too long.", ["reason"], registry=r
+        )
         self.resume_gaps = Counter(f"{PREFIX}_resume_gaps", "Restarts whose resume point could not be found.", registry=r)
         self.rotations = Counter(f"{PREFIX}_rotations", "Rotations noticed, by kind.", ["kind"], registry=r)
         self.checkpoint_errors = Counter(f"{PREFIX}_checkpoint_write_errors", "Failed checkpoint writes.", registry=r)
         self.backlog_bytes = Gauge(f"{PREFIX}_backlog_bytes", "Bytes of the audit log not yet delivered.", registry=r)
         self.rotated_files_held = Gauge(f"{PREFIX}_rotated_files_held", "Rotated files held open until drained.", registry=r)
-        self.rotated_bytes_pending = Gauge(f"{PREFIX}_rotated_bytes_pending", "Unread bytes in rotated files held open.", registry=r)
+        self.rotated_bytes_pending = Gauge(
+            f"{PREFIX}_rotated_bytes_pending", "Unread bytes in rotated files held open.", registry=r
+        )
         self.export_duration = Histogram(
-            f"{PREFIX}_export_request_duration_seconds", "Time from sending an export request to its answer (or failure).",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=r,
+            f"{PREFIX}_export_request_duration_seconds",
+            "Time from sending an export request to its answer (or failure).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=r,
         )
         self.in_flight = Gauge(f"{PREFIX}_requests_in_flight", "Export requests being sent or retried.", registry=r)
 
@@ -59,5 +67,8 @@ class _RunStateCounts(Collector):
             ("chain_breaks", "Rows whose prev_hash does not match the row before them.", state.chain_breaks),
         ):
             yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
-        yield GaugeMetricFamily(f"{PREFIX}_last_success_timestamp_seconds", "Unix time of the last 2xx (0: none yet).",
-                                value=state.last_success_unix or 0.0)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_last_success_timestamp_seconds",
+            "Unix time of the last 2xx (0: none yet).",
+            value=state.last_success_unix or 0.0,
+        )

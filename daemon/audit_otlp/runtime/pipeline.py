@@ -34,8 +34,18 @@ log = logging.getLogger("audit_otlp")
 
 
 class Pipeline:
-    def __init__(self, tailer: Tailer, mapper: RowMapper, sink: Sink, keeper: CheckpointKeeper, envelope: Envelope,
-                 limits: BatchLimits, retry: RetrySection, window: int, state: RunState) -> None:
+    def __init__(
+        self,
+        tailer: Tailer,
+        mapper: RowMapper,
+        sink: Sink,
+        keeper: CheckpointKeeper,
+        envelope: Envelope,
+        limits: BatchLimits,
+        retry: RetrySection,
+        window: int,
+        state: RunState,
+    ) -> None:
         self.tailer = tailer
         self.mapper = mapper
         self.sink = sink
@@ -101,8 +111,15 @@ class Pipeline:
             if done is None:
                 return cursor
             line, digest, chain_hash, line_number = done
-            return Cursor(path_str, identity, line.end, digest.hex(), line.length if line.data is not None else None,
-                          chain_hash, line_number)
+            return Cursor(
+                path_str,
+                identity,
+                line.end,
+                digest.hex(),
+                line.length if line.data is not None else None,
+                chain_hash,
+                line_number,
+            )
 
         for line in chunk.lines:
             mapped = mapper.map_line(line, observed_ns)

@@ -4,8 +4,9 @@ settings) and what only takes effect after a restart. Pure: the app applies the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from audit_otlp.config import KEYS_BY_NAME, Config, ConfigError
 

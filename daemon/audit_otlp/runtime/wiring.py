@@ -91,7 +91,9 @@ def batch_limits(config: Config) -> BatchLimits:
     return BatchLimits(config.batch.max_spans, config.batch.max_bytes, config.batch.max_wait)
 
 
-def build_keeper(config: Config, options: RunOptions, checkpoint: Checkpoint, metrics: Metrics, state: RunState) -> CheckpointKeeper:
+def build_keeper(
+    config: Config, options: RunOptions, checkpoint: Checkpoint, metrics: Metrics, state: RunState
+) -> CheckpointKeeper:
     store = CheckpointStore(config.checkpoint.path)
     return CheckpointKeeper(store, checkpoint, config.checkpoint.interval, metrics, state, enabled=not options.dry_run)
 

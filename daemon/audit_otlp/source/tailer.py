@@ -5,18 +5,8 @@ holding rows a copytruncate cut off, and last the file at the path; reading take
 monitor task looks at the path (inotify wake-ups, polling as the source of truth) even while the
 reader is held back by a collector outage, so every version is opened while it still exists.
 
-One cycle of `FileQueue.read_once()` (see docs/rotation.md for the whole story):
-1. The head file may begin with lines already read (a tail-rewrite): skip the leading lines whose
-   digests are among the recently read ones, once, when it becomes the head.
-2. Read the head from its offset in large chunks; before using a chunk, check the file still
-   holds what was read (fingerprint of its first bytes, the bytes just before the offset): if
-   not, it was truncated under us (step 4).
-3. The head is at its end and a newer file is queued: once the head has been quiet for
-   `rotate_quiet` seconds, release it (a held partial last line is handed out unless the newer
-   file continues it) and go on with the next file.
-4. The path's file is at its end: ask `changes.py` whether the path moved on (a new inode, a
-   truncation and its copytruncate copy, versions missed between two looks); it updates the queue.
-5. Nothing to do: wait for an inotify wake-up or the poll interval, whichever is first.
+`FileQueue.read_once()` is steps 1-3 and 9-10 of the cycle in docs/design.md ("One cycle");
+`changes.py` decides what a change at the path means ("Rotation cases").
 """
 
 from __future__ import annotations
