@@ -10,7 +10,8 @@ from typing import Any
 
 from audit_otlp import __version__, commands
 from audit_otlp.config import ConfigError, load_config
-from audit_otlp.runtime.lifecycle import EXIT_FATAL, EXIT_OK, EXIT_USAGE, FatalError
+from audit_otlp.delivery.sink import silence_stdout
+from audit_otlp.runtime.lifecycle import EXIT_FATAL, EXIT_OK, EXIT_OUTPUT_CLOSED, EXIT_USAGE, FatalError
 
 log = logging.getLogger("audit_otlp")
 
@@ -80,6 +81,14 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `audit-otlp status | head -1`: the reader has what it wanted
+        silence_stdout()
+        return EXIT_OUTPUT_CLOSED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -108,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fatal(str(exc))
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a bug: one line for the operator, details in the log
         return _fatal(f"unexpected {type(exc).__name__}: {exc}", with_traceback=True)
 

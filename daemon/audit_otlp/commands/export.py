@@ -94,6 +94,8 @@ def main(args: argparse.Namespace, config: Config) -> int:
                 config.source.max_line_bytes,
             ),
         )
+    except BrokenPipeError:
+        raise  # stdout's reader went away, not the file: the command line ends quietly
     except OSError as exc:
         print(f"audit-otlp: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -28,6 +28,8 @@ def main(args: argparse.Namespace, config: Config) -> int:
     except urllib.error.HTTPError as exc:
         print(exc.read().decode(errors="replace"))
         return 1
+    except BrokenPipeError:
+        raise  # stdout's reader went away, not the daemon: the command line ends quietly
     except OSError as exc:
         print(f"audit-otlp health: {url}: {exc}", file=sys.stderr)
         return 1

@@ -35,7 +35,7 @@ from audit_otlp.delivery.ratelimit import LOUD_EVERY, RateLimitedLog
 from audit_otlp.delivery.records import DurableLog, append_until_written, dead_letter_record, receipt_record
 from audit_otlp.delivery.retry import Backoff
 from audit_otlp.delivery.settings import ExportSettings
-from audit_otlp.delivery.sink import Outcome
+from audit_otlp.delivery.sink import Abandoned, Outcome
 from audit_otlp.delivery.transport import Answer, Transport
 from audit_otlp.mapping.envelope import Envelope
 from audit_otlp.runtime.metrics import Metrics
@@ -109,12 +109,19 @@ class Exporter:
         self._host = urllib.parse.urlsplit(settings.endpoint).hostname or ""
         self._shown_endpoint = mask_url(settings.endpoint)  # no userinfo, no query values
         self._loud = RateLimitedLog(log)
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         await self.transport.start()
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+
+    def stop_retrying(self) -> None:
+        """Shutdown: requests waiting for their next attempt are abandoned at once, and none starts
+        (no collector accepted them, so nothing is lost: the next run sends them again); requests
+        on the wire keep the grace period the daemon gives them."""
+        self._stopping.set()
 
     async def deliver(self, batch: Batch) -> Outcome:
         if not batch.spans:
@@ -136,8 +143,14 @@ class Exporter:
         backoff = Backoff(self.settings.initial_backoff, self.settings.max_backoff)
         payload = await self._compress(body)  # once, not on every retry
         while True:
+            if self._stopping.is_set():
+                raise Abandoned
             started = time.monotonic()
-            answer = await self.transport.post(payload)
+            self.state.requests_on_wire += 1
+            try:
+                answer = await self.transport.post(payload)
+            finally:
+                self.state.requests_on_wire -= 1
             latency = time.monotonic() - started
             label = str(answer.status) if answer.status is not None else "error"
             self.metrics.export_requests.labels(status=label).inc()
@@ -173,7 +186,23 @@ class Exporter:
                     logging.WARNING,
                     f"export to {self._host} failed ({what}); retrying in {delay:.2f} s (rows wait in the file)",
                 )
-            await self._sleep(delay)
+            await self._wait_to_retry(delay)
+
+    async def _wait_to_retry(self, delay: float) -> None:
+        """Sleep `delay`, unless shutdown begins first: then the request is abandoned."""
+        if self._stopping.is_set():
+            raise Abandoned
+        self.state.requests_retrying += 1
+        sleeping = asyncio.ensure_future(self._sleep(delay))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((sleeping, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.state.requests_retrying -= 1
+            sleeping.cancel()
+            stopping.cancel()
+        if self._stopping.is_set():
+            raise Abandoned
 
     async def _split(self, batch: Batch, lo: int, hi: int, why: str) -> Outcome:
         mid = (lo + hi) // 2

@@ -14,10 +14,11 @@ from typing import Any, ClassVar
 
 from audit_otlp.config import Config, mask_url
 from audit_otlp.delivery.policy import Exporter
+from audit_otlp.delivery.sink import DryRunSink
 from audit_otlp.runtime import wiring
 from audit_otlp.runtime.events import RowObserver, SourceObserver
 from audit_otlp.runtime.health import HealthServer
-from audit_otlp.runtime.logs import apply_log_settings
+from audit_otlp.runtime.logs import apply_log_settings, counted
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.pipeline import Pipeline
 from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine
@@ -31,6 +32,7 @@ from audit_otlp.state.store import CheckpointError, CheckpointStore
 log = logging.getLogger("audit_otlp")
 
 EXIT_OK, EXIT_DEADLINE, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
+EXIT_OUTPUT_CLOSED = 141  # the reader of stdout went away (`status | head -1`): as a tool killed by SIGPIPE
 
 
 class FatalError(Exception):
@@ -63,6 +65,10 @@ class Daemon:
         self.sink = wiring.build_sink(config, options, self.envelope, self.metrics, self.state)
         self.tailer = wiring.build_tailer(config, SourceObserver(self.metrics))
         self.stopping = asyncio.Event()
+        self.stop_now = asyncio.Event()  # a second SIGINT/SIGTERM: no grace period
+        self.output_closed = False  # --dry-run: the reader of stdout went away
+        if isinstance(self.sink, DryRunSink):
+            self.sink.on_output_closed = self._output_closed
         self.pipeline: Pipeline | None = None  # built once the checkpoint is loaded
 
     # -- signals -------------------------------------------------------------------------------
@@ -81,8 +87,18 @@ class Daemon:
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
-            log.info("stopping: no more reading; in-flight requests get %.1f s", self.config.shutdown.grace_period)
+            on_wire = self.state.requests_on_wire
+            log.info(
+                "stopping: no more reading; %s; requests waiting to retry are abandoned (a second signal stops at once)",
+                f"{on_wire} on the wire get up to {self.config.shutdown.grace_period:g} s" if on_wire else "nothing on the wire",
+            )
             self.stopping.set()
+        elif not self.stop_now.is_set():
+            self.stop_now.set()
+
+    def _output_closed(self) -> None:
+        self.output_closed = True
+        self.request_stop()
 
     def request_reload(self) -> None:
         assert self.reloader is not None
@@ -111,6 +127,7 @@ class Daemon:
         self.state.delivered_before = checkpoint.delivered_spans
         self.state.chain_breaks_before = checkpoint.chain_breaks
         keeper = wiring.build_keeper(self.config, self.options, checkpoint, self.metrics, self.state)
+        keeper.record_endpoint(mask_url(self.config.export.endpoint))
         mapper = wiring.build_mapper(self.config, checkpoint, RowObserver(self.metrics, self.state))
         pipeline = self.pipeline = Pipeline(
             self.tailer,
@@ -168,7 +185,7 @@ class Daemon:
             self.notifier.stopping()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-            await pipeline.drain_in_flight(self.config.shutdown.grace_period)
+            await pipeline.drain_in_flight(self.config.shutdown.grace_period, self.stop_now)
             for task in workers + housekeeping:
                 task.cancel()
             await asyncio.gather(*workers, *housekeeping, return_exceptions=True)
@@ -179,7 +196,7 @@ class Daemon:
             if health is not None:
                 await health.aclose()
             log.info("stopped: %s", final_status)
-        return exit_code
+        return EXIT_OUTPUT_CLOSED if self.output_closed else exit_code
 
     async def _start_health(self) -> HealthServer | None:
         listen = self.config.health.listen
@@ -215,7 +232,9 @@ class Daemon:
         await asyncio.gather(work, return_exceptions=True)
         if self.stopping.is_set():
             return EXIT_OK
-        log.error("--once: deadline of %.1f s passed with %d batches not delivered", deadline or 0, pipeline.acks.unsettled)
+        log.error(
+            "--once: deadline of %.1f s passed with %s not delivered", deadline or 0, counted(pipeline.acks.unsettled, "batch")
+        )
         return EXIT_DEADLINE
 
     def _load_checkpoint(self) -> Checkpoint:
@@ -262,9 +281,9 @@ class Daemon:
         waiting = "" if self.tailer.current is not None or self.tailer.draining else f"waiting for {self.config.source.path}; "
         in_flight = self.pipeline.acks.unsettled if self.pipeline is not None else 0
         return (
-            f"{waiting}delivered {self.state.delivered_spans} spans of {self.state.rows_read} rows read, "
-            f"backlog {self.state.backlog_bytes} bytes, "
-            f"{in_flight} batches in flight"
+            f"{waiting}delivered {counted(self.state.delivered_spans, 'span')} of {counted(self.state.rows_read, 'row')} read, "
+            f"backlog {counted(self.state.backlog_bytes, 'byte')}, "
+            f"{counted(in_flight, 'batch')} in flight"
             + (f", last error: {self.state.last_error}" if self.state.failing_since is not None else "")
         )
 

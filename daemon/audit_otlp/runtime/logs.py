@@ -16,6 +16,13 @@ _COLOURS = {"DEBUG": "\033[2m", "INFO": "\033[36m", "WARNING": "\033[33m", "ERRO
 _RESET = "\033[0m"
 
 
+def counted(n: int, noun: str) -> str:
+    """ "1 batch", "2 batches", "1,221 breaks": a count and its noun, agreeing."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n:,} {noun}{'es' if noun.endswith(('ch', 'sh', 's', 'x')) else 's'}"
+
+
 class RedactingFilter(logging.Filter):
     """Replaces any configured secret with *** in the final message."""
 

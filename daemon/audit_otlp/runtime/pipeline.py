@@ -20,9 +20,10 @@ import time
 from audit_otlp.config import RetrySection
 from audit_otlp.delivery.batching import Batch, BatchBuilder, BatchLimits, SpanSource
 from audit_otlp.delivery.retry import Backoff
-from audit_otlp.delivery.sink import Outcome, Sink
+from audit_otlp.delivery.sink import Abandoned, Outcome, Sink
 from audit_otlp.mapping.envelope import Envelope
 from audit_otlp.mapping.rows import RowMapper
+from audit_otlp.runtime.logs import counted
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.lines import Line
 from audit_otlp.source.tailer import LineChunk, Tailer
@@ -164,7 +165,10 @@ class Pipeline:
             self._busy_workers += 1
             self._idle.clear()
             try:
-                await self._deliver_until_settled(batch)
+                try:
+                    await self._deliver_until_settled(batch)
+                except Abandoned:
+                    return  # shutdown: never accepted, so unsettled (the checkpoint stays before it)
                 frontier = self.acks.settle(batch.seq)
                 self.keeper.advance(frontier)
                 self._unsettled_source_bytes -= batch.source_bytes
@@ -185,18 +189,31 @@ class Pipeline:
         while True:
             try:
                 return await self.sink.deliver(batch)
+            except Abandoned:
+                raise
             except Exception:  # noqa: BLE001 - any bug in a sink must cost time, never rows
                 log.exception("unexpected error while delivering a batch of %d spans; retrying it", len(batch))
                 await asyncio.sleep(backoff.next_delay())
 
-    async def drain_in_flight(self, grace: float) -> None:
-        """Let requests already being sent finish within the grace period; abandon the rest."""
+    async def drain_in_flight(self, grace: float, stop_now: asyncio.Event) -> None:
+        """Shutdown: requests waiting to be retried are abandoned at once (`Sink.stop_retrying`);
+        requests on the wire get `grace` seconds to be answered, or until `stop_now` (a second
+        Ctrl-C). Whatever is abandoned was never accepted and is sent again by the next run."""
+        self.sink.stop_retrying()
         if self._busy_workers == 0:
             return
+        idle = asyncio.ensure_future(self._idle.wait())
+        now = asyncio.ensure_future(stop_now.wait())
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout=grace)
-        except TimeoutError:
-            log.warning("grace period over: abandoning %d in-flight requests (they will be sent again)", self._busy_workers)
+            await asyncio.wait((idle, now), timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+            now.cancel()
+        on_wire = self.state.requests_on_wire
+        if self._idle.is_set() or not on_wire:
+            return
+        why = "stopping at once" if stop_now.is_set() else "grace period over"
+        log.warning("%s: abandoning %s on the wire (never acknowledged: sent again next run)", why, counted(on_wire, "request"))
 
     # -- reporting -----------------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ class RunState:
     failing_since: float | None = None  # monotonic time of the first failure since the last 2xx
     checkpoint_error: str | None = None
     backlog_bytes: int = 0
+    requests_on_wire: int = 0  # sent, no answer yet
+    requests_retrying: int = 0  # failed, waiting for their next attempt (last_error says why)
     loop_heartbeat: float = field(default_factory=time.monotonic)
 
     def export_succeeded(self, delivered: int, rejected: int) -> None:
