@@ -70,7 +70,7 @@ def test_backlog_is_exact_after_delivery_and_appends(tmp_path: Path, audit_cli: 
     assert status["rotated_files_held"] == [] and status["resume_gap"] is False
 
     text = run(audit_cli, "status", "--file", str(tmp_path / "audit.jsonl"), "--checkpoint", str(tmp_path / "cp.json")).stdout
-    assert f"backlog:         {size - delivered_size} bytes, 7 rows" in text
+    assert f"backlog:         {size - delivered_size:,} bytes, 7 rows" in text
     assert "last 2xx:        20" in text and "rotated files:   none held" in text
 
 

@@ -15,6 +15,7 @@ import orjson
 from audit_otlp.config import Config, mask_url
 from audit_otlp.delivery.records import DurableLog
 from audit_otlp.runtime.lifecycle import EXIT_OK
+from audit_otlp.runtime.logs import counted
 from audit_otlp.source.backlog import find_backlog
 from audit_otlp.source.resume import ResumePoint
 from audit_otlp.state.checkpoint import Checkpoint
@@ -40,7 +41,8 @@ def collect_status(config: Config) -> dict[str, Any]:
     status: dict[str, Any] = {
         "file": str(path),
         "checkpoint_path": str(config.checkpoint.path),
-        "endpoint": mask_url(config.export.endpoint),
+        "endpoint": mask_url(config.export.endpoint),  # replaced below by the last run's, when recorded
+        "configured_endpoint": mask_url(config.export.endpoint),
         "checkpoint": None,
     }
     if checkpoint_problem:
@@ -78,6 +80,8 @@ def collect_status(config: Config) -> dict[str, Any]:
         status["last_success"] = _iso(checkpoint.last_success_unix)
         status["last_error"] = checkpoint.last_error
         status["chain"] = {"verify": config.chain.verify, "last_hash": cursor.chain_last_hash, "breaks": checkpoint.chain_breaks}
+        if checkpoint.endpoint is not None:  # what the last run used (an --endpoint option included)
+            status["endpoint"] = checkpoint.endpoint
     else:
         status["delivered_spans"] = 0
         status["last_success"] = None
@@ -94,20 +98,23 @@ def _iso(unix: float | None) -> str | None:
 
 def format_status(status: dict[str, Any]) -> str:
     chain = status["chain"]
-    chain_text = "verified" if chain["verify"] else "not verified"
-    chain_text += f", {chain['breaks']} breaks"
+    if not chain["verify"]:
+        chain_text = "not verified"
+    else:
+        chain_text = counted(chain["breaks"], "break") if chain["breaks"] else "intact"
     if chain["last_hash"]:
         chain_text += f", last hash {chain['last_hash']}"
     lines = [
         f"file:            {status['file']} ({_size(status['file_size'])})",
         f"checkpoint:      {status['checkpoint_path']}" + ("" if status["checkpoint"] else " (none yet)"),
         f"position:        byte {status['offset']} of {status['reading'] or status['file']}",
-        f"backlog:         {status['backlog_bytes']} bytes, {status['backlog_rows']} rows",
-        f"delivered spans: {status['delivered_spans']}",
+        f"backlog:         {counted(status['backlog_bytes'], 'byte')}, {counted(status['backlog_rows'], 'row')}",
+        f"delivered spans: {status['delivered_spans']:,}",
         f"last 2xx:        {status['last_success'] or 'never'}",
         f"last error:      {status['last_error'] or 'none'}",
         f"chain:           {chain_text}",
-        f"endpoint:        {status['endpoint']}",
+        f"endpoint:        {status['endpoint']}"
+        + (" (the last run's)" if status["endpoint"] != status["configured_endpoint"] else ""),
     ]
     if status.get("checkpoint_problem"):
         lines.append(f"CHECKPOINT:      {status['checkpoint_problem']}")

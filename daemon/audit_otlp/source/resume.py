@@ -112,7 +112,7 @@ def locate(path: Path, pattern: str, resume: ResumePoint, max_line_bytes: int, r
     first.position_at(offset)
     for later in chain[1:]:
         later.start_known = False
-    return Located(chain, f"{how}: {first.path} at byte {offset}", older=older)
+    return Located(chain, f"byte {offset} of {first.path} ({how})", older=older)
 
 
 def _find(candidates: list[FollowedFile], resume: ResumePoint, max_line_bytes: int) -> tuple[int | None, int, str]:
@@ -121,13 +121,13 @@ def _find(candidates: list[FollowedFile], resume: ResumePoint, max_line_bytes: i
         for i, f in enumerate(candidates):
             st = os.fstat(f.fd)
             if identity.same_inode(st) and _matches_at(f, resume, max_line_bytes):
-                return i, resume.offset, "same file"
+                return i, resume.offset, "the checkpoint's own file"
         for i, f in enumerate(candidates):
             if _matches_at(f, resume, max_line_bytes):
-                return i, resume.offset, "rotated copy with the same first bytes and last line"
+                return i, resume.offset, "a rotated copy: same first bytes, same last delivered line"
     if resume.last_line_sha256 is not None:
         for i, f in enumerate(candidates):
             found = find_line_end(f.fd, resume.last_line_sha256, max_line_bytes)
             if found is not None:
-                return i, found[0], "found by the last delivered line's hash"
+                return i, found[0], "where the last delivered line is, found by its hash"
     return None, 0, ""

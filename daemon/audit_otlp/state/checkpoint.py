@@ -43,6 +43,7 @@ class Checkpoint:
     last_error: str | None = None
     chain_breaks: int = 0
     updated_unix: float = field(default_factory=time.time)
+    endpoint: str | None = None  # where the last run sent (masked: no userinfo, no query values), for status
 
     def to_json(self) -> bytes:
         cursor = asdict(self.cursor)
@@ -60,6 +61,7 @@ class Checkpoint:
             "last_success_unix": self.last_success_unix,
             "last_error": self.last_error,
             "updated_unix": self.updated_unix,
+            "endpoint": self.endpoint,
         }
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
 
@@ -88,6 +90,7 @@ class Checkpoint:
             last_error=doc.get("last_error"),
             chain_breaks=int(chain.get("breaks") or 0),
             updated_unix=float(doc.get("updated_unix") or 0.0),
+            endpoint=doc["endpoint"] if isinstance(doc.get("endpoint"), str) else None,  # absent before it was recorded
         )
 
     def with_cursor(self, cursor: Cursor, **changes: Any) -> Checkpoint:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
@@ -42,6 +43,13 @@ class CheckpointKeeper:
             last_error=state.last_error,
         )
         self._dirty.set()
+
+    def record_endpoint(self, endpoint: str) -> None:
+        """Note where this run sends (status shows it); written with the next checkpoint, at once
+        when it changed."""
+        if endpoint != self.current.endpoint:
+            self.current = replace(self.current, endpoint=endpoint)
+            self._dirty.set()
 
     async def flush(self) -> bool:
         # One writer of the temp file at a time: a write the run task started (and that was
