@@ -6,6 +6,7 @@ did not move past an unacknowledged row, and that a later run delivers every row
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -62,7 +63,8 @@ def test_requests_waiting_to_retry_are_abandoned_at_once_when_the_collector_is_d
     log = daemon.log_text()
     assert code == 0, log
     assert took < 30, f"waited {took:.1f} s for requests that were only waiting to retry:\n{log}"
-    assert "nothing on the wire; requests waiting to retry are abandoned" in log, log
+    # The one request is waiting to retry (or, by a rare chance, in its millisecond of connecting).
+    assert re.search(r"on the wire: none; waiting to retry: 1 \(abandoned at once\)|on the wire: 1 request", log), log
     assert "abandoning" not in log and "Traceback" not in log, log
     assert daemon.checkpoint_offset() == 0  # nothing was acknowledged, so nothing is skipped
     deliver_everything_later(tmp_path, audit_cli)
@@ -98,7 +100,7 @@ def test_a_request_on_the_wire_gets_the_grace_period_then_is_abandoned(
     log = daemon.log_text()
     assert code == 0, log
     assert took >= 1.5, f"the request on the wire did not get its grace period ({took:.2f} s):\n{log}"
-    assert "1 on the wire get up to 1.5 s" in log, log
+    assert "on the wire: 1 request (up to 1.5 s to be answered)" in log, log
     assert "grace period over: abandoning 1 request on the wire (never acknowledged: sent again next run)" in log, log
     assert daemon.checkpoint_offset() == 0
     deliver_everything_later(tmp_path, audit_cli)

@@ -17,11 +17,12 @@ from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.sink import DryRunSink
 from audit_otlp.runtime import wiring
 from audit_otlp.runtime.events import RowObserver, SourceObserver
+from audit_otlp.runtime.foreground import ForegroundView
 from audit_otlp.runtime.health import HealthServer
 from audit_otlp.runtime.logs import apply_log_settings, counted
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.pipeline import Pipeline
-from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine
+from audit_otlp.runtime.progress import TerminalLine
 from audit_otlp.runtime.reload import ReloadPlan, reload_config
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.runtime.sdnotify import Notifier
@@ -87,10 +88,13 @@ class Daemon:
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
-            on_wire = self.state.requests_on_wire
+            state = self.state
             log.info(
-                "stopping: no more reading; %s; requests waiting to retry are abandoned (a second signal stops at once)",
-                f"{on_wire} on the wire get up to {self.config.shutdown.grace_period:g} s" if on_wire else "nothing on the wire",
+                "stopping: no more reading; on the wire: %s; waiting to retry: %s; a second signal stops at once",
+                f"{counted(state.requests_on_wire, 'request')} (up to {self.config.shutdown.grace_period:g} s to be answered)"
+                if state.requests_on_wire
+                else "none",
+                f"{state.requests_retrying} (abandoned at once)" if state.requests_retrying else "none",
             )
             self.stopping.set()
         elif not self.stop_now.is_set():
@@ -159,8 +163,8 @@ class Daemon:
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
         if self.terminal is not None:
-            reporter = ProgressReporter(self.terminal, self._progress)
-            housekeeping.append(asyncio.create_task(reporter.run(), name="progress"))
+            view = ForegroundView(self.terminal, self.config, self.state, pipeline, keeper, self._refresh_gauges)
+            housekeeping.append(asyncio.create_task(view.run(), name="foreground"))
         reader = asyncio.create_task(pipeline.read_loop(self.stopping, self.options.once), name="reader")
         self.notifier.ready(self._status_line())
         log.info(
@@ -270,11 +274,6 @@ class Daemon:
         backlog = self.pipeline.backlog_bytes() if self.pipeline is not None else self.tailer.backlog_bytes()
         self.state.backlog_bytes = backlog
         self.metrics.backlog_bytes.set(backlog)
-
-    def _progress(self) -> Progress:
-        self._refresh_gauges()
-        assert self.pipeline is not None
-        return Progress(self.pipeline.settled_spans, self.pipeline.settled_bytes, self.state.backlog_bytes)
 
     def _status_line(self) -> str:
         self._refresh_gauges()

@@ -110,10 +110,10 @@ def setup_logging(
 def _formatter(fmt: str, stream: object) -> logging.Formatter:
     if fmt == "json":
         return JsonFormatter()
-    # journald adds its own timestamps; a terminal gets them, coloured; a pipe or file plain.
+    # journald adds its own timestamps; a terminal gets them, coloured (unless NO_COLOR); a pipe or file plain.
     under_journald = "JOURNAL_STREAM" in os.environ
     isatty = getattr(stream, "isatty", None)
-    return TextFormatter(colour=bool(isatty and isatty()), timestamps=not under_journald)
+    return TextFormatter(colour=bool(isatty and isatty()) and "NO_COLOR" not in os.environ, timestamps=not under_journald)
 
 
 def apply_log_settings(fmt: str | None, level: str, verbose: bool = False) -> None:

@@ -4,14 +4,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import os
 import pty
 import re
 import subprocess
-import termios
 import threading
 from pathlib import Path
 
@@ -20,48 +18,11 @@ import pytest
 from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine, format_progress
 from tests.helpers.auditgen import AuditWriter
 from tests.helpers.collector import Collector, Reply
-from tests.helpers.wait import wait_until
-
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-class PtyOutput:
-    """Drains a pty master in a thread (a full pty buffer would block the daemon)."""
-
-    def __init__(self, master: int) -> None:
-        self.master = master
-        self.data = b""
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                chunk = os.read(self.master, 65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            with self._lock:
-                self.data += chunk
-
-    def text(self) -> str:
-        with self._lock:
-            return self.data.decode("utf-8", "replace")
-
-    def wait_for(self, needle: str, timeout: float = 20.0) -> bool:
-        return wait_until(lambda: needle in self.text(), timeout, 0.05)
-
-
-def _become_terminal_session() -> None:
-    # In the child: a new session whose controlling terminal is the pty on stdin, so Ctrl-C
-    # typed into the master reaches it as SIGINT, exactly like a shell's foreground job.
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+from tests.helpers.terminal import ANSI, PtyOutput, become_terminal_session
 
 
 def test_tty_shows_colour_and_progress_line_and_ctrl_c_writes_checkpoint(tmp_path: Path, audit_cli: str) -> None:
-    AuditWriter(tmp_path / "audit.jsonl").append(400)
+    AuditWriter(tmp_path / "audit.jsonl").append(3000)  # ~600 KiB: a backlog worth an ETA
     (tmp_path / "c.toml").write_text("[batch]\nmax_spans = 20\n")
     gate = threading.Event()  # the collector holds every answer until the test has seen the line
 
@@ -89,7 +50,7 @@ def test_tty_shows_colour_and_progress_line_and_ctrl_c_writes_checkpoint(tmp_pat
             stdout=slave,
             stderr=slave,
             start_new_session=True,
-            preexec_fn=_become_terminal_session,
+            preexec_fn=become_terminal_session,
             env={**os.environ, "TERM": "xterm"},
         )
         os.close(slave)
@@ -99,7 +60,7 @@ def test_tty_shows_colour_and_progress_line_and_ctrl_c_writes_checkpoint(tmp_pat
             line = out.text().rsplit("catching up:", 1)[1].split("\r")[0]
             assert re.search(r"rows/s, .* left, ETA", line), line
             gate.set()
-            assert collector.wait_for_spans(400, timeout=60)
+            assert collector.wait_for_spans(3000, timeout=120)
             os.write(master, b"\x03")  # Ctrl-C
             assert proc.wait(30) == 0, out.text()
         finally:
@@ -112,7 +73,7 @@ def test_tty_shows_colour_and_progress_line_and_ctrl_c_writes_checkpoint(tmp_pat
     assert "\x1b[36mINFO" in text  # coloured level names on a TTY
     assert "\r\x1b[K" in text  # the progress line is redrawn in place
     checkpoint = json.loads((tmp_path / "cp.json").read_text())
-    assert checkpoint["delivered_spans"] == 400
+    assert checkpoint["delivered_spans"] == 3000
     assert checkpoint["offset"] == (tmp_path / "audit.jsonl").stat().st_size
 
 
@@ -183,29 +144,48 @@ class FakeTty(io.StringIO):
         return True
 
 
-def test_progress_line_reports_rate_bytes_left_and_eta_then_clears_when_caught_up() -> None:
+def test_progress_line_reports_rate_bytes_left_and_eta_then_the_status_line_once_caught_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # a FakeTty has no size of its own
     out = FakeTty()
     line = TerminalLine(out)
     now = [0.0]
-    snap = [Progress(0, 0, 10_000)]
-    reporter = ProgressReporter(line, lambda: snap[0], clock=lambda: now[0])
-    assert reporter.tick() == ""  # not yet: a backlog must be seen twice before it counts as catching up
-    now[0], snap[0] = 2.0, Progress(200, 2_000, 8_000)  # 100 rows/s, 1000 B/s -> 8 s left
-    assert reporter.tick() == "catching up: 100 rows/s, 7.8 KiB left, ETA 8s"
-    now[0], snap[0] = 3.0, Progress(300, 10_000, 0)
-    assert reporter.tick() == ""
-    assert out.getvalue().endswith("\r\x1b[K")  # erased once caught up
+    snap = [Progress(0, 0, 1_000_000)]
+    reporter = ProgressReporter(line, lambda: snap[0], clock=lambda: now[0], colour=False, wall_clock=lambda: 100.0)
+    # not yet: a backlog must be seen twice before it counts as catching up
+    assert reporter.tick().startswith("delivered 0 (0/s) · backlog ? rows, 976.6 KiB")
+    now[0], snap[0] = 2.0, Progress(200, 200_000, 800_000, delivered=200)  # 100 rows/s, 100 kB/s -> 8 s left
+    assert reporter.tick() == "catching up: 100 rows/s, 781.2 KiB left, ETA 8s"
+    now[0], snap[0] = 3.0, Progress(1000, 1_000_000, 0, delivered=1000, backlog_rows=0, last_success_unix=99.0)
+    shown = reporter.tick()
+    assert (
+        shown == "delivered 1,000 (333/s) · backlog 0 rows, 0 B · last 2xx 1s ago · retrying 0 · dead-lettered 0 · chain intact"
+    )
+    assert out.getvalue().endswith("\r\x1b[K" + shown)  # redrawn in place
 
 
-def test_a_backlog_that_is_gone_by_the_next_sample_draws_nothing() -> None:
+def test_a_backlog_that_is_gone_by_the_next_sample_never_shows_catching_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # a FakeTty has no size of its own
     out = FakeTty()
     now = [0.0]
     snap = [Progress(0, 0, 0)]
-    reporter = ProgressReporter(TerminalLine(out), lambda: snap[0], clock=lambda: now[0])
-    for step, backlog in enumerate([0, 300, 0, 0, 200, 0]):
+    reporter = ProgressReporter(TerminalLine(out), lambda: snap[0], clock=lambda: now[0], colour=False)
+    for step, backlog in enumerate([0, 300_000, 0, 0, 500_000, 0]):
         now[0], snap[0] = float(step), Progress(step, step * 100, backlog)
-        assert reporter.tick() == ""
+        assert reporter.tick().startswith("delivered ")
     assert "catching up" not in out.getvalue()
+
+
+def test_a_failing_collector_shows_the_status_line_not_an_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # a FakeTty has no size of its own
+    now = [0.0]
+    snap = [Progress(0, 0, 5_000_000, last_error="HTTP 503", retrying=4)]
+    reporter = ProgressReporter(TerminalLine(FakeTty()), lambda: snap[0], clock=lambda: now[0], colour=False)
+    reporter.tick()
+    now[0] = 1.0
+    shown = reporter.tick()
+    assert "catching up" not in shown and "retrying 4 (HTTP 503)" in shown and shown.endswith("last error: HTTP 503")
 
 
 def test_log_records_erase_and_redraw_the_progress_line() -> None:
