@@ -203,6 +203,7 @@ class Exporter:
             stopping.cancel()
         if self._stopping.is_set():
             raise Abandoned
+        sleeping.result()  # the sleep's own error, if any, is the caller's
 
     async def _split(self, batch: Batch, lo: int, hi: int, why: str) -> Outcome:
         mid = (lo + hi) // 2
