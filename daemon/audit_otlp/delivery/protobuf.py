@@ -41,10 +41,6 @@ class ProtobufError(ValueError):
     """A value outside the encoded subset, or a body that is not valid protobuf."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Wire primitives.
-
-
 def _varint(value: int) -> bytes:
     if 0 <= value < 0x80:
         return _ONE_BYTE[value]
@@ -75,14 +71,10 @@ def _utf8(text: Any) -> bytes:
 def _integer(value: Any, lo: int, hi: int, what: str) -> int:
     """A 64-bit integer given as a JSON number or a decimal string (OTLP/JSON writes both)."""
     if type(value) is str and _DECIMAL.fullmatch(value):
-        number = int(value)
-    elif type(value) is int:
-        number = value
-    else:
-        raise ProtobufError(f"{what}: not an integer: {value!r}")
-    if not lo <= number <= hi:
-        raise ProtobufError(f"{what}: {number} out of range")
-    return number
+        value = int(value)
+    if type(value) is int and lo <= value <= hi:
+        return value
+    raise ProtobufError(f"{what}: not an integer in [{lo}, {hi}]: {value!r}")
 
 
 def _only(container: Mapping[str, Any], keys: Iterable[str], what: str) -> None:
@@ -98,10 +90,7 @@ def _hex_id(value: Any, what: str) -> bytes:
         raise ProtobufError(f"{what}: not hex: {value!r}") from None
 
 
-# ---------------------------------------------------------------------------------------------
-# Messages (field numbers from opentelemetry-proto: common, resource, trace, collector).
-
-
+# Messages: field numbers and wire types from opentelemetry-proto (common, resource, trace).
 def _any_value(value: Mapping[str, Any]) -> bytes:
     """AnyValue: a oneof, so even a default value (empty string, false, 0) is written."""
     if not value:
@@ -197,9 +186,8 @@ def _status(status: Mapping[str, Any]) -> bytes:
     _only(status, {"code", "message"}, "status")
     message = _utf8(status.get("message", ""))
     code = _integer(status.get("code", 0), 0, _INT32_MAX, "status.code")
-    return (_field(b"\x12", message) if message else b"") + (
-        b"\x18" + _varint(code) if code else b""
-    )
+    out = _field(b"\x12", message) if message else b""
+    return out + (b"\x18" + _varint(code) if code else b"")
 
 
 def _resource(resource: Mapping[str, Any]) -> bytes:
@@ -210,16 +198,20 @@ def _resource(resource: Mapping[str, Any]) -> bytes:
 def _scope(scope: Mapping[str, Any]) -> bytes:
     _only(scope, {"name", "version", "attributes"}, "scope")
     name, version = _utf8(scope.get("name", "")), _utf8(scope.get("version", ""))
-    return (
-        (_field(b"\x0a", name) if name else b"")
-        + (_field(b"\x12", version) if version else b"")
-        + _attributes(b"\x1a", scope.get("attributes", ()))
-    )
+    out = _field(b"\x0a", name) if name else b""
+    out += _field(b"\x12", version) if version else b""
+    return out + _attributes(b"\x1a", scope.get("attributes", ()))
 
 
 def encode_span(span: Mapping[str, Any]) -> bytes:
     """One OTLP/JSON span -> its `ScopeSpans.spans` record (tag + length + Span), to join."""
-    return _field(b"\x12", _span(span))
+    try:
+        return _field(b"\x12", _span(span))
+    except (
+        AttributeError,
+        TypeError,
+    ) as exc:  # a list where a dict belongs, and the like
+        raise ProtobufError(f"not an OTLP/JSON span: {exc}") from None
 
 
 def encode_span_json(data: bytes) -> bytes:
@@ -253,8 +245,15 @@ def _scope_field(scope_spans: Mapping[str, Any]) -> bytes:
 
 def encode_request(doc: bytes | Mapping[str, Any]) -> bytes:
     """A whole OTLP/JSON ExportTraceServiceRequest (bytes or parsed) -> protobuf bytes."""
+    try:
+        return _request(_json(doc))
+    except (AttributeError, TypeError) as exc:
+        raise ProtobufError(f"not an OTLP/JSON request: {exc}") from None
+
+
+def _request(request: Mapping[str, Any]) -> bytes:
     out = []
-    for resource_spans in _json(doc).get("resourceSpans", ()):
+    for resource_spans in request.get("resourceSpans", ()):
         scopes = [
             _scope_field(ss) + b"".join(map(encode_span, ss.get("spans", ())))
             for ss in resource_spans.get("scopeSpans", ())

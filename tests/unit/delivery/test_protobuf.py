@@ -381,6 +381,13 @@ REFUSED: dict[str, tuple[str, Any]] = {
         "attributes",
         [{"key": "k", "value": {"doubleValue": "many"}}],
     ),
+    "a_value_that_is_not_an_object": ("attributes", [{"key": "k", "value": "text"}]),
+    "attributes_that_are_not_a_list": ("attributes", {"k": {"stringValue": "v"}}),
+    "a_key_that_is_not_a_string": (
+        "attributes",
+        [{"key": 1, "value": {"stringValue": "v"}}],
+    ),
+    "a_status_that_is_not_an_object": ("status", "OK"),
     "bytes_that_are_not_base64": (
         "attributes",
         [{"key": "k", "value": {"bytesValue": "!!"}}],
@@ -458,6 +465,18 @@ def test_any_rows_encode_as_their_json_says(batch: list[dict[str, Any]]) -> None
     # json.dumps, not orjson: it writes integers beyond 64 bits and lone surrogates too.
     lines = [json.dumps(row).encode() for row in batch]
     assert_same_request(*both_bodies(mapped(lines)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(), st.text(), max_size=5), st.text())
+def test_any_resource_attributes_make_the_same_envelope(
+    extra: dict[str, str], service: str
+) -> None:
+    json_envelope = make_envelope(resource_attributes(service, extra, False))
+    envelope = ProtobufEnvelope.of(json_envelope.body([]))
+    spans = mapped([b'{"event":"e"}'])
+    doc = orjson.loads(json_envelope.body([encode_span_as_json(s) for s in spans]))
+    assert_same_request(envelope.body([encode_span(s) for s in spans]), doc)
 
 
 # -- answers -------------------------------------------------------------------------------
