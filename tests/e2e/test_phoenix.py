@@ -23,8 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from auditgen import AuditWriter
-from processes import Workdir, daemon_env, free_port, run_cli, wait_until
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.daemon import Workdir, daemon_env, run_cli
+from tests.helpers.wait import free_port, wait_until
 
 pytestmark = [pytest.mark.phoenix, pytest.mark.timeout(600)]
 
@@ -83,7 +84,10 @@ def phoenix() -> Iterator[Phoenix]:
         try:
             base = f"http://127.0.0.1:{port}"
             started = time.monotonic()
-            if not wait_until(lambda: _healthy(base) or server.poll() is not None, START_TIMEOUT, 0.5) or server.poll() is not None:
+            if (
+                not wait_until(lambda: _healthy(base) or server.poll() is not None, START_TIMEOUT, 0.5)
+                or server.poll() is not None
+            ):
                 pytest.fail(f"phoenix serve did not come up:\n{log.read_text(errors='replace')[-3000:]}")
             print(f"phoenix up in {time.monotonic() - started:.1f} s")
             yield Phoenix(base)

@@ -24,9 +24,7 @@ class PartialSuccess(NamedTuple):
 class RpcStatus(NamedTuple):
     code: int = 0
     message: str = ""
-    detail_types: tuple[
-        str, ...
-    ] = ()  # the type URLs of `details` (e.g. ...google.rpc.BadRequest)
+    detail_types: tuple[str, ...] = ()  # the type URLs of `details` (e.g. ...google.rpc.BadRequest)
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
@@ -80,9 +78,7 @@ def decode_partial_success(body: bytes) -> PartialSuccess:
     Raises ProtobufError for a body that is not valid protobuf."""
     rejected, message = 0, ""
     for number, wire, value in _fields(body):
-        if (
-            number == 1 and wire == 2
-        ):  # partial_success (occurrences merge, last value wins)
+        if number == 1 and wire == 2:  # partial_success (occurrences merge, last value wins)
             assert isinstance(value, bytes)
             for inner, inner_wire, item in _fields(value):
                 if inner == 1 and inner_wire == 0:
@@ -109,11 +105,7 @@ def decode_status(body: bytes) -> RpcStatus:
             assert isinstance(value, bytes)
             details.append(
                 next(
-                    (
-                        _text(v)
-                        for n, w, v in _fields(value)
-                        if n == 1 and isinstance(v, bytes)
-                    ),
+                    (_text(v) for n, w, v in _fields(value) if n == 1 and isinstance(v, bytes)),
                     "",
                 )
             )

@@ -31,10 +31,7 @@ _DECIMAL = re.compile(r"-?[0-9]+", re.ASCII)
 _ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
 _DOUBLE = struct.Struct("<d")
 _FIXED64 = struct.Struct("<Q")
-_SPAN_KEYS = frozenset(
-    ("traceId", "spanId", "name", "kind", "attributes", "status")
-    + ("startTimeUnixNano", "endTimeUnixNano")
-)
+_SPAN_KEYS = frozenset(("traceId", "spanId", "name", "kind", "attributes", "status") + ("startTimeUnixNano", "endTimeUnixNano"))
 
 
 class ProtobufError(ValueError):
@@ -255,8 +252,7 @@ def _request(request: Mapping[str, Any]) -> bytes:
     out = []
     for resource_spans in request.get("resourceSpans", ()):
         scopes = [
-            _scope_field(ss) + b"".join(map(encode_span, ss.get("spans", ())))
-            for ss in resource_spans.get("scopeSpans", ())
+            _scope_field(ss) + b"".join(map(encode_span, ss.get("spans", ()))) for ss in resource_spans.get("scopeSpans", ())
         ]
         parts = [_resource_field(resource_spans)] + [_field(b"\x12", s) for s in scopes]
         out.append(_field(b"\x0a", b"".join(parts)))
@@ -278,10 +274,7 @@ class ProtobufEnvelope:
         """The envelope of a one-resource, one-scope OTLP/JSON request (for example
         `Envelope.body([])`); the request's spans, if any, are not part of it."""
         resource_spans = _json(request).get("resourceSpans", ())
-        if (
-            len(resource_spans) != 1
-            or len(resource_spans[0].get("scopeSpans", ())) != 1
-        ):
+        if len(resource_spans) != 1 or len(resource_spans[0].get("scopeSpans", ())) != 1:
             raise ProtobufError("an envelope is one resourceSpans with one scopeSpans")
         scope_spans = resource_spans[0]["scopeSpans"][0]
         return cls(_resource_field(resource_spans[0]), _scope_field(scope_spans))

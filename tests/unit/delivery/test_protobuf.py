@@ -12,31 +12,6 @@ from typing import Any
 
 import orjson
 import pytest
-from audit_otlp.chain import ChainHasher, ChainState, verify_row
-from audit_otlp.delivery.answers import (
-    PartialSuccess,
-    RpcStatus,
-    decode_partial_success,
-    decode_status,
-)
-from audit_otlp.delivery.protobuf import (
-    ProtobufEnvelope,
-    ProtobufError,
-    encode_request,
-    encode_span,
-    encode_span_json,
-)
-from audit_otlp.mapping import (
-    MappingOptions,
-    chain_broken_span,
-    line_digest,
-    make_envelope,
-    malformed_span,
-    parse_line,
-    resource_attributes,
-    row_span,
-)
-from audit_otlp.mapping import encode_span as encode_span_as_json
 from google.protobuf import json_format
 from google.rpc import status_pb2
 from hypothesis import HealthCheck, given, settings
@@ -44,11 +19,18 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from audit_otlp.delivery.answers import PartialSuccess, RpcStatus, decode_partial_success, decode_status
+from audit_otlp.delivery.protobuf import ProtobufEnvelope, ProtobufError, encode_request, encode_span, encode_span_json
+from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row
+from audit_otlp.mapping.envelope import encode_span as encode_span_as_json
+from audit_otlp.mapping.envelope import make_envelope, resource_attributes
+from audit_otlp.mapping.ids import MappingOptions, line_digest
+from audit_otlp.mapping.parse import parse_line
+from audit_otlp.mapping.spans import chain_broken_span, malformed_span, row_span
+
 Request = trace_service_pb2.ExportTraceServiceRequest
 OBSERVED = 1_700_000_000_000_000_000
-JSON_ENVELOPE = make_envelope(
-    resource_attributes("hydra.audit-trail", {"deployment.environment": "tëst"}, True)
-)
+JSON_ENVELOPE = make_envelope(resource_attributes("hydra.audit-trail", {"deployment.environment": "tëst"}, True))
 ENVELOPE = ProtobufEnvelope.of(JSON_ENVELOPE.body([]))
 
 
@@ -125,9 +107,7 @@ def both_bodies(spans: list[dict[str, Any]]) -> tuple[bytes, dict[str, Any]]:
     return ENVELOPE.body(records), orjson.loads(JSON_ENVELOPE.body(as_json))
 
 
-def mapped(
-    lines: list[bytes], options: MappingOptions | None = None
-) -> list[dict[str, Any]]:
+def mapped(lines: list[bytes], options: MappingOptions | None = None) -> list[dict[str, Any]]:
     """The spans the daemon makes of these lines, chain verdicts and evidence spans included."""
     options = options or MappingOptions()
     state, hasher, spans = ChainState(), ChainHasher(), []
@@ -199,11 +179,9 @@ ROWS: dict[str, bytes] = {
     b'123456789012345678901234567890,"bytes_in":-99999999999999999999}',
     "int64_extremes_and_negative_integers": b'{"event":"e","bytes_in":9223372036854775807,'
     b'"bytes_out":-9223372036854775808,"duration_ms":-1,"severity":-42}',
-    "doubles": b'{"event":"e","duration_ms":1.5,"bytes_in":0.1,"bytes_out":-2.5e-300,'
-    b'"severity":1e300,"target":0.0}',
+    "doubles": b'{"event":"e","duration_ms":1.5,"bytes_in":0.1,"bytes_out":-2.5e-300,"severity":1e300,"target":0.0}',
     "bools": b'{"event":"e","severity":true,"target":false,"tool":"t","dest_host":true}',
-    "empty_strings": b'{"event":"","tool":"","target":"","session_id":"","severity":"",'
-    b'"prev_hash":"","agent_id":""}',
+    "empty_strings": b'{"event":"","tool":"","target":"","session_id":"","severity":"","prev_hash":"","agent_id":""}',
     "unicode_everywhere": '{"event":"tööl_üse","tool":"写入","target":"😀 e\u0301 \u202e",'
     '"session_id":"séance","dest_host":"bücher.example","agent_name":"\\u0000nul"}'.encode(),
     "a_lone_surrogate_escape": b'{"event":"e","target":"bad \\ud800 half","tool":"\\udfff"}',
@@ -244,9 +222,7 @@ def test_evidence_spans_encode_as_their_json_says() -> None:
             reason="too_deep",
             observed_ns=2**64 - 1,
         ),
-        chain_broken_span(
-            verdict=verdict, offset=0, line_number=1, digest=digest, start_ns=1
-        ),
+        chain_broken_span(verdict=verdict, offset=0, line_number=1, digest=digest, start_ns=1),
     ]
     assert_same_request(*both_bodies(spans))
 
@@ -281,19 +257,12 @@ def test_size_is_the_length_of_the_body(spans_bytes: int) -> None:
 @pytest.mark.parametrize("target_length", range(15_700, 16_700, 37))
 def test_lengths_across_a_varint_boundary_decode(target_length: int) -> None:
     # The span, the scope's spans and the resource's cross 16 KiB (two to three length bytes).
-    line = orjson.dumps(
-        {"event": "tool_use", "tool": "Write", "target": "x" * target_length}
-    )
+    line = orjson.dumps({"event": "tool_use", "tool": "Write", "target": "x" * target_length})
     assert_same_request(*both_bodies(mapped([line])))
 
 
 def test_a_large_request_decodes_whole() -> None:
-    rows = [
-        orjson.dumps(
-            {"event": "tool_use", "tool": "Write", "target": "é" * 300, "n": i}
-        )
-        for i in range(700)
-    ]
+    rows = [orjson.dumps({"event": "tool_use", "tool": "Write", "target": "é" * 300, "n": i}) for i in range(700)]
     body, doc = both_bodies(mapped(rows))
     assert len(body) > 2**17  # three-byte lengths in the envelope
     assert_same_request(body, doc)
@@ -303,14 +272,8 @@ def test_a_large_request_decodes_whole() -> None:
 
 OTHER_VALUES: dict[str, dict[str, Any]] = {
     "empty_array": {"arrayValue": {}},
-    "array_of_mixed": {
-        "arrayValue": {
-            "values": [{"stringValue": ""}, {"intValue": "-3"}, {"boolValue": False}]
-        }
-    },
-    "kvlist": {
-        "kvlistValue": {"values": [{"key": "k", "value": {"doubleValue": 2.0}}]}
-    },
+    "array_of_mixed": {"arrayValue": {"values": [{"stringValue": ""}, {"intValue": "-3"}, {"boolValue": False}]}},
+    "kvlist": {"kvlistValue": {"values": [{"key": "k", "value": {"doubleValue": 2.0}}]}},
     "bytes": {"bytesValue": base64.b64encode(b"\x00\xffraw").decode()},
     "nan_as_proto3_json_writes_it": {"doubleValue": "NaN"},
     "infinity": {"doubleValue": "-Infinity"},
@@ -324,9 +287,7 @@ OTHER_VALUES: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("name", list(OTHER_VALUES))
 def test_a_whole_json_request_encodes_as_the_official_serializer(name: str) -> None:
-    doc = orjson.loads(
-        JSON_ENVELOPE.body([encode_span_as_json(s) for s in mapped([b"{}"])])
-    )
+    doc = orjson.loads(JSON_ENVELOPE.body([encode_span_as_json(s) for s in mapped([b"{}"])]))
     span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
     span["attributes"].append({"key": name, "value": OTHER_VALUES[name]})
     span["attributes"].append({"key": "", "value": {"stringValue": "an empty key"}})
@@ -338,17 +299,9 @@ def test_a_whole_json_request_encodes_as_the_official_serializer(name: str) -> N
     theirs = official(doc).SerializeToString()
     assert encode_request(doc) == theirs
     assert encode_request(orjson.dumps(doc)) == theirs
-    value = (
-        Request.FromString(theirs)
-        .resource_spans[0]
-        .scope_spans[0]
-        .spans[0]
-        .attributes[-2]
-    )
+    value = Request.FromString(theirs).resource_spans[0].scope_spans[0].spans[0].attributes[-2]
     if name.startswith(("nan", "infinity")):
-        assert math.isnan(value.value.double_value) or math.isinf(
-            value.value.double_value
-        )
+        assert math.isnan(value.value.double_value) or math.isinf(value.value.double_value)
 
 
 REFUSED: dict[str, tuple[str, Any]] = {
@@ -427,9 +380,7 @@ def test_an_envelope_is_one_resource_and_one_scope() -> None:
     with pytest.raises(ProtobufError):
         ProtobufEnvelope.of(two_scopes)
     bare = ProtobufEnvelope.of({"resourceSpans": [{"scopeSpans": [{}]}]})
-    assert Request.FromString(bare.body([])) == official(
-        {"resourceSpans": [{"scopeSpans": [{}]}]}
-    )
+    assert Request.FromString(bare.body([])) == official({"resourceSpans": [{"scopeSpans": [{}]}]})
 
 
 # -- any row -------------------------------------------------------------------------------
@@ -443,10 +394,7 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=3)
-        | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=6,
 )
 FIELDS = [
@@ -454,9 +402,7 @@ FIELDS = [
     "duration_ms", "bytes_in", "bytes_out", "dest_host", "policy_outcome", "outcome",
     "error", "error_type", "reason", "tool_use_id", "prev_hash", "ts", "trace_id",
 ]  # fmt: skip
-rows = st.dictionaries(
-    st.sampled_from(FIELDS) | st.text(max_size=8), json_values, max_size=10
-)
+rows = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), json_values, max_size=10)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -469,9 +415,7 @@ def test_any_rows_encode_as_their_json_says(batch: list[dict[str, Any]]) -> None
 
 @settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.text(), st.text(), max_size=5), st.text())
-def test_any_resource_attributes_make_the_same_envelope(
-    extra: dict[str, str], service: str
-) -> None:
+def test_any_resource_attributes_make_the_same_envelope(extra: dict[str, str], service: str) -> None:
     json_envelope = make_envelope(resource_attributes(service, extra, False))
     envelope = ProtobufEnvelope.of(json_envelope.body([]))
     spans = mapped([b'{"event":"e"}'])
@@ -485,12 +429,8 @@ Response = trace_service_pb2.ExportTraceServiceResponse
 
 
 @given(rejected=st.integers(min_value=-(2**63), max_value=2**63 - 1), message=st.text())
-def test_partial_success_reads_what_the_official_serializer_writes(
-    rejected: int, message: str
-) -> None:
-    body = Response(
-        partial_success={"rejected_spans": rejected, "error_message": message}
-    ).SerializeToString()
+def test_partial_success_reads_what_the_official_serializer_writes(rejected: int, message: str) -> None:
+    body = Response(partial_success={"rejected_spans": rejected, "error_message": message}).SerializeToString()
     assert decode_partial_success(body) == PartialSuccess(rejected, message)
 
 
@@ -517,15 +457,11 @@ def test_partial_success_cases(body: bytes, expected: PartialSuccess) -> None:
     message=st.text(),
     details=st.lists(st.text(min_size=1), max_size=3),
 )
-def test_status_reads_what_the_official_serializer_writes(
-    code: int, message: str, details: list[str]
-) -> None:
+def test_status_reads_what_the_official_serializer_writes(code: int, message: str, details: list[str]) -> None:
     status = status_pb2.Status(code=code, message=message)
     for type_url in details:
         status.details.add(type_url=type_url, value=b"\x0a\x01x")
-    assert decode_status(status.SerializeToString()) == RpcStatus(
-        code, message, tuple(details)
-    )
+    assert decode_status(status.SerializeToString()) == RpcStatus(code, message, tuple(details))
 
 
 @pytest.mark.parametrize(
