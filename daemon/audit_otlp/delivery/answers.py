@@ -1,9 +1,10 @@
-"""The collector's protobuf answers: ExportTraceServiceResponse.partial_success on a 2xx and
-the google.rpc.Status body of a 4xx/5xx, read with a small wire-format reader (no protobuf
-runtime at run time). The request side is `protobuf`.
+"""The collector's answers, in either encoding: the partial success of a 2xx and the error body
+of a 4xx/5xx. Each is read as the answer's Content-Type says, else as the request was sent.
 
-A body that is not valid protobuf raises ProtobufError; the caller decides what that means
-(for a 2xx: full success, as for an empty or non-JSON body on the JSON path).
+Protobuf (ExportTraceServiceResponse.partial_success, google.rpc.Status) is read with a small
+wire-format reader: no protobuf runtime at run time. The request side is `protobuf`. An answer
+that cannot be read is full success on a 2xx (as an empty body, Sentry's 202, is), and an error
+body is kept as it came.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from audit_otlp.delivery.protobuf import ProtobufError
+import orjson
+
+from audit_otlp.delivery.protobuf import CONTENT_TYPE, ProtobufError
 
 _UINT64_MAX = 2**64 - 1
 
@@ -110,3 +113,56 @@ def decode_status(body: bytes) -> RpcStatus:
                 )
             )
     return RpcStatus(code, message, tuple(details))
+
+
+def _is_protobuf(content_type: str, protocol: str) -> bool:
+    media = content_type.split(";")[0].strip().lower()
+    if media in (CONTENT_TYPE, "application/protobuf"):
+        return True
+    if media == "application/json" or media.startswith("text/"):
+        return False
+    return protocol == "http/protobuf"
+
+
+def read_partial_success(body: bytes, content_type: str, protocol: str) -> tuple[int, str]:
+    """(rejected spans, error message) of a 2xx answer; (0, "") when there is none to read."""
+    if not _is_protobuf(content_type, protocol):
+        return parse_partial_success(body)
+    try:
+        rejected, message = decode_partial_success(body)
+    except ProtobufError:
+        return 0, ""
+    return max(rejected, 0), message
+
+
+def parse_partial_success(body: bytes) -> tuple[int, str]:
+    """(rejectedSpans, errorMessage) from an OTLP/JSON ExportTraceServiceResponse; (0, "") if absent."""
+    if not body.strip():
+        return 0, ""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 0, ""
+    partial = doc.get("partialSuccess") if isinstance(doc, dict) else None
+    if not isinstance(partial, dict):
+        return 0, ""
+    try:
+        rejected = int(partial.get("rejectedSpans") or 0)
+    except (TypeError, ValueError):
+        rejected = 0
+    return max(rejected, 0), str(partial.get("errorMessage") or "")
+
+
+def readable_error(body: bytes, content_type: str, protocol: str) -> bytes:
+    """An error body for people (the dead-letter file): a protobuf google.rpc.Status as the JSON
+    a JSON collector would have sent; any other body as it came."""
+    if not body or not _is_protobuf(content_type, protocol):
+        return body
+    try:
+        status = decode_status(body)
+    except ProtobufError:
+        return body
+    shown: dict[str, object] = {"code": status.code, "message": status.message}
+    if status.detail_types:
+        shown["details"] = [{"@type": url} for url in status.detail_types]
+    return orjson.dumps(shown)
