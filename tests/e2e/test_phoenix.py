@@ -150,4 +150,6 @@ def test_spans_arrive_in_the_named_project_with_their_kinds(phoenix: Phoenix, au
     assert write["name"] == "execute_tool Write"
     assert write["attributes"]["gen_ai.tool.call.arguments"] == "src/app.py"
     assert write["attributes"]["gen_ai.tool.call.result"] == "allowed"
-    assert stored[offsets[4]]["status_code"] == "ERROR"  # the blocked tool call
+    # ... and Phoenix read them: the tool's parameters and the span's output column.
+    assert write["attributes"]["tool.parameters"] == "src/app.py" and write["attributes"]["output.value"] == "allowed"
+    assert stored[offsets[3]]["status_code"] == "ERROR"  # the blocked action
