@@ -1,14 +1,12 @@
 """OTLP/JSON spans -> OTLP protobuf bytes (ExportTraceServiceRequest), encoded by hand.
 
-Phoenix takes only `application/x-protobuf`, and neither the OpenTelemetry SDK nor a protobuf
-runtime may be a runtime dependency; the subset audit-otlp emits is small. As on the JSON
-path, a span dict (from `row_span`) is encoded once, here into a framed `ScopeSpans.spans`
-record, and `ProtobufEnvelope` puts any run of records inside the resource and scope: 413
-splits and 400 bisections re-join records, never re-encode. Answers are read in `answers`.
-
-Strict: a field outside the subset raises ProtobufError, never vanishes. Fields go in number
-order without proto3 defaults, so the bytes equal opentelemetry-proto's for the same JSON;
-lone surrogates (valid JSON escapes, not UTF-8) become U+FFFD, as on the JSON path.
+Phoenix takes only `application/x-protobuf`; neither the OpenTelemetry SDK nor a protobuf runtime
+may be a runtime dependency, and the subset we emit is small. As on the JSON path, a span dict is
+encoded once, into a framed `ScopeSpans.spans` record, and `ProtobufEnvelope` puts any run of
+records inside the resource and scope: 413 splits and 400 bisections re-join records, never
+re-encode. Strict: a field outside the subset raises ProtobufError, never vanishes. Fields go in
+number order without proto3 defaults, so the bytes equal opentelemetry-proto's for the same JSON;
+lone surrogates become U+FFFD, as on the JSON path. Answers are read in `answers`.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ _DECIMAL = re.compile(r"-?[0-9]+", re.ASCII)
 _ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
 _DOUBLE = struct.Struct("<d")
 _FIXED64 = struct.Struct("<Q")
-_SPAN_KEYS = frozenset(("traceId", "spanId", "name", "kind", "attributes", "status") + ("startTimeUnixNano", "endTimeUnixNano"))
+_SPAN_KEYS = frozenset(("traceId", "spanId", "name", "kind", "startTimeUnixNano", "endTimeUnixNano", "attributes", "status"))
 
 
 class ProtobufError(ValueError):
@@ -130,28 +128,38 @@ def _key_field(key: str) -> bytes:
     return b"\x0a" + _varint(len(data)) + data if data else b""
 
 
+def _encode_string_attribute(tag: bytes, key: str, text: str) -> bytes:
+    """A framed KeyValue with a string value: most attributes, and most of those repeat from
+    span to span (operation, tool, event, session), so short ones come from a bounded cache."""
+    data = _utf8(text)
+    inner = b"\x0a" + _varint(len(data)) + data
+    payload = _key_field(key) + b"\x12" + _varint(len(inner)) + inner
+    return tag + _varint(len(payload)) + payload
+
+
+_short_string_attribute = functools.lru_cache(maxsize=4096)(_encode_string_attribute)  # at most ~2 MB
+
+
 def _key_value(kv: Mapping[str, Any]) -> bytes:
-    key = kv.get("key", "")
+    key, value = kv.get("key", ""), kv.get("value")
     if type(key) is not str:
         raise ProtobufError(f"attribute key: not a string: {key!r}")
-    value = kv.get("value")
-    if value is None:
-        return _key_field(key)
-    text = value.get("stringValue") if len(value) == 1 else None
-    if type(text) is str:  # most values: skip the dispatch of _any_value
-        data = _utf8(text)
-        inner = b"\x0a" + _varint(len(data)) + data
-    else:
-        inner = _any_value(value)
-    return _key_field(key) + b"\x12" + _varint(len(inner)) + inner
+    return _key_field(key) if value is None else _key_field(key) + _field(b"\x12", _any_value(value))
 
 
 def _attributes(tag: bytes, attributes: Sequence[Mapping[str, Any]]) -> bytes:
     """A repeated KeyValue field (its tag differs per message)."""
     out = []
     for kv in attributes:
-        data = _key_value(kv)
-        out.append(tag + _varint(len(data)) + data)
+        value = kv.get("value")
+        text = value.get("stringValue") if type(value) is dict and len(value) == 1 else None
+        key = kv.get("key", "")
+        if type(text) is str and type(key) is str:
+            encode = _short_string_attribute if len(text) <= 128 else _encode_string_attribute
+            out.append(encode(tag, key, text))
+        else:
+            data = _key_value(kv)
+            out.append(tag + _varint(len(data)) + data)
     return b"".join(out)
 
 
