@@ -12,7 +12,6 @@ before it has stored a span (its inserter runs apart), so the test waits for the
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,7 @@ import pytest
 
 from tests.helpers.auditgen import AuditWriter
 from tests.helpers.daemon import Workdir, daemon_env, run_cli
+from tests.helpers.paths import REPO
 from tests.helpers.wait import free_port, wait_until
 
 pytestmark = [pytest.mark.phoenix, pytest.mark.timeout(600)]
@@ -34,12 +34,15 @@ START_TIMEOUT = 240.0  # a first start creates and migrates its database: ~40 s 
 
 
 def phoenix_command() -> str:
+    """The `phoenix` executable: AUDIT_OTLP_PHOENIX (tests/run sets it), else .venv-phoenix."""
+    if os.environ.get("AUDIT_OTLP_SKIP_PHOENIX") == "1":
+        pytest.skip("AUDIT_OTLP_SKIP_PHOENIX=1")
     configured = os.environ.get("AUDIT_OTLP_PHOENIX")
-    found = configured or shutil.which("phoenix", path=str(Path(".venv-phoenix/bin").resolve()))
-    if found and Path(found).exists():
-        return found
-    if configured or os.environ.get("CI"):
-        pytest.fail(f"Phoenix is not installed at {configured or '.venv-phoenix'} (tests/run installs it)")
+    command = Path(configured) if configured else REPO / ".venv-phoenix" / "bin" / "phoenix"
+    if command.exists():
+        return str(command)
+    if configured or os.environ.get("CI"):  # installed by the setup: its absence is a failure
+        pytest.fail(f"Phoenix is not installed at {command} (tests/run installs it)")
     pytest.skip("Phoenix is not installed: `bash tests/run tests/e2e/test_phoenix.py` installs it")
 
 
