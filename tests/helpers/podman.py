@@ -20,13 +20,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("AUDIT_OTLP_CONTAINER_CACHE", "/var/tmp/audit-otlp-base"))
+DEFAULT_CACHE = Path("/var/tmp/audit-otlp-base")
+CACHE = Path(os.environ.get("AUDIT_OTLP_CONTAINER_CACHE", DEFAULT_CACHE))
+# podman records the runroot in its storage and refuses another one later: keep the one that
+# existing caches were made with, and give any other cache its own.
+RUNROOT = "/tmp/audit-otlp-podman-run" + (
+    "" if CACHE == DEFAULT_CACHE else f"-{CACHE.name}"
+)
 LOCAL_BASE = "localhost/audit-otlp-base:bookworm"
 # crun fails on this host's hybrid cgroups; runc works.
 PODMAN = (
     "podman",
     *("--root", str(CACHE / "storage")),
-    *("--runroot", f"/tmp/{CACHE.name}-podman-run"),  # one per storage root
+    *("--runroot", RUNROOT),
     *("--runtime", "runc"),
 )
 # Root here may not raise rlimits: without these the runtime fails in setrlimit.
