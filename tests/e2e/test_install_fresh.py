@@ -28,12 +28,8 @@ from helpers.podman import REPO, RUN_FLAGS, ensure_base, podman, require_podman
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
-DEFAULT_PORT = (
-    4318  # the daemon's embedded default endpoint: http://localhost:4318/v1/traces
-)
-INSTALL_TIMEOUT = (
-    300.0  # venv + pip install from the package index, on a loaded machine
-)
+DEFAULT_PORT = 4318  # the daemon's embedded default endpoint: http://localhost:4318/v1/traces
+INSTALL_TIMEOUT = 300.0  # venv + pip install from the package index, on a loaded machine
 
 
 def readme_commands() -> list[str]:
@@ -93,12 +89,7 @@ def _processes() -> dict[int, tuple[int, list[str]]]:
         if entry.name.isdigit():
             try:
                 ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                argv = (
-                    (entry / "cmdline")
-                    .read_bytes()
-                    .decode(errors="replace")
-                    .split("\0")
-                )
+                argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
             except (OSError, IndexError, ValueError):
                 continue  # exited meanwhile
             table[int(entry.name)] = (ppid, argv)
@@ -116,10 +107,7 @@ def daemon_pid(container: str) -> int:
     found = [
         pid
         for pid in family
-        if any(
-            Path(arg).name == "audit-otlp" and nxt == "run"
-            for arg, nxt in itertools.pairwise(table.get(pid, (0, []))[1][1:])
-        )
+        if any(Path(arg).name == "audit-otlp" and nxt == "run" for arg, nxt in itertools.pairwise(table.get(pid, (0, []))[1][1:]))
     ]
     assert len(found) == 1, f"expected one audit-otlp run process, found {found}"
     return found[0]
@@ -157,9 +145,7 @@ def test_readme_first_command_installs_and_follows_state_audit_jsonl_on_clean_bo
     try:
         collector = Collector(port=DEFAULT_PORT)
     except OSError as exc:
-        pytest.fail(
-            f"port {DEFAULT_PORT} (the daemon's default endpoint) is taken here: {exc}"
-        )
+        pytest.fail(f"port {DEFAULT_PORT} (the daemon's default endpoint) is taken here: {exc}")
     name = f"audit-otlp-install-{uuid.uuid4().hex[:8]}"
     with collector:
         started = time.monotonic()
@@ -173,14 +159,9 @@ def test_readme_first_command_installs_and_follows_state_audit_jsonl_on_clean_bo
                 timeout=INSTALL_TIMEOUT,
             )
             assert delivered, podman("logs", name, check=False).stderr[-4000:]
-            print(
-                f"\n`{command}`: first rows delivered {time.monotonic() - started:.1f} s "
-                "after podman run"
-            )
+            print(f"\n`{command}`: first rows delivered {time.monotonic() - started:.1f} s after podman run")
             writer.append(2)  # it keeps following the file
-            assert collector.wait_for(
-                lambda c: sorted(set(c.accepted_seqs())) == [1, 2, 3, 4, 5], timeout=60
-            )
+            assert collector.wait_for(lambda c: sorted(set(c.accepted_seqs())) == [1, 2, 3, 4, 5], timeout=60)
             assert not collector.invalid
 
             # Ctrl-C, as the person at the terminal would stop it.
@@ -192,7 +173,5 @@ def test_readme_first_command_installs_and_follows_state_audit_jsonl_on_clean_bo
         finally:
             podman("rm", "-f", "-t", "0", name, check=False)
 
-    checkpoint = json.loads(
-        (checkout / "state" / "audit-otlp.checkpoint.json").read_text()
-    )
+    checkpoint = json.loads((checkout / "state" / "audit-otlp.checkpoint.json").read_text())
     assert checkpoint["delivered_spans"] == 5

@@ -35,9 +35,7 @@ IMAGE = "localhost/audit-otlp-systemd:test"
 CONTAINERFILE = Path(__file__).with_name("systemd-pid1.Containerfile")
 UNIT = "audit-otlp.service"
 DROP_IN = f"/etc/systemd/system/{UNIT}.d"
-CHECKPOINT = (
-    "/var/lib/audit-otlp/checkpoint.json"  # StateDirectory= -> $STATE_DIRECTORY
-)
+CHECKPOINT = "/var/lib/audit-otlp/checkpoint.json"  # StateDirectory= -> $STATE_DIRECTORY
 
 
 @dataclass
@@ -49,9 +47,7 @@ class Machine:
     collector: Collector
 
     def sh(self, script: str, check: bool = True, timeout: float = 60) -> str:
-        return podman(
-            "exec", self.name, "sh", "-c", script, check=check, timeout=timeout
-        ).stdout
+        return podman("exec", self.name, "sh", "-c", script, check=check, timeout=timeout).stdout
 
     def show(self, *props: str) -> dict[str, str]:
         out = self.sh(f"systemctl show {UNIT} " + " ".join(f"-p {p}" for p in props))
@@ -69,16 +65,11 @@ class Machine:
             seen.append(self.show(*props))
             return predicate(seen[-1])
 
-        assert wait_until(holds, timeout, interval=0.2), (
-            f"{seen[-1:]}\n{self.journal()[-3000:]}"
-        )
+        assert wait_until(holds, timeout, interval=0.2), f"{seen[-1:]}\n{self.journal()[-3000:]}"
         return seen[-1]
 
     def drop_in(self, name: str, text: str) -> None:
-        self.sh(
-            f"mkdir -p {DROP_IN} && cat > {DROP_IN}/{name}.conf <<'EOF'\n{text}EOF\n"
-            "systemctl daemon-reload"
-        )
+        self.sh(f"mkdir -p {DROP_IN} && cat > {DROP_IN}/{name}.conf <<'EOF'\n{text}EOF\nsystemctl daemon-reload")
 
     def journal(self) -> str:
         return self.sh(f"journalctl -u {UNIT} --no-pager -o cat", check=False)
@@ -92,17 +83,11 @@ class Machine:
             doc = self.checkpoint()
             return doc is not None and doc["delivered_spans"] == delivered
 
-        assert wait_until(reached, timeout, interval=0.2), (
-            f"{self.checkpoint()}\n{self.journal()}"
-        )
+        assert wait_until(reached, timeout, interval=0.2), f"{self.checkpoint()}\n{self.journal()}"
 
     def wait_delivered(self, seqs: list[int], timeout: float = 60) -> None:
-        arrived = self.collector.wait_for(
-            lambda c: sorted(set(c.accepted_seqs())) == seqs, timeout
-        )
-        assert arrived, (
-            f"{sorted(set(self.collector.accepted_seqs()))}\n{self.journal()[-3000:]}"
-        )
+        arrived = self.collector.wait_for(lambda c: sorted(set(c.accepted_seqs())) == seqs, timeout)
+        assert arrived, f"{sorted(set(self.collector.accepted_seqs()))}\n{self.journal()[-3000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -135,17 +120,11 @@ def machine(image: str, tmp_path: Path) -> Iterator[Machine]:
             box = Machine(name, AuditWriter(agent / "audit.jsonl"), collector)
 
             def booted() -> bool:
-                state = podman(
-                    "exec", name, "systemctl", "is-system-running", check=False
-                )
+                state = podman("exec", name, "systemctl", "is-system-running", check=False)
                 return state.stdout.strip() in ("running", "degraded")
 
-            assert wait_until(booted, 120, interval=0.2), podman(
-                "logs", name, check=False
-            ).stderr
-            box.sh(
-                f"echo OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={collector.endpoint} >> /etc/audit-otlp/env"
-            )
+            assert wait_until(booted, 120, interval=0.2), podman("logs", name, check=False).stderr
+            box.sh(f"echo OTEL_EXPORTER_OTLP_TRACES_ENDPOINT={collector.endpoint} >> /etc/audit-otlp/env")
             box.drop_in("test-restart", "[Service]\nRestartSec=1s\n")
             yield box
         finally:
@@ -188,9 +167,7 @@ def test_start_reports_active_running_only_after_ready(machine: Machine) -> None
         "ActiveEnterTimestampMonotonic",
     )
     assert (timing["ActiveState"], timing["SubState"]) == ("active", "running")
-    assert int(timing["ActiveEnterTimestampMonotonic"]) > int(
-        timing["ExecMainStartTimestampMonotonic"]
-    )
+    assert int(timing["ActiveEnterTimestampMonotonic"]) > int(timing["ExecMainStartTimestampMonotonic"])
     machine.wait_delivered([1, 2])
 
 
@@ -208,26 +185,16 @@ def test_status_line_journal_state_directory_and_clean_stop(machine: Machine) ->
 
     assert wait_until(status_shows_delivery, 30, interval=0.5), status
     shown = ("Active:", "Main PID:", "Status:")
-    print(
-        "\n"
-        + "\n".join(
-            line for line in status.splitlines() if line.strip().startswith(shown)
-        )
-    )
+    print("\n" + "\n".join(line for line in status.splitlines() if line.strip().startswith(shown)))
     assert "active (running)" in status
 
     journal = machine.journal()
-    assert (
-        f"following /var/lib/agent/audit.jsonl -> {machine.collector.endpoint}"
-        in journal
-    )
+    assert f"following /var/lib/agent/audit.jsonl -> {machine.collector.endpoint}" in journal
 
     # StateDirectory=: /var/lib/audit-otlp (a link into /var/lib/private with DynamicUser=yes),
     # mode 0700, holding the checkpoint that names the rows delivered.
     machine.wait_checkpoint(3)
-    listing = machine.sh(
-        "stat -L -c '%a %U' /var/lib/audit-otlp; stat -c '%U' " + CHECKPOINT
-    )
+    listing = machine.sh("stat -L -c '%a %U' /var/lib/audit-otlp; stat -c '%U' " + CHECKPOINT)
     mode_owner, file_owner = listing.split("\n")[:2]
     assert mode_owner.split()[0] == "700" and file_owner != "root", listing
 
@@ -254,11 +221,7 @@ def test_sigkill_of_main_process_restarts_it_and_delivery_resumes_from_checkpoin
     machine.sh(f"kill -KILL {killed}")
     machine.writer.append(3)  # written while the service is down or restarting
     restarted = machine.wait_show(
-        lambda p: (
-            p["NRestarts"] == "1"
-            and p["ActiveState"] == "active"
-            and p["MainPID"] not in ("0", killed)
-        ),
+        lambda p: p["NRestarts"] == "1" and p["ActiveState"] == "active" and p["MainPID"] not in ("0", killed),
         "NRestarts",
         "ActiveState",
         "MainPID",
@@ -269,9 +232,7 @@ def test_sigkill_of_main_process_restarts_it_and_delivery_resumes_from_checkpoin
     machine.wait_checkpoint(7)
     journal = machine.journal()
     assert "status=9/KILL" in journal and "Scheduled restart job" in journal, journal
-    print(
-        f"\nSIGKILL of {killed}: restarted as {restarted['MainPID']}, rows 5-7 delivered after it"
-    )
+    print(f"\nSIGKILL of {killed}: restarted as {restarted['MainPID']}, rows 5-7 delivered after it")
 
 
 def test_stopped_watchdog_gets_the_service_restarted(machine: Machine) -> None:
@@ -284,20 +245,14 @@ def test_stopped_watchdog_gets_the_service_restarted(machine: Machine) -> None:
 
     machine.sh(f"kill -STOP {stopped}")  # alive but silent: no more WATCHDOG=1
     machine.wait_show(
-        lambda p: (
-            p["NRestarts"] == "1"
-            and p["ActiveState"] == "active"
-            and p["MainPID"] not in ("0", stopped)
-        ),
+        lambda p: p["NRestarts"] == "1" and p["ActiveState"] == "active" and p["MainPID"] not in ("0", stopped),
         "NRestarts",
         "ActiveState",
         "MainPID",
         timeout=90,
     )
     journal = machine.journal()
-    assert (
-        "Watchdog timeout" in journal and "Failed with result 'watchdog'" in journal
-    ), journal
+    assert "Watchdog timeout" in journal and "Failed with result 'watchdog'" in journal, journal
     machine.writer.append(2)
     machine.wait_delivered([1, 2, 3, 4])
     assert sorted(machine.collector.accepted_seqs()) == [1, 2, 3, 4]

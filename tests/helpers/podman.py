@@ -24,9 +24,7 @@ DEFAULT_CACHE = Path("/var/tmp/audit-otlp-base")
 CACHE = Path(os.environ.get("AUDIT_OTLP_CONTAINER_CACHE", DEFAULT_CACHE))
 # podman records the runroot in its storage and refuses another one later: keep the one that
 # existing caches were made with, and give any other cache its own.
-RUNROOT = "/tmp/audit-otlp-podman-run" + (
-    "" if CACHE == DEFAULT_CACHE else f"-{CACHE.name}"
-)
+RUNROOT = "/tmp/audit-otlp-podman-run" + ("" if CACHE == DEFAULT_CACHE else f"-{CACHE.name}")
 LOCAL_BASE = "localhost/audit-otlp-base:bookworm"
 # crun fails on this host's hybrid cgroups; runc works.
 PODMAN = (
@@ -40,9 +38,7 @@ RUN_FLAGS = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096")
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 
 
-def podman(
-    *args: str, check: bool = True, timeout: float = 300, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
+def podman(*args: str, check: bool = True, timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [*PODMAN, *args],
         check=False,
@@ -52,10 +48,7 @@ def podman(
         timeout=timeout,
     )
     if check and result.returncode != 0:
-        raise AssertionError(
-            f"podman {' '.join(args)} failed ({result.returncode}):\n"
-            f"{result.stdout}\n{result.stderr}"
-        )
+        raise AssertionError(f"podman {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 
 
@@ -100,9 +93,7 @@ def _make_rootfs(rootfs: Path) -> None:
     try:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         apt = ["chroot", str(tmp), "apt-get"]
-        subprocess.run(
-            [*apt, "update", "-qq"], check=True, capture_output=True, timeout=600
-        )
+        subprocess.run([*apt, "update", "-qq"], check=True, capture_output=True, timeout=600)
         install = [
             *apt,
             "install",
