@@ -233,6 +233,7 @@ def test_sigkill_of_main_process_restarts_it_and_delivery_resumes_from_checkpoin
     journal = machine.journal()
     assert "status=9/KILL" in journal and "Scheduled restart job" in journal, journal
     print(f"\nSIGKILL of {killed}: restarted as {restarted['MainPID']}, rows 5-7 delivered after it")
+    print(_systemd_lines(journal, "status=9/KILL", "Scheduled restart", "following"))
 
 
 def test_stopped_watchdog_gets_the_service_restarted(machine: Machine) -> None:
@@ -253,6 +254,12 @@ def test_stopped_watchdog_gets_the_service_restarted(machine: Machine) -> None:
     )
     journal = machine.journal()
     assert "Watchdog timeout" in journal and "Failed with result 'watchdog'" in journal, journal
+    print("\n" + _systemd_lines(journal, "Watchdog timeout", "Killing process", "result", "Scheduled restart"))
     machine.writer.append(2)
     machine.wait_delivered([1, 2, 3, 4])
     assert sorted(machine.collector.accepted_seqs()) == [1, 2, 3, 4]
+
+
+def _systemd_lines(journal: str, *needles: str) -> str:
+    """The journal lines that show what happened, for the test's output."""
+    return "\n".join(line for line in journal.splitlines() if any(n in line for n in needles))
