@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector
-from helpers.podman import REPO, RUN_FLAGS, ensure_base, podman, require_podman
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector
+from tests.helpers.paths import REPO
+from tests.helpers.podman import RUN_FLAGS, ensure_base, podman, require_podman
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector
-from helpers.podman import PODMAN, RUN_FLAGS, build_image, podman, require_podman
-from processes import wait_until
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector
+from tests.helpers.podman import PODMAN, RUN_FLAGS, build_image, podman, require_podman
+from tests.helpers.wait import wait_until
 
 pytestmark = [pytest.mark.container, pytest.mark.systemd, pytest.mark.timeout(900)]
 

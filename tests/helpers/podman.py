@@ -4,7 +4,7 @@ There is no registry here, so the base image is made locally with debootstrap (D
 bookworm's python3 and python3-venv, no pip in the system Python; see
 /work/shared/container-build.md) and cached under /var/tmp/audit-otlp-base, so only the
 first run pays for it (about 30 s). Every container test builds on that one base:
-test_container.py (the Dockerfile), e2e/test_install_fresh.py (the README's first command)
+e2e/test_container.py (the Dockerfile), e2e/test_install_fresh.py (the README's first command)
 and e2e/test_systemd_pid1.py (the unit under a real systemd). AUDIT_OTLP_BASE_IMAGE names
 another base (e.g. python:3.12-slim where a registry is reachable)."""
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
+
 DEFAULT_CACHE = Path("/var/tmp/audit-otlp-base")
 CACHE = Path(os.environ.get("AUDIT_OTLP_CONTAINER_CACHE", DEFAULT_CACHE))
 # podman records the runroot in its storage and refuses another one later: keep the one that
