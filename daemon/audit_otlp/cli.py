@@ -10,7 +10,7 @@ from typing import Any
 
 from audit_otlp import __version__, commands
 from audit_otlp.config import ConfigError, load_config
-from audit_otlp.runtime.lifecycle import EXIT_FATAL, EXIT_OK, EXIT_USAGE, FatalError
+from audit_otlp.runtime.exits import EXIT_FATAL, EXIT_OK, EXIT_USAGE, FatalError
 
 log = logging.getLogger("audit_otlp")
 

@@ -3,6 +3,7 @@ to which stage (the request envelope, the sink, the tailer, the checkpoint keepe
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from audit_otlp.config import Config
@@ -16,13 +17,16 @@ from audit_otlp.mapping.chain import ChainHasher, ChainState
 from audit_otlp.mapping.envelope import Envelope, make_envelope, resource_attributes
 from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.mapping.rows import RowEvents, RowMapper
+from audit_otlp.runtime.exits import FatalError
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.events import SourceEvents
 from audit_otlp.source.tailer import Tailer
-from audit_otlp.state.checkpoint import Checkpoint
+from audit_otlp.state.checkpoint import Checkpoint, Cursor
 from audit_otlp.state.keeper import CheckpointKeeper
-from audit_otlp.state.store import CheckpointStore
+from audit_otlp.state.store import CheckpointError, CheckpointStore
+
+log = logging.getLogger("audit_otlp")
 
 
 @dataclass(frozen=True)
@@ -109,3 +113,21 @@ def build_mapper(config: Config, checkpoint: Checkpoint, events: RowEvents, enco
     hasher = ChainHasher(config.chain_key) if config.chain.verify else None
     chain = ChainState(last_hash=checkpoint.cursor.chain_last_hash)
     return RowMapper(MappingOptions(config.mapping.trace_id_from), hasher, chain, events, encode=encoding.encode_span)
+
+
+def load_checkpoint(config: Config, options: RunOptions) -> Checkpoint:
+    """The saved position, or a fresh one; a checkpoint directory that cannot be written is fatal
+    (exit 3) unless nothing will be written (--dry-run)."""
+    store = CheckpointStore(config.checkpoint.path)
+    if not options.dry_run:
+        try:
+            store.ensure_writable()
+        except (CheckpointError, OSError) as exc:
+            raise FatalError(str(exc)) from exc
+    checkpoint = store.load()
+    path = str(config.source.path)
+    if checkpoint is not None and checkpoint.cursor.path != path:
+        log.warning(
+            "the checkpoint was for %s, now following %s: matching by file identity and content", checkpoint.cursor.path, path
+        )
+    return checkpoint if checkpoint is not None else Checkpoint(Cursor(path, None, 0))
