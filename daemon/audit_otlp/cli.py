@@ -11,7 +11,7 @@ from typing import Any
 from audit_otlp import __version__, commands
 from audit_otlp.config import ConfigError, load_config
 from audit_otlp.delivery.sink import silence_stdout
-from audit_otlp.runtime.lifecycle import EXIT_FATAL, EXIT_OK, EXIT_OUTPUT_CLOSED, EXIT_USAGE, FatalError
+from audit_otlp.runtime.exits import EXIT_FATAL, EXIT_OK, EXIT_OUTPUT_CLOSED, EXIT_USAGE, FatalError
 
 log = logging.getLogger("audit_otlp")
 

@@ -15,7 +15,7 @@ from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict
 from audit_otlp.mapping.envelope import Envelope
 from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.mapping.rows import RowMapper
-from audit_otlp.runtime.lifecycle import EXIT_OK, EXIT_USAGE
+from audit_otlp.runtime.exits import EXIT_OK, EXIT_USAGE
 from audit_otlp.runtime.logs import setup_logging
 from audit_otlp.runtime.wiring import build_envelope
 from audit_otlp.source.fileid import identify_fd

@@ -8,7 +8,8 @@ import sys
 from collections.abc import Callable
 
 from audit_otlp.config import Config, parse_duration
-from audit_otlp.runtime.lifecycle import EXIT_USAGE, run_daemon
+from audit_otlp.runtime.exits import EXIT_USAGE
+from audit_otlp.runtime.lifecycle import run_daemon
 from audit_otlp.runtime.logs import setup_logging
 from audit_otlp.runtime.wiring import RunOptions
 

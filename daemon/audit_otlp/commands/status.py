@@ -14,7 +14,7 @@ import orjson
 
 from audit_otlp.config import Config, mask_url
 from audit_otlp.delivery.records import DurableLog
-from audit_otlp.runtime.lifecycle import EXIT_OK
+from audit_otlp.runtime.exits import EXIT_OK
 from audit_otlp.runtime.logs import counted
 from audit_otlp.source.backlog import find_backlog
 from audit_otlp.source.resume import ResumePoint

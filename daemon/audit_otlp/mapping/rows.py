@@ -8,7 +8,8 @@ is the pure functions of `mapping` and `chain`.
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol
 
 from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict, verify_row
 from audit_otlp.mapping.envelope import encode_span
@@ -38,7 +39,9 @@ class RowMapper:
         chain_state: ChainState,
         events: RowEvents,
         line_number: int = 0,
+        encode: Callable[[Mapping[str, Any]], bytes] = encode_span,
     ) -> None:
+        self.encode = encode  # span dict -> request bytes: OTLP/JSON, or protobuf (export.protocol)
         self.options = options
         self.hasher = hasher  # None: chain verification is off
         self.chain = chain_state
@@ -47,13 +50,14 @@ class RowMapper:
 
     def map_line(self, line: Line, observed_ns: int) -> MappedLine:
         self.line_number += 1
+        encode = self.encode
         data = line.data
         if data is None:  # longer than source.max_line_bytes
             digest = line.digest
             self.events.malformed_line("line_too_long")
             return MappedLine(
                 [
-                    encode_span(
+                    encode(
                         malformed_span(
                             offset=line.offset, length=line.length, digest=digest, reason="line_too_long", observed_ns=observed_ns
                         )
@@ -70,7 +74,7 @@ class RowMapper:
             self.events.malformed_line(reason)
             return MappedLine(
                 [
-                    encode_span(
+                    encode(
                         malformed_span(
                             offset=line.offset, length=len(data), digest=digest, reason=reason, observed_ns=observed_ns
                         )
@@ -80,11 +84,11 @@ class RowMapper:
             )
         verdict = verify_row(self.chain, row, self.hasher, data) if self.hasher is not None else None
         span = row_span(row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict)
-        spans = [encode_span(span)]
+        spans = [encode(span)]
         if verdict is not None and (verdict.broken or verdict.restart):
             self.events.chain_break(verdict, line.offset, self.line_number)
             spans.append(
-                encode_span(
+                encode(
                     chain_broken_span(
                         verdict=verdict,
                         offset=line.offset,

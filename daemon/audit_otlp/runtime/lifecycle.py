@@ -17,6 +17,7 @@ from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.sink import DryRunSink
 from audit_otlp.runtime import wiring
 from audit_otlp.runtime.events import RowObserver, SourceObserver
+from audit_otlp.runtime.exits import EXIT_DEADLINE, EXIT_OK, EXIT_OUTPUT_CLOSED, FatalError
 from audit_otlp.runtime.foreground import ForegroundView
 from audit_otlp.runtime.health import HealthServer
 from audit_otlp.runtime.logs import apply_log_settings, counted
@@ -24,20 +25,12 @@ from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.pipeline import Pipeline
 from audit_otlp.runtime.progress import TerminalLine
 from audit_otlp.runtime.reload import ReloadPlan, reload_config
+from audit_otlp.runtime.reporting import Reporting
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.runtime.sdnotify import Notifier
 from audit_otlp.source.resume import ResumePoint
-from audit_otlp.state.checkpoint import Checkpoint, Cursor
-from audit_otlp.state.store import CheckpointError, CheckpointStore
 
 log = logging.getLogger("audit_otlp")
-
-EXIT_OK, EXIT_DEADLINE, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
-EXIT_OUTPUT_CLOSED = 141  # the reader of stdout went away (`status | head -1`): as a tool killed by SIGPIPE
-
-
-class FatalError(Exception):
-    """A runtime error the daemon cannot work around (exit 3, one-line reason)."""
 
 
 class Daemon:
@@ -62,7 +55,8 @@ class Daemon:
         self.state = RunState()
         self.metrics = Metrics(self.state)
         self.notifier = notifier or Notifier()
-        self.envelope = wiring.build_envelope(config)
+        self.encoding = wiring.build_encoding(config, options)
+        self.envelope = self.encoding.envelope
         self.sink = wiring.build_sink(config, options, self.envelope, self.metrics, self.state)
         self.tailer = wiring.build_tailer(config, SourceObserver(self.metrics))
         self.stopping = asyncio.Event()
@@ -71,6 +65,7 @@ class Daemon:
         if isinstance(self.sink, DryRunSink):
             self.sink.on_output_closed = self._output_closed
         self.pipeline: Pipeline | None = None  # built once the checkpoint is loaded
+        self.report = Reporting(config.source.path, self.tailer, self.state, self.metrics, lambda: self.pipeline)
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -127,12 +122,13 @@ class Daemon:
     # -- start-up, the run, shutdown -----------------------------------------------------------
 
     async def _run(self) -> int:
-        checkpoint = self._load_checkpoint()
+        checkpoint = wiring.load_checkpoint(self.config, self.options)
+        self.state.checkpoint_loaded = True
         self.state.delivered_before = checkpoint.delivered_spans
         self.state.chain_breaks_before = checkpoint.chain_breaks
         keeper = wiring.build_keeper(self.config, self.options, checkpoint, self.metrics, self.state)
         keeper.record_endpoint(mask_url(self.config.export.endpoint))
-        mapper = wiring.build_mapper(self.config, checkpoint, RowObserver(self.metrics, self.state))
+        mapper = wiring.build_mapper(self.config, checkpoint, RowObserver(self.metrics, self.state), self.encoding)
         pipeline = self.pipeline = Pipeline(
             self.tailer,
             mapper,
@@ -163,10 +159,10 @@ class Daemon:
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
         if self.terminal is not None:
-            view = ForegroundView(self.terminal, self.config, self.state, pipeline, keeper, self._refresh_gauges)
+            view = ForegroundView(self.terminal, self.config, self.state, pipeline, keeper, self.report.refresh_gauges)
             housekeeping.append(asyncio.create_task(view.run(), name="foreground"))
         reader = asyncio.create_task(pipeline.read_loop(self.stopping, self.options.once), name="reader")
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(self.report.status_line())
         log.info(
             "following %s -> %s (checkpoint %s)",
             self.config.source.path,
@@ -195,7 +191,7 @@ class Daemon:
             await asyncio.gather(*workers, *housekeeping, return_exceptions=True)
             await keeper.flush()
             await self.sink.aclose()
-            final_status = self._status_line()
+            final_status = self.report.status_line()
             await self.tailer.close()
             if health is not None:
                 await health.aclose()
@@ -207,7 +203,7 @@ class Daemon:
         if not listen or self.options.dry_run:
             return None
         host, port = listen
-        health = HealthServer(host, port, self.state, self.metrics, self.config.health.failing_after, self._refresh_gauges)
+        health = HealthServer(host, port, self.state, self.metrics, self.config.health.failing_after, self.report.refresh_gauges)
         try:
             await health.start()
         except OSError as exc:
@@ -241,50 +237,14 @@ class Daemon:
         )
         return EXIT_DEADLINE
 
-    def _load_checkpoint(self) -> Checkpoint:
-        store = CheckpointStore(self.config.checkpoint.path)
-        if not self.options.dry_run:
-            try:
-                store.ensure_writable()
-            except (CheckpointError, OSError) as exc:
-                raise FatalError(str(exc)) from exc
-        checkpoint = store.load()
-        path = str(self.config.source.path)
-        if checkpoint is not None and checkpoint.cursor.path != path:
-            log.warning(
-                "the checkpoint was for %s, now following %s: matching by file identity and content", checkpoint.cursor.path, path
-            )
-        if checkpoint is None:
-            checkpoint = Checkpoint(Cursor(path, None, 0))
-        self.state.checkpoint_loaded = True
-        return checkpoint
-
     async def _heartbeat(self) -> None:
         """Event-loop liveness for /healthz and the systemd watchdog, plus a STATUS refresh."""
         interval = min(self.notifier.watchdog_interval() or 5.0, 5.0)
         while True:
             self.state.loop_heartbeat = time.monotonic()
             self.notifier.watchdog()
-            self.notifier.status(self._status_line())
+            self.notifier.status(self.report.status_line())
             await asyncio.sleep(interval)
-
-    # -- reporting -----------------------------------------------------------------------------
-
-    def _refresh_gauges(self) -> None:
-        backlog = self.pipeline.backlog_bytes() if self.pipeline is not None else self.tailer.backlog_bytes()
-        self.state.backlog_bytes = backlog
-        self.metrics.backlog_bytes.set(backlog)
-
-    def _status_line(self) -> str:
-        self._refresh_gauges()
-        waiting = "" if self.tailer.current is not None or self.tailer.draining else f"waiting for {self.config.source.path}; "
-        in_flight = self.pipeline.acks.unsettled if self.pipeline is not None else 0
-        return (
-            f"{waiting}delivered {counted(self.state.delivered_spans, 'span')} of {counted(self.state.rows_read, 'row')} read, "
-            f"backlog {counted(self.state.backlog_bytes, 'byte')}, "
-            f"{counted(in_flight, 'batch')} in flight"
-            + (f", last error: {self.state.last_error}" if self.state.failing_since is not None else "")
-        )
 
 
 def run_daemon(

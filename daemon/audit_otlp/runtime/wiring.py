@@ -3,10 +3,12 @@ to which stage (the request envelope, the sink, the tailer, the checkpoint keepe
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from audit_otlp.config import Config
 from audit_otlp.delivery.batching import BatchLimits
+from audit_otlp.delivery.encoding import JSON, Encoding, RequestEnvelope, encoding_for
 from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.records import DurableLog
 from audit_otlp.delivery.settings import ExportSettings
@@ -15,13 +17,16 @@ from audit_otlp.mapping.chain import ChainHasher, ChainState
 from audit_otlp.mapping.envelope import Envelope, make_envelope, resource_attributes
 from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.mapping.rows import RowEvents, RowMapper
+from audit_otlp.runtime.exits import FatalError
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.events import SourceEvents
 from audit_otlp.source.tailer import Tailer
-from audit_otlp.state.checkpoint import Checkpoint
+from audit_otlp.state.checkpoint import Checkpoint, Cursor
 from audit_otlp.state.keeper import CheckpointKeeper
-from audit_otlp.state.store import CheckpointStore
+from audit_otlp.state.store import CheckpointError, CheckpointStore
+
+log = logging.getLogger("audit_otlp")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,11 @@ def build_envelope(config: Config) -> Envelope:
     return make_envelope(resource_attributes(service_name, resource.attributes, config.mapping.dd_llmobs_enabled))
 
 
+def build_encoding(config: Config, options: RunOptions) -> Encoding:
+    """export.protocol's span encoder and envelope; --dry-run prints OTLP/JSON whatever it is."""
+    return encoding_for(JSON if options.dry_run else config.export.protocol, build_envelope(config))
+
+
 def build_export_settings(config: Config) -> ExportSettings:
     export, retry = config.export, config.retry
     return ExportSettings(
@@ -50,6 +60,7 @@ def build_export_settings(config: Config) -> ExportSettings:
         vendor_headers=config.vendor.headers_for(export.endpoint) if config.vendor else {},
         timeout=export.timeout,
         compression=export.compression,
+        protocol=export.protocol,
         max_in_flight=export.max_in_flight,
         initial_backoff=retry.initial_backoff,
         max_backoff=retry.max_backoff,
@@ -62,9 +73,9 @@ def build_export_settings(config: Config) -> ExportSettings:
     )
 
 
-def build_sink(config: Config, options: RunOptions, envelope: Envelope, metrics: Metrics, state: RunState) -> Sink:
+def build_sink(config: Config, options: RunOptions, envelope: RequestEnvelope, metrics: Metrics, state: RunState) -> Sink:
     if options.dry_run:
-        return DryRunSink(envelope)
+        return DryRunSink(build_envelope(config))
     receipts = config.delivery.receipts_path
     return Exporter(
         build_export_settings(config),
@@ -98,7 +109,25 @@ def build_keeper(
     return CheckpointKeeper(store, checkpoint, config.checkpoint.interval, metrics, state, enabled=not options.dry_run)
 
 
-def build_mapper(config: Config, checkpoint: Checkpoint, events: RowEvents) -> RowMapper:
+def build_mapper(config: Config, checkpoint: Checkpoint, events: RowEvents, encoding: Encoding) -> RowMapper:
     hasher = ChainHasher(config.chain_key) if config.chain.verify else None
     chain = ChainState(last_hash=checkpoint.cursor.chain_last_hash)
-    return RowMapper(MappingOptions(config.mapping.trace_id_from), hasher, chain, events)
+    return RowMapper(MappingOptions(config.mapping.trace_id_from), hasher, chain, events, encode=encoding.encode_span)
+
+
+def load_checkpoint(config: Config, options: RunOptions) -> Checkpoint:
+    """The saved position, or a fresh one; a checkpoint directory that cannot be written is fatal
+    (exit 3) unless nothing will be written (--dry-run)."""
+    store = CheckpointStore(config.checkpoint.path)
+    if not options.dry_run:
+        try:
+            store.ensure_writable()
+        except (CheckpointError, OSError) as exc:
+            raise FatalError(str(exc)) from exc
+    checkpoint = store.load()
+    path = str(config.source.path)
+    if checkpoint is not None and checkpoint.cursor.path != path:
+        log.warning(
+            "the checkpoint was for %s, now following %s: matching by file identity and content", checkpoint.cursor.path, path
+        )
+    return checkpoint if checkpoint is not None else Checkpoint(Cursor(path, None, 0))

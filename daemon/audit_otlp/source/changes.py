@@ -113,7 +113,9 @@ class PathChanges:
     async def truncated(self, files: list[FollowedFile], index: int) -> None:
         """files[index] was truncated (and maybe written again) under us: recover the rows we
         had not read from its rotated copy, then read it again from its start. Versions it had
-        between two looks (truncated more than once) are queued in between."""
+        between two looks are queued with it in the order they were last written: before it when
+        it was truncated more than once, after it when it was renamed away since and newer
+        files came to the path (copytruncate, then rename)."""
         old = files[index]
         fresh = FollowedFile(old.path, old.fd, identify_fd(old.fd), LineSplitter(self.max_line_bytes), 0, start_known=False)
         fresh.seen_size = fresh.identity.fingerprint_len
@@ -127,7 +129,7 @@ class PathChanges:
         else:
             files.pop(index)
         missed = await asyncio.to_thread(self.missed, [*files, fresh])
-        files[index:index] = [*missed, fresh]
+        files[index:index] = sorted([*missed, fresh], key=lambda f: os.fstat(f.fd).st_mtime_ns)
         if copy is not None or missed:
             log.info(
                 "%s was truncated; reading %s first", old.path, ", ".join(str(f.path) for f in ([copy] if copy else []) + missed)

@@ -77,3 +77,13 @@ def test_any_interleaving_long(steps: list[tuple[str, int]]) -> None:
         seqs, written, gaps = asyncio.run(run_steps(Path(directory), steps))
     assert gaps == []
     assert seqs == list(range(1, written + 1))
+
+
+def test_copytruncate_then_two_renames_unseen_keeps_file_order() -> None:
+    """Found by the long run: the truncated file was renamed away before the tailer looked, and a
+    newer file came to the path; the truncated file's new rows must come before the newer file's."""
+    steps = [("rotate", "copytruncate"), ("append", 1), ("rotate", "rename"), ("append", 1), ("rotate", "rename")]
+    with tempfile.TemporaryDirectory() as directory:
+        seqs, written, gaps = asyncio.run(run_steps(Path(directory), steps))
+    assert gaps == []
+    assert seqs == list(range(1, written + 1))

@@ -1,0 +1,42 @@
+"""What the daemon says about itself while it runs: the backlog gauge and the sd_notify STATUS
+line, read from `RunState` and the pipeline (the foreground view's snapshot: `runtime.foreground`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from audit_otlp.runtime.logs import counted
+from audit_otlp.runtime.metrics import Metrics
+from audit_otlp.runtime.pipeline import Pipeline
+from audit_otlp.runtime.runstate import RunState
+from audit_otlp.source.tailer import Tailer
+
+
+class Reporting:
+    def __init__(
+        self, path: Path, tailer: Tailer, state: RunState, metrics: Metrics, pipeline: Callable[[], Pipeline | None]
+    ) -> None:
+        self.path = path
+        self.tailer = tailer
+        self.state = state
+        self.metrics = metrics
+        self._pipeline = pipeline  # built only once the checkpoint is loaded
+
+    def refresh_gauges(self) -> None:
+        pipeline = self._pipeline()
+        backlog = pipeline.backlog_bytes() if pipeline is not None else self.tailer.backlog_bytes()
+        self.state.backlog_bytes = backlog
+        self.metrics.backlog_bytes.set(backlog)
+
+    def status_line(self) -> str:
+        self.refresh_gauges()
+        state, pipeline = self.state, self._pipeline()
+        waiting = "" if self.tailer.current is not None or self.tailer.draining else f"waiting for {self.path}; "
+        in_flight = pipeline.acks.unsettled if pipeline is not None else 0
+        return (
+            f"{waiting}delivered {counted(state.delivered_spans, 'span')} of {counted(state.rows_read, 'row')} read, "
+            f"backlog {counted(state.backlog_bytes, 'byte')}, "
+            f"{counted(in_flight, 'batch')} in flight"
+            + (f", last error: {state.last_error}" if state.failing_since is not None else "")
+        )
