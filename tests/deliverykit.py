@@ -13,17 +13,18 @@ from typing import Any, Callable
 
 import orjson
 
-from audit_otlp.batching import Batch, SpanSource
-from audit_otlp.chain import ChainState
-from audit_otlp.checkpoint import Cursor
-from audit_otlp.deadletter import DurableLog
-from audit_otlp.exporter import Exporter, ExportSettings
-from audit_otlp.fileid import FileIdentity
-from audit_otlp.lines import Line
-from audit_otlp.mapping import MappingOptions, make_envelope, resource_attributes
-from audit_otlp.metrics import Metrics
-from audit_otlp.rows import RowMapper
-from audit_otlp.runstate import RunState
+from audit_otlp.delivery.batching import Batch, SpanSource
+from audit_otlp.mapping.chain import ChainState
+from audit_otlp.state.checkpoint import Cursor
+from audit_otlp.delivery.records import DurableLog
+from audit_otlp.delivery.policy import Exporter, ExportSettings
+from audit_otlp.source.fileid import FileIdentity
+from audit_otlp.source.lines import Line
+from audit_otlp.mapping.envelope import make_envelope, resource_attributes
+from audit_otlp.mapping.ids import MappingOptions
+from audit_otlp.runtime.metrics import Metrics
+from audit_otlp.mapping.rows import RowMapper
+from audit_otlp.runtime.runstate import RunState
 from auditgen import AuditWriter
 from processes import free_port, wait_until
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from audit_otlp.tailer import ResumePoint, Tailer
+from audit_otlp.source.tailer import ResumePoint, Tailer
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from audit_otlp.acks import AckTracker
-from audit_otlp.checkpoint import Cursor
+from audit_otlp.state.acks import AckTracker
+from audit_otlp.state.checkpoint import Cursor
 
 
 def cursor(end: int) -> Cursor:

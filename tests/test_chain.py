@@ -17,8 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audit_otlp.chain import GENESIS, ChainHasher, ChainState, canonical_json, canonical_line, verify_row
-from audit_otlp.mapping import parse_line
+from audit_otlp.mapping.canonical import canonical_json, canonical_line
+
+from audit_otlp.mapping.chain import ChainHasher, ChainState, GENESIS, verify_row
+from audit_otlp.mapping.parse import parse_line
 
 DATA = Path(__file__).parent / "data"
 JQ = shutil.which("jq")
@@ -125,7 +127,7 @@ def test_generated_corpus_matches_jq(texts: list[str]) -> None:
 
 def test_fast_and_slow_paths_agree() -> None:
     """The orjson fast path is only an optimisation of the general printer."""
-    from audit_otlp.chain import _slow_canonical
+    from audit_otlp.mapping.canonical import _slow_canonical
 
     for line in corpus():
         row, _ = parse_line(line)
@@ -138,7 +140,7 @@ def test_fast_path_floats_print_as_jq_prints_them() -> None:
     import random
     import struct
 
-    from audit_otlp.chain import _jq_number
+    from audit_otlp.mapping.canonical import _jq_number
 
     rng = random.Random(5)
     floats = [rng.choice((-1, 1)) * 10 ** rng.uniform(-4, 15) for _ in range(20000)]

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from audit_otlp.chain import ChainHasher
+from audit_otlp.mapping.chain import ChainHasher
 from auditgen import AuditWriter, append_bytes
 from collector import Collector, attrs
 from test_verify import TAMPERINGS

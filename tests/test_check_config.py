@@ -123,4 +123,4 @@ def test_example_config_documents_every_key_and_is_valid_when_uncommented(tmp_pa
     body = "\n".join(uncommented).replace('"/etc/audit-otlp/chain-key"', f'"{key_file}"')
     (tmp_path / "all.toml").write_text(body)
     config = load_config(tmp_path / "all.toml", {}, {})
-    assert config["batch.max_spans"] == 512 and config["health.listen"] == ("127.0.0.1", 9464)
+    assert config.batch.max_spans == 512 and config.health.listen == ("127.0.0.1", 9464)

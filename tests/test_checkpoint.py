@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from audit_otlp.checkpoint import Checkpoint, CheckpointError, CheckpointStore, Cursor
-from audit_otlp.fileid import FileIdentity
+from audit_otlp.state.checkpoint import Checkpoint, CheckpointError, CheckpointStore, Cursor
+from audit_otlp.source.fileid import FileIdentity
 
 IDENTITY = FileIdentity(dev=64769, ino=1234, fingerprint="ab" * 32, fingerprint_len=1024)
 

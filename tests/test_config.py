@@ -18,34 +18,34 @@ def write_toml(tmp_path: Path, text: str) -> Path:
 
 def test_no_config_file_runs_on_embedded_defaults() -> None:
     config = load_config(None, {}, env={})
-    assert config.endpoint == DEFAULT_ENDPOINT == "http://localhost:4318/v1/traces"
-    assert config.source_path == Path("state/audit.jsonl")
-    assert config.checkpoint_path == Path("state/audit-otlp.checkpoint.json")
-    assert config["batch.max_spans"] == 512
-    assert config["batch.max_bytes"] == 1024 * 1024
-    assert config["batch.max_wait"] == pytest.approx(0.2)
-    assert config["export.max_in_flight"] == 4
-    assert config["export.timeout"] == 10.0
-    assert config["source.rotated_glob"] == "state/audit.jsonl.*"
-    assert config["dead_letter.path"] == Path("state/dead-letter.jsonl")
+    assert config.export.endpoint == DEFAULT_ENDPOINT == "http://localhost:4318/v1/traces"
+    assert config.source.path == Path("state/audit.jsonl")
+    assert config.checkpoint.path == Path("state/audit-otlp.checkpoint.json")
+    assert config.batch.max_spans == 512
+    assert config.batch.max_bytes == 1024 * 1024
+    assert config.batch.max_wait == pytest.approx(0.2)
+    assert config.export.max_in_flight == 4
+    assert config.export.timeout == 10.0
+    assert config.source.rotated_glob == "state/audit.jsonl.*"
+    assert config.dead_letter.path == Path("state/dead-letter.jsonl")
     assert all(origin == "default" for origin in config.origin.values())
 
 
 def test_option_beats_env_beats_file_beats_default(tmp_path: Path) -> None:
     toml = write_toml(tmp_path, '[source]\npath = "from-file.jsonl"\nstart_at = "end"\n[batch]\nmax_wait = "50ms"\n')
     env = {"AUDIT_OTLP_FILE": "from-env.jsonl"}
-    assert load_config(toml, {}, env).source_path == Path("from-env.jsonl")
+    assert load_config(toml, {}, env).source.path == Path("from-env.jsonl")
     config = load_config(toml, {"file": "from-option.jsonl"}, env)
-    assert config.source_path == Path("from-option.jsonl")
+    assert config.source.path == Path("from-option.jsonl")
     assert config.origin["source.path"] == "option"
-    assert config["source.start_at"] == "end" and config.origin["source.start_at"] == "file"
-    assert config["batch.max_wait"] == pytest.approx(0.05)
+    assert config.source.start_at == "end" and config.origin["source.start_at"] == "file"
+    assert config.batch.max_wait == pytest.approx(0.05)
     assert load_config(toml, {}, {}).origin["source.path"] == "file"
 
 
 def test_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
     toml = write_toml(tmp_path, "[export]\nmax_in_flight = 2\n")
-    assert load_config(None, {}, {"AUDIT_OTLP_CONFIG": str(toml)})["export.max_in_flight"] == 2
+    assert load_config(None, {}, {"AUDIT_OTLP_CONFIG": str(toml)}).export.max_in_flight == 2
 
 
 @pytest.mark.parametrize(
@@ -62,14 +62,14 @@ def test_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
     ],
 )
 def test_endpoint_follows_the_opentelemetry_rules(env: dict[str, str], expected: str) -> None:
-    assert load_config(None, {}, env).endpoint == expected
+    assert load_config(None, {}, env).export.endpoint == expected
 
 
 def test_endpoint_option_and_file_beat_the_environment(tmp_path: Path) -> None:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318"}
-    assert load_config(None, {"endpoint": "http://opt:1/v1/traces"}, env).endpoint == "http://opt:1/v1/traces"
+    assert load_config(None, {"endpoint": "http://opt:1/v1/traces"}, env).export.endpoint == "http://opt:1/v1/traces"
     toml = write_toml(tmp_path, '[export]\nendpoint = "http://file:1/v1/traces"\n')
-    assert load_config(toml, {}, env).endpoint == "http://file:1/v1/traces"
+    assert load_config(toml, {}, env).export.endpoint == "http://file:1/v1/traces"
 
 
 def test_headers_timeout_and_compression_from_the_environment() -> None:
@@ -79,22 +79,22 @@ def test_headers_timeout_and_compression_from_the_environment() -> None:
         "OTEL_EXPORTER_OTLP_TIMEOUT": "2500",
         "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
     })
-    assert config["export.headers"] == {"api-key": "abc==", "x-team": "one", "x-sentry-auth": "sentry sentry_key=k123"}
-    assert config["export.timeout"] == pytest.approx(2.5)  # milliseconds, as the spec says
-    assert config["export.compression"] == "gzip"
+    assert config.export.headers == {"api-key": "abc==", "x-team": "one", "x-sentry-auth": "sentry sentry_key=k123"}
+    assert config.export.timeout == pytest.approx(2.5)  # milliseconds, as the spec says
+    assert config.export.compression == "gzip"
 
 
 def test_service_name_and_resource_attributes() -> None:
     config = load_config(None, {}, {"OTEL_SERVICE_NAME": "svc", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team=sec"})
-    assert config["resource.service_name"] == "svc"
-    assert config["resource.attributes"] == {"deployment.environment": "prod", "team": "sec"}
-    assert load_config(None, {}, {})["resource.service_name"] == "hydra.audit-trail"
+    assert config.resource.service_name == "svc"
+    assert config.resource.attributes == {"deployment.environment": "prod", "team": "sec"}
+    assert load_config(None, {}, {}).resource.service_name == "hydra.audit-trail"
 
 
 def test_checkpoint_defaults_to_the_systemd_state_directory() -> None:
     config = load_config(None, {}, {"STATE_DIRECTORY": "/var/lib/audit-otlp"})
-    assert config.checkpoint_path == Path("/var/lib/audit-otlp/checkpoint.json")
-    assert config["dead_letter.path"] == Path("/var/lib/audit-otlp/dead-letter.jsonl")
+    assert config.checkpoint.path == Path("/var/lib/audit-otlp/checkpoint.json")
+    assert config.dead_letter.path == Path("/var/lib/audit-otlp/dead-letter.jsonl")
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ def test_cli_usage_error_exits_2(audit_cli: str) -> None:
 
 
 def test_service_name_from_resource_attributes_applies_when_otel_service_name_is_unset() -> None:
-    from audit_otlp.app import build_envelope
+    from audit_otlp.runtime.wiring import build_envelope
 
     def service_name(env: dict[str, str]) -> str:
         head = build_envelope(load_config(None, {}, env)).head.decode()
@@ -163,3 +163,14 @@ def test_service_name_from_resource_attributes_applies_when_otel_service_name_is
 
 def test_empty_chain_key_means_plain_sha256() -> None:
     assert load_config(None, {}, {"AUDIT_OTLP_CHAIN_KEY": ""}).chain_key is None
+
+
+def test_every_key_is_a_field_of_its_typed_section() -> None:
+    """The key table and the typed Config sections describe the same keys, one to one."""
+    import dataclasses
+
+    from audit_otlp.config import KEYS
+    from audit_otlp.config.model import SECTION_TYPES
+
+    fields = {f"{section}.{f.name}" for section, cls in SECTION_TYPES.items() for f in dataclasses.fields(cls)}
+    assert fields == {key.name for key in KEYS}

@@ -1,5 +1,5 @@
 """The exporter against a real HTTP collector on 127.0.0.1: every kind of answer is handled on
-purpose (see the docstring of audit_otlp.exporter), and nothing is called delivered without a 2xx."""
+purpose (see the docstring of audit_otlp.delivery.policy), and nothing is called delivered without a 2xx."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from audit_otlp.exporter import classify, parse_partial_success
+from audit_otlp.delivery.policy import classify, parse_partial_success
 from collector import Collector, Reply
 from deliverykit import Sleeps, has_marker, make_batch, make_exporter, read_ndjson, sha256_hex, span_count, target_of
 

@@ -20,7 +20,7 @@ import pytest
 
 from auditgen import AuditWriter
 from collector import Collector, Reply
-from audit_otlp.progress import Progress, ProgressReporter, TerminalLine, format_progress
+from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine, format_progress
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 

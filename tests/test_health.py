@@ -18,9 +18,9 @@ import pytest
 
 from auditgen import AuditWriter
 from collector import Collector, Reply
-from audit_otlp.health import LOOP_STALL_LIMIT, HealthServer
-from audit_otlp.metrics import Metrics
-from audit_otlp.runstate import RunState
+from audit_otlp.runtime.health import LOOP_STALL_LIMIT, HealthServer
+from audit_otlp.runtime.metrics import Metrics
+from audit_otlp.runtime.runstate import RunState
 from processes import free_port, wait_until
 
 

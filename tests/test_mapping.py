@@ -16,19 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audit_otlp.chain import ChainHasher, ChainState, verify_row
-from audit_otlp.mapping import (
-    MappingOptions,
-    chain_broken_span,
-    encode_span,
-    line_digest,
-    make_envelope,
-    malformed_span,
-    parse_line,
-    parse_timestamp_ns,
-    resource_attributes,
-    row_span,
-)
+from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row
+from audit_otlp.mapping.envelope import encode_span, make_envelope, resource_attributes
+from audit_otlp.mapping.ids import MappingOptions, line_digest
+from audit_otlp.mapping.parse import parse_line, parse_timestamp_ns
+from audit_otlp.mapping.spans import chain_broken_span, malformed_span, row_span
 from collector import attrs, to_proto
 
 OBSERVED = 1_700_000_000_000_000_000
@@ -99,10 +91,10 @@ def test_trace_id_from_session_groups_a_session() -> None:
 
 
 def test_ids_never_all_zero() -> None:
-    from audit_otlp.mapping import _nonzero_hex
+    from audit_otlp.mapping.ids import nonzero_hex
 
-    assert _nonzero_hex(b"\0" * 16) == "0" * 31 + "1"
-    assert _nonzero_hex(b"\0" * 8) == "0" * 15 + "1"
+    assert nonzero_hex(b"\0" * 16) == "0" * 31 + "1"
+    assert nonzero_hex(b"\0" * 8) == "0" * 15 + "1"
 
 
 # -- times ----------------------------------------------------------------------------------
@@ -154,7 +146,7 @@ def test_fast_and_exact_timestamp_parsers_agree(seconds: int, nanos: int, digits
                                                 zulu: bool) -> None:
     from datetime import datetime, timedelta, timezone
 
-    from audit_otlp.mapping import _parse_rfc3339_ns
+    from audit_otlp.mapping.parse import _parse_rfc3339_ns
 
     offset = timedelta(minutes=0 if zulu else offset_min)
     local = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=seconds) + offset
@@ -171,7 +163,7 @@ def test_fast_and_exact_timestamp_parsers_agree(seconds: int, nanos: int, digits
 
 
 def test_time_zone_of_the_machine_does_not_matter() -> None:
-    code = ("import orjson,sys; from audit_otlp.mapping import *; "
+    code = ("import orjson,sys; from audit_otlp.mapping.spans import row_span; from audit_otlp.mapping.ids import line_digest, MappingOptions; "
             "rows=[{'ts':'2026-04-15T14:23:03.250Z'},{'ts':'2026-03-08T07:30:00Z'},{'ts':'2026-11-01T06:30:00.000000001Z'},"
             "{'ts':'2026-07-01T12:00:00+05:30'}]; "
             "print([row_span(r,line_digest(b'x'),offset=0,observed_ns=1,options=MappingOptions())['startTimeUnixNano'] for r in rows])")

@@ -18,16 +18,10 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope  # noqa:
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode  # noqa: E402
 
 from audit_otlp import __version__  # noqa: E402
-from audit_otlp.chain import ChainHasher, ChainState, verify_row  # noqa: E402
-from audit_otlp.mapping import (  # noqa: E402
-    SCOPE_NAME,
-    MappingOptions,
-    encode_span,
-    line_digest,
-    make_envelope,
-    resource_attributes,
-    row_span,
-)
+from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row  # noqa: E402
+from audit_otlp.mapping.envelope import SCOPE_NAME, encode_span, make_envelope, resource_attributes  # noqa: E402
+from audit_otlp.mapping.ids import MappingOptions, line_digest  # noqa: E402
+from audit_otlp.mapping.spans import row_span  # noqa: E402
 from collector import to_proto  # noqa: E402
 
 ROWS = [

@@ -12,7 +12,7 @@ from pathlib import Path
 from auditgen import AuditWriter
 from collector import Collector
 from audit_otlp.config import load_config
-from audit_otlp.reload import plan_reload
+from audit_otlp.runtime.reload import plan_reload
 
 
 class StderrLog:
@@ -94,7 +94,16 @@ def test_reload_plan_masks_secrets_and_keeps_restart_only_values(tmp_path: Path)
     text = plan.describe()
     assert "secret-token" not in text and "new-secret" not in repr(plan.needs_restart)
     # Restart-only keys keep their running values; reloadable ones take the new value.
-    assert plan.config.endpoint == "http://127.0.0.1:4318/v1/traces"
-    assert plan.config["export.headers"] == before["export.headers"]
-    assert plan.config["batch.max_wait"] == 1.0
+    assert plan.config.export.endpoint == "http://127.0.0.1:4318/v1/traces"
+    assert plan.config.export.headers == before.export.headers
+    assert plan.config.batch.max_wait == 1.0
     assert plan.config.secrets == before.secrets
+
+
+def test_every_reloadable_key_has_a_place_where_it_takes_effect() -> None:
+    """A key marked reloadable in the key table must be applied by the running daemon."""
+    from audit_otlp.config import KEYS
+    from audit_otlp.runtime.lifecycle import Daemon
+
+    sections = {key.name.split(".", 1)[0] for key in KEYS if key.reloadable}
+    assert sections <= set(Daemon.RELOAD_APPLIERS)

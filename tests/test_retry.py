@@ -5,7 +5,7 @@ import random
 
 from hypothesis import given, strategies as st
 
-from audit_otlp.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after
+from audit_otlp.delivery.retry import RETRY_AFTER_CAP, Backoff, parse_retry_after
 
 
 @given(st.floats(0.001, 5), st.floats(5, 60), st.integers(0, 80), st.integers(0, 2**32))

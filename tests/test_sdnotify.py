@@ -16,7 +16,7 @@ import pytest
 
 from auditgen import AuditWriter
 from collector import Collector
-from audit_otlp.sdnotify import Notifier
+from audit_otlp.runtime.sdnotify import Notifier
 
 
 class NotifyListener:

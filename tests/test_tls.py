@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from audit_otlp.app import build_export_settings
+from audit_otlp.runtime.wiring import build_export_settings
 from audit_otlp.config import ConfigError, load_config
-from audit_otlp.deadletter import DurableLog
-from audit_otlp.exporter import Exporter
-from audit_otlp.metrics import Metrics
-from audit_otlp.runstate import RunState
+from audit_otlp.delivery.records import DurableLog
+from audit_otlp.delivery.policy import Exporter
+from audit_otlp.runtime.metrics import Metrics
+from audit_otlp.runtime.runstate import RunState
 from auditgen import AuditWriter
 from collector import Collector
 from deliverykit import ENVELOPE, daemon_env, make_batch

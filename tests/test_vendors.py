@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from audit_otlp import vendors
-from audit_otlp.app import build_export_settings
+from audit_otlp.delivery import vendors
+from audit_otlp.runtime.wiring import build_export_settings
 from audit_otlp.config import ConfigError, load_config
 from auditgen import AuditWriter
 from collector import Collector
@@ -47,11 +47,11 @@ def test_malformed_dsn_is_a_config_error_naming_the_variable(dsn: str) -> None:
 def test_datadog_preset(site: str | None, endpoint: str) -> None:
     env = {"DD_API_KEY": "0123456789abcdef0123456789abcdef"} | ({"DD_SITE": site} if site else {})
     config = load_config(env=env)
-    assert config.endpoint == endpoint
+    assert config.export.endpoint == endpoint
     settings = build_export_settings(config)
     assert settings.vendor_headers == {"dd-api-key": "0123456789abcdef0123456789abcdef", "dd-otlp-source": "llmobs"}
     assert "0123456789abcdef0123456789abcdef" in config.secrets
-    assert config["mapping.dd_llmobs_enabled"] is True
+    assert config.mapping.dd_llmobs_enabled is True
 
 
 def test_unknown_datadog_site_is_rejected() -> None:

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audit_otlp.chain import GENESIS, ChainHasher
-from audit_otlp.verify import verify_files
+from audit_otlp.mapping.chain import ChainHasher, GENESIS
+from audit_otlp.commands.verify import verify_files
 from auditgen import AuditWriter
 
 
@@ -202,10 +202,10 @@ def test_hmac_key_file(tmp_path: Path, audit_cli: str) -> None:
                                            "unchained"]), st.integers(1, 38)), min_size=1, max_size=3))
 def test_verify_and_the_daemon_agree_on_any_tampering(tmp_path: Path, ops: list[tuple[str, int]]) -> None:
     """`verify`'s inline fast path and the daemon's RowMapper report the same lines."""
-    from audit_otlp.lines import Line
-    from audit_otlp.mapping import MappingOptions
-    from audit_otlp.rows import RowMapper
-    from audit_otlp.chain import ChainState
+    from audit_otlp.source.lines import Line
+    from audit_otlp.mapping.ids import MappingOptions
+    from audit_otlp.mapping.rows import RowMapper
+    from audit_otlp.mapping.chain import ChainState
 
     lines = chained_lines(tmp_path, 40)
     for op, i in ops:

@@ -12,10 +12,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from audit_otlp.chain import ChainHasher, ChainState, verify_row  # noqa: E402
-from audit_otlp.lines import Line  # noqa: E402
-from audit_otlp.mapping import MappingOptions, encode_span, line_digest, parse_line, row_span  # noqa: E402
-from audit_otlp.rows import RowMapper  # noqa: E402
+from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row  # noqa: E402
+from audit_otlp.source.lines import Line  # noqa: E402
+from audit_otlp.mapping.envelope import encode_span  # noqa: E402
+from audit_otlp.mapping.ids import MappingOptions, line_digest  # noqa: E402
+from audit_otlp.mapping.parse import parse_line  # noqa: E402
+from audit_otlp.mapping.spans import row_span  # noqa: E402
+from audit_otlp.mapping.rows import RowMapper  # noqa: E402
 from auditgen import AuditWriter  # noqa: E402
 
 

@@ -23,14 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gen import RowGenerator  # noqa: E402
 
-from audit_otlp.chain import ChainHasher, ChainState  # noqa: E402
-from audit_otlp.deadletter import DurableLog  # noqa: E402
-from audit_otlp.exporter import ExportSettings, Exporter  # noqa: E402
-from audit_otlp.lines import LineSplitter  # noqa: E402
-from audit_otlp.mapping import MappingOptions, make_envelope, resource_attributes  # noqa: E402
-from audit_otlp.metrics import Metrics  # noqa: E402
-from audit_otlp.rows import RowMapper  # noqa: E402
-from audit_otlp.runstate import RunState  # noqa: E402
+from audit_otlp.mapping.chain import ChainHasher, ChainState  # noqa: E402
+from audit_otlp.delivery.records import DurableLog  # noqa: E402
+from audit_otlp.delivery.policy import ExportSettings, Exporter  # noqa: E402
+from audit_otlp.source.lines import LineSplitter  # noqa: E402
+from audit_otlp.mapping.envelope import make_envelope, resource_attributes  # noqa: E402
+from audit_otlp.mapping.ids import MappingOptions  # noqa: E402
+from audit_otlp.runtime.metrics import Metrics  # noqa: E402
+from audit_otlp.mapping.rows import RowMapper  # noqa: E402
+from audit_otlp.runtime.runstate import RunState  # noqa: E402
 
 
 class _NoEvents:

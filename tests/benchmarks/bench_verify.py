@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from audit_otlp.chain import ChainHasher  # noqa: E402
+from audit_otlp.mapping.chain import ChainHasher  # noqa: E402
 from auditgen import AuditWriter  # noqa: E402
 
 

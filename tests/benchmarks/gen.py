@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from audit_otlp.chain import GENESIS, ChainHasher
+from audit_otlp.mapping.chain import ChainHasher, GENESIS
 
 TOOLS = ("Write", "Read", "Bash", "WebFetch", "Edit", "Grep")
 OUTCOMES = ("allowed", "allowed", "allowed", "denied")

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen import RowGenerator  # noqa: E402
 
 from audit_otlp import chain, mapping  # noqa: E402
-from audit_otlp.lines import LineSplitter  # noqa: E402
-from audit_otlp.rows import RowMapper  # noqa: E402
+from audit_otlp.source.lines import LineSplitter  # noqa: E402
+from audit_otlp.mapping.rows import RowMapper  # noqa: E402
 
 # -- sketch 1: the chain's "can orjson print this like jq?" test, without walking every string.
 

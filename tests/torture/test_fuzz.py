@@ -23,12 +23,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audit_otlp.chain import ChainHasher, ChainState, canonical_json, verify_row
+from audit_otlp.mapping.canonical import canonical_json
+
+from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row
 from audit_otlp.config import KEYS, ConfigError, load_config
-from audit_otlp.lines import LineSplitter
-from audit_otlp.lines import Line
-from audit_otlp.mapping import MappingOptions, make_envelope, parse_line, resource_attributes
-from audit_otlp.rows import RowMapper
+from audit_otlp.source.lines import LineSplitter
+from audit_otlp.source.lines import Line
+from audit_otlp.mapping.envelope import make_envelope, resource_attributes
+from audit_otlp.mapping.ids import MappingOptions
+from audit_otlp.mapping.parse import parse_line
+from audit_otlp.mapping.rows import RowMapper
 from collector import Collector, to_proto
 from harness import clean_env
 

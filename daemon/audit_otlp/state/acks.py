@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from audit_otlp.checkpoint import Cursor
+from audit_otlp.state.checkpoint import Cursor
 
 
 class AckTracker:

@@ -9,8 +9,8 @@ from typing import Callable
 
 import orjson
 
-from audit_otlp.metrics import Metrics
-from audit_otlp.runstate import RunState
+from audit_otlp.runtime.metrics import Metrics
+from audit_otlp.runtime.runstate import RunState
 
 log = logging.getLogger(__name__)
 

@@ -10,17 +10,12 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple, Protocol
 
-from audit_otlp.chain import ChainHasher, ChainState, ChainVerdict, verify_row
-from audit_otlp.lines import Line
-from audit_otlp.mapping import (
-    MappingOptions,
-    chain_broken_span,
-    encode_span,
-    line_digest,
-    malformed_span,
-    parse_line,
-    row_span,
-)
+from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict, verify_row
+from audit_otlp.mapping.envelope import encode_span
+from audit_otlp.mapping.ids import MappingOptions, line_digest
+from audit_otlp.mapping.parse import parse_line
+from audit_otlp.mapping.spans import chain_broken_span, malformed_span, row_span
+from audit_otlp.source.lines import Line
 
 log = logging.getLogger(__name__)
 

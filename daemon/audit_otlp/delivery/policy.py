@@ -34,13 +34,14 @@ import httpx
 import orjson
 
 from audit_otlp import __version__
-from audit_otlp.batching import Batch, SpanSource
 from audit_otlp.config import ConfigError, mask_url
-from audit_otlp.deadletter import DurableLog, truncate_body
-from audit_otlp.mapping import Envelope
-from audit_otlp.metrics import Metrics
-from audit_otlp.retry import Backoff, parse_retry_after
-from audit_otlp.runstate import RunState
+from audit_otlp.delivery.batching import Batch, SpanSource
+from audit_otlp.delivery.records import DurableLog, truncate_body
+from audit_otlp.delivery.retry import Backoff, parse_retry_after
+from audit_otlp.delivery.sink import Outcome
+from audit_otlp.mapping.envelope import Envelope
+from audit_otlp.runtime.metrics import Metrics
+from audit_otlp.runtime.runstate import RunState
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,6 @@ CONFIG_STATUSES = frozenset({401, 403, 404, 405, 407, 415})
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 LOUD_EVERY = 60.0  # seconds between two loud errors of the same kind
 RETRY_LOG_EVERY = 10.0  # seconds between two "retrying" warnings (the rest go to debug)
-
-
-class Outcome(NamedTuple):
-    delivered: int = 0
-    rejected: int = 0
-    dead_lettered: int = 0
-
-    def __add__(self, other: "Outcome") -> "Outcome":  # type: ignore[override]
-        return Outcome(self.delivered + other.delivered, self.rejected + other.rejected, self.dead_lettered + other.dead_lettered)
 
 
 def classify(status: int | None) -> str:

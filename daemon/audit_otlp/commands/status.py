@@ -5,6 +5,7 @@ counted, not estimated, and the resume point is found the way a restarting daemo
 
 from __future__ import annotations
 
+import argparse
 import glob
 import hashlib
 import os
@@ -15,10 +16,11 @@ from typing import Any
 
 import orjson
 
-from audit_otlp.checkpoint import Checkpoint
 from audit_otlp.config import Config, mask_url
-from audit_otlp.deadletter import DurableLog
-from audit_otlp.fileid import fingerprint_matches
+from audit_otlp.delivery.records import DurableLog
+from audit_otlp.runtime.lifecycle import EXIT_OK
+from audit_otlp.source.fileid import fingerprint_matches
+from audit_otlp.state.checkpoint import Checkpoint
 
 CHUNK = 4 * 1024 * 1024
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
@@ -138,12 +140,12 @@ def read_checkpoint(path: Path) -> tuple[Checkpoint | None, str | None]:
 
 
 def collect_status(config: Config) -> dict[str, Any]:
-    checkpoint, checkpoint_problem = read_checkpoint(config.checkpoint_path)
-    path = config.source_path
+    checkpoint, checkpoint_problem = read_checkpoint(config.checkpoint.path)
+    path = config.source.path
     status: dict[str, Any] = {
         "file": str(path),
-        "checkpoint_path": str(config.checkpoint_path),
-        "endpoint": mask_url(config.endpoint),
+        "checkpoint_path": str(config.checkpoint.path),
+        "endpoint": mask_url(config.export.endpoint),
         "checkpoint": None,
     }
     if checkpoint_problem:
@@ -152,7 +154,7 @@ def collect_status(config: Config) -> dict[str, Any]:
         status["file_size"] = path.stat().st_size
     except OSError:
         status["file_size"] = None
-    position = locate(checkpoint, path, config["source.rotated_glob"])
+    position = locate(checkpoint, path, config.source.rotated_glob)
     backlog_bytes = backlog_rows = 0
     held = []
     if position.file is not None:
@@ -182,13 +184,13 @@ def collect_status(config: Config) -> dict[str, Any]:
         status["delivered_spans"] = checkpoint.delivered_spans
         status["last_success"] = _iso(checkpoint.last_success_unix)
         status["last_error"] = checkpoint.last_error
-        status["chain"] = {"verify": config["chain.verify"], "last_hash": cursor.chain_last_hash, "breaks": checkpoint.chain_breaks}
+        status["chain"] = {"verify": config.chain.verify, "last_hash": cursor.chain_last_hash, "breaks": checkpoint.chain_breaks}
     else:
         status["delivered_spans"] = 0
         status["last_success"] = None
         status["last_error"] = None
-        status["chain"] = {"verify": config["chain.verify"], "last_hash": None, "breaks": 0}
-    receipts = config["delivery.receipts_path"]
+        status["chain"] = {"verify": config.chain.verify, "last_hash": None, "breaks": 0}
+    receipts = config.delivery.receipts_path
     status["last_receipt"] = DurableLog(receipts).last_record() if receipts else None
     return status
 
@@ -230,3 +232,12 @@ def format_status(status: dict[str, Any]) -> str:
 
 def _size(size: int | None) -> str:
     return "missing" if size is None else f"{size} bytes"
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    status = collect_status(config)
+    if args.json:
+        print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_status(status))
+    return EXIT_OK

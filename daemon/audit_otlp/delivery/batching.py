@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from audit_otlp.checkpoint import Cursor
-from audit_otlp.fileid import FileIdentity
-from audit_otlp.mapping import Envelope
+from audit_otlp.mapping.envelope import Envelope
+from audit_otlp.source.fileid import FileIdentity
+from audit_otlp.state.checkpoint import Cursor
 
 
 class SpanSource(NamedTuple):

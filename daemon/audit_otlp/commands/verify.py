@@ -12,6 +12,9 @@ common case (the row links to the row before it) handled inline; everything else
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +22,10 @@ from typing import Any
 
 import orjson
 
-from audit_otlp.chain import ChainHasher, ChainState, ChainVerdict, canonical_line, judge
-from audit_otlp.mapping import parse_line, too_deep
+from audit_otlp.config import Config
+from audit_otlp.mapping.canonical import canonical_line
+from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict, judge
+from audit_otlp.mapping.parse import parse_line, too_deep
 
 CHUNK = 8 * 1024 * 1024
 OVERLAP_WINDOW = 65536  # row hashes of the previous file kept to recognise a tail-rewrite
@@ -183,3 +188,27 @@ def verify_files(paths: list[Path], hasher: ChainHasher, max_breaks: int = 100) 
         walker.feed_file(path, keep_window=index < len(paths) - 1)
     walker.report.last_hash = walker.state.last_hash
     return walker.report
+
+
+def main(args: argparse.Namespace, config: Config) -> int:
+    paths = [Path(p) for p in args.paths]
+    try:
+        report = verify_files(paths, ChainHasher(config.chain_key))
+    except OSError as exc:
+        message = f"cannot read {exc.filename}: {exc.strerror or exc}"
+        if args.json:
+            print(json.dumps({"intact": None, "error": message}))
+        else:
+            print(f"audit-otlp verify: {message}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+    elif report.intact:
+        print(f"intact: {report.rows} chained rows in {len(paths)} file(s); last hash {report.last_hash}")
+        if report.anchored:
+            print("note: the first row continues an earlier chain; its own prev_hash could not be checked")
+    else:
+        print(f"BROKEN at {report.breaks[0].describe()}")
+        if report.break_count > 1:
+            print(f"{report.break_count - 1} more break(s); --json lists them")
+    return 0 if report.intact else 1

@@ -19,7 +19,7 @@ class Backoff:
     attempt: int = 0
 
     def ceiling(self) -> float:
-        return min(self.maximum, self.initial * (2 ** min(self.attempt, 30)))
+        return min(self.maximum, self.initial * float(2 ** min(self.attempt, 30)))
 
     def next_delay(self, rng: random.Random | None = None) -> float:
         """Full jitter: uniform in [0, min(max, initial * 2**attempt)] (AWS architecture blog),

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from audit_otlp.batching import Batch, BatchBuilder, BatchLimits, SpanSource
-from audit_otlp.chain import ChainHasher, ChainState, ChainVerdict
-from audit_otlp.checkpoint import Cursor
-from audit_otlp.exporter import Outcome
-from audit_otlp.fileid import identify_fd
-from audit_otlp.lines import LineSplitter
-from audit_otlp.mapping import Envelope, MappingOptions
-from audit_otlp.rows import RowMapper
+from audit_otlp.config import Config
+from audit_otlp.delivery.batching import BatchBuilder, BatchLimits, SpanSource
+from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict
+from audit_otlp.mapping.envelope import Envelope
+from audit_otlp.mapping.ids import MappingOptions
+from audit_otlp.mapping.rows import RowMapper
+from audit_otlp.runtime.lifecycle import EXIT_OK, EXIT_USAGE
+from audit_otlp.runtime.logs import setup_logging
+from audit_otlp.runtime.wiring import build_envelope
+from audit_otlp.source.fileid import identify_fd
+from audit_otlp.source.lines import LineSplitter
+from audit_otlp.state.checkpoint import Cursor
 
 CHUNK = 1024 * 1024
 
@@ -70,20 +75,16 @@ def write_export(out: BinaryIO, requests: Iterator[bytes]) -> int:
     return count
 
 
-class DryRunSink:
-    """--dry-run: print each request body as one line on stdout; nothing is delivered."""
-
-    def __init__(self, envelope: Envelope) -> None:
-        self.envelope = envelope
-
-    async def start(self) -> None:
-        pass
-
-    async def deliver(self, batch: Batch) -> Outcome:
-        if batch.spans:
-            sys.stdout.buffer.write(self.envelope.body(batch.spans) + b"\n")
-            sys.stdout.buffer.flush()
-        return Outcome()
-
-    async def aclose(self) -> None:
-        pass
+def main(args: argparse.Namespace, config: Config) -> int:
+    path = Path(args.path)
+    setup_logging(config.log.format, config.log.level, config.secrets)
+    limits = BatchLimits(config.batch.max_spans, config.batch.max_bytes, config.batch.max_wait)
+    hasher = ChainHasher(config.chain_key) if config.chain.verify else None
+    try:
+        write_export(sys.stdout.buffer, export_requests(path, build_envelope(config), limits,
+                                                         MappingOptions(config.mapping.trace_id_from), hasher,
+                                                         config.source.max_line_bytes))
+    except OSError as exc:
+        print(f"audit-otlp: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK

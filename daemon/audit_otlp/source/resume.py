@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audit_otlp.fileid import FileIdentity, fingerprint_matches
-from audit_otlp.followed import (
+from audit_otlp.source.fileid import FileIdentity, fingerprint_matches
+from audit_otlp.source.followed import (
     MARKER_BYTES,
     FollowedFile,
     RecentLines,
@@ -30,11 +30,11 @@ from audit_otlp.followed import (
     open_followed,
     prime,
 )
-from audit_otlp.lines import LineSplitter
-from audit_otlp.siblings import rotated_siblings
+from audit_otlp.source.lines import LineSplitter
+from audit_otlp.source.siblings import rotated_siblings
 
 if TYPE_CHECKING:
-    from audit_otlp.tailer import ResumePoint
+    from audit_otlp.source.tailer import ResumePoint
 
 
 @dataclass

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from typing import Iterable
+from typing import Iterable, Protocol
 
 import orjson
 
@@ -71,11 +71,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc).decode("utf-8")
 
 
+class SupportsWrite(Protocol):
+    """What a log handler writes to: a text stream, or the terminal's progress line."""
+
+    def write(self, data: str, /) -> object: ...
+    def flush(self) -> None: ...
+
+
 def setup_logging(fmt: str, level: str, secrets: Iterable[str] = (), verbose: bool = False,
-                  stream=None) -> logging.Handler:
+                  stream: SupportsWrite | None = None) -> logging.Handler:
     """Configure the root logger once; returns the handler (SIGHUP may change its level)."""
     stream = stream or sys.stderr
-    handler = logging.StreamHandler(stream)
+    handler: logging.StreamHandler[SupportsWrite] = logging.StreamHandler(stream)
     handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -87,7 +94,7 @@ def setup_logging(fmt: str, level: str, secrets: Iterable[str] = (), verbose: bo
     return handler
 
 
-def _formatter(fmt: str, stream) -> logging.Formatter:
+def _formatter(fmt: str, stream: object) -> logging.Formatter:
     if fmt == "json":
         return JsonFormatter()
     # journald adds its own timestamps; a terminal gets them, coloured; a pipe or file plain.

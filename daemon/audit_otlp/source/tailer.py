@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from audit_otlp.fileid import FileIdentity, identify_fd
-from audit_otlp.followed import (
+from audit_otlp.source.fileid import FileIdentity, identify_fd
+from audit_otlp.source.followed import (
     MARKER_BYTES,
     FollowedFile,
     RecentLines,
@@ -42,10 +42,10 @@ from audit_otlp.followed import (
     open_followed,
     overlap_end,
 )
-from audit_otlp.lines import Line, LineSplitter
-from audit_otlp.resume import locate
-from audit_otlp.versions import VersionFinder
-from audit_otlp.watch import FileWatcher
+from audit_otlp.source.lines import Line, LineSplitter
+from audit_otlp.source.resume import locate
+from audit_otlp.source.versions import VersionFinder
+from audit_otlp.source.watch import FileWatcher
 
 log = logging.getLogger(__name__)
 

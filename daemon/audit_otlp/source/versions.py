@@ -16,9 +16,9 @@ import os
 from collections import deque
 from pathlib import Path
 
-from audit_otlp.fileid import FileIdentity, fingerprint_matches
-from audit_otlp.followed import FollowedFile, open_followed
-from audit_otlp.siblings import Sibling, rotated_siblings
+from audit_otlp.source.fileid import FileIdentity, fingerprint_matches
+from audit_otlp.source.followed import FollowedFile, open_followed
+from audit_otlp.source.siblings import Sibling, rotated_siblings
 
 log = logging.getLogger(__name__)
 

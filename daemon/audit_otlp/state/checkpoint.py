@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
-from audit_otlp.fileid import FileIdentity
-from audit_otlp.metrics import Metrics
-from audit_otlp.runstate import RunState
+from audit_otlp.source.fileid import FileIdentity
+from audit_otlp.runtime.metrics import Metrics
+from audit_otlp.runtime.runstate import RunState
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from audit_otlp.fileid import FileIdentity, fingerprint_matches, identify_fd
-from audit_otlp.lines import Line, LineSplitter
+from audit_otlp.source.fileid import FileIdentity, fingerprint_matches, identify_fd
+from audit_otlp.source.lines import Line, LineSplitter
 
 CHUNK_BYTES = 256 * 1024
 MARKER_BYTES = 128  # bytes just before the read offset, re-checked to see a file rewritten under us
