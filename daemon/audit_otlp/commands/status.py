@@ -184,12 +184,14 @@ def collect_status(config: Config) -> dict[str, Any]:
         status["delivered_spans"] = checkpoint.delivered_spans
         status["last_success"] = _iso(checkpoint.last_success_unix)
         status["last_error"] = checkpoint.last_error
-        status["chain"] = {"verify": config.chain.verify, "last_hash": cursor.chain_last_hash, "breaks": checkpoint.chain_breaks}
+        status["chain"] = {"verify": config.chain.verify, "key_source": config.chain_key_source,
+                           "last_hash": cursor.chain_last_hash, "breaks": checkpoint.chain_breaks}
     else:
         status["delivered_spans"] = 0
         status["last_success"] = None
         status["last_error"] = None
-        status["chain"] = {"verify": config.chain.verify, "last_hash": None, "breaks": 0}
+        status["chain"] = {"verify": config.chain.verify, "key_source": config.chain_key_source,
+                           "last_hash": None, "breaks": 0}
     receipts = config.delivery.receipts_path
     status["last_receipt"] = DurableLog(receipts).last_record() if receipts else None
     return status
@@ -202,7 +204,7 @@ def _iso(unix: float | None) -> str | None:
 def format_status(status: dict[str, Any]) -> str:
     chain = status["chain"]
     chain_text = "verified" if chain["verify"] else "not verified"
-    chain_text += f", {chain['breaks']} breaks"
+    chain_text += f", key: {chain['key_source']}, {chain['breaks']} breaks"
     if chain["last_hash"]:
         chain_text += f", last hash {chain['last_hash']}"
     lines = [

@@ -16,6 +16,7 @@ class RunState:
     dead_lettered_spans: int = 0
     rows_read: int = 0
     chain_breaks: int = 0  # all time: the checkpoint's count plus this run's
+    chain_forks: int = 0  # this run's
     last_success_unix: float | None = None
     last_error: str | None = None
     failing_since: float | None = None  # monotonic time of the first failure since the last 2xx

@@ -12,7 +12,7 @@ from audit_otlp.delivery.records import DurableLog
 from audit_otlp.delivery.sink import DryRunSink, Sink
 from audit_otlp.mapping.chain import ChainHasher, ChainState
 from audit_otlp.mapping.envelope import Envelope, make_envelope, resource_attributes
-from audit_otlp.mapping.ids import MappingOptions
+from audit_otlp.mapping.ids import IdentityWindow, MappingOptions
 from audit_otlp.mapping.rows import RowEvents, RowMapper
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
@@ -94,5 +94,7 @@ def build_keeper(config: Config, options: RunOptions, checkpoint: Checkpoint, me
 
 def build_mapper(config: Config, checkpoint: Checkpoint, events: RowEvents) -> RowMapper:
     hasher = ChainHasher(config.chain_key) if config.chain.verify else None
-    chain = ChainState(last_hash=checkpoint.cursor.chain_last_hash)
-    return RowMapper(MappingOptions(config.mapping.trace_id_from), hasher, chain, events)
+    cursor = checkpoint.cursor
+    chain = ChainState.resumed(cursor.chain_last_hash, cursor.chain_recent, cursor.chain_seen or None)
+    identity = IdentityWindow(bytes.fromhex(d) for d in cursor.recent_digests)
+    return RowMapper(MappingOptions(config.mapping.trace_id_from), hasher, chain, events, identity=identity)
