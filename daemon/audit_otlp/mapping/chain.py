@@ -223,3 +223,9 @@ def unparsed_link(hasher: ChainHasher, data: bytes, deep: bool) -> str:
         except (orjson.JSONDecodeError, TypeError, RecursionError):
             pass
     return hasher.hash_canonical(data)
+
+
+def verify_row(state: ChainState, row: Any, hasher: ChainHasher, data: bytes | None = None) -> ChainVerdict:
+    """`judge_link` for a parsed row (from the line `data`, when given)."""
+    link = hasher.line_hash(data, row) if data is not None else hasher.row_hash(row)
+    return judge_link(state, row.get("prev_hash") if type(row) is dict else None, link)
