@@ -112,8 +112,9 @@ class ChainState:
     forks: int = 0
     seen: int = 0  # lines with a known hash since the history began (at most GAP_HORIZON)
     gap_pending: bool = False  # the next line follows lines that vanished unseen
-    matched: int = 0  # links that matched a hash (ok or fork by hash): evidence the key is right
-    recent: dict[str, None] = field(default_factory=dict)  # insertion-ordered, FORK_WINDOW at most
+    matched: int = 0  # links that matched a line's hash: evidence the key is right
+    recent: dict[str, None] = field(default_factory=dict)  # link hashes, insertion-ordered, FORK_WINDOW at most
+    missing: dict[str, None] = field(default_factory=dict)  # parents named by breaks, GAP_HORIZON at most
 
     @classmethod
     def resumed(cls, last_hash: str | None, recent: Iterable[str] = (), seen: int | None = None) -> "ChainState":
@@ -167,13 +168,17 @@ def judge_link(state: ChainState, found: Any, link_hash: str) -> ChainVerdict:
     elif found in state.recent:
         verdict = FORK
         state.matched += 1
+    elif found in state.missing:
+        verdict = FORK  # a sibling of a break: the same missing parent
     elif state.seen < GAP_HORIZON:
         verdict = GAP  # names a line from before the history we have
     else:
         verdict = BREAK
     if verdict == BREAK:
         state.breaks += 1
-        state.remember(found)  # later rows naming the same missing parent are forks of it
+        state.missing[found] = None  # later rows naming the same missing parent are forks of it
+        if len(state.missing) > GAP_HORIZON:
+            del state.missing[next(iter(state.missing))]
     elif verdict == FORK:
         state.forks += 1
     state.gap_pending = False

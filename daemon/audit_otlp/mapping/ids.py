@@ -36,8 +36,10 @@ def line_digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-IDENTICAL_WINDOW = 128  # identical lines share ts and parent, so they are always close together
-CARRIED_DIGEST_BYTES = 16  # of each line digest, in the checkpoint: plenty to tell lines apart
+# Identical lines share a second (and a parent, when they have one), so they are close together;
+# rows without prev_hash (egress-shield's) written in a burst can be a few hundred lines apart.
+IDENTICAL_WINDOW = 1000
+CARRIED_DIGEST_BYTES = 8  # of each line digest, kept and carried in the checkpoint: enough to tell 1000 lines apart
 
 
 class IdentityWindow:
