@@ -144,31 +144,43 @@ def test_one_edited_row_gives_exactly_one_break_at_its_first_child(hydra_file: H
 
 
 def test_live_producer_with_rotation_and_a_sigkill_delivers_every_row(tmp_path: Path, audit_cli: str) -> None:
+    """The daemon follows while four writers write (about 100 rows/s) and the producer rewrites
+    the file every ~50 rows, keeping 300; it is SIGKILLed once a checkpoint exists, and restarted
+    (within 300 rows: rows rotated away while it is down would be a real gap, not this test).
+    egress-shield rows are left out here: the producer appends them outside its rotation lock,
+    so one written into the old file while the daemon is down is lost by the producer itself
+    (the other tests have them)."""
     tree = HydraTree(tmp_path / "hydra")
     simulate(tree.root, rows=4, writers=1, seed=1)  # the plugin's first calls: the key file exists now
-    small = Settings(max_bytes=16384, keep_lines=20)
-    args = run_args(tree, tmp_path, "")
-    writing = threading.Thread(target=simulate, args=(tree.root,),
-                               kwargs={"rows": 400, "writers": 4, "settings": small, "seed": 2})
+    checkpoint = tmp_path / "cp.json"
     with Collector() as collector:
-        args[-1] = collector.endpoint
+        args = run_args(tree, tmp_path, collector.endpoint)
         env = daemon_env()
         proc = start(audit_cli, args, env)
+        writing = threading.Thread(target=simulate, args=(tree.root,), kwargs={
+            "rows": 600, "writers": 4, "seed": 2, "egress_rate": 0.0,
+            "settings": Settings(max_bytes=60000, keep_lines=300, window=0.01, pause=0.03)})
         writing.start()
         assert collector.wait_for(lambda c: len(c.accepted_spans()) >= 80, timeout=60), "nothing delivered"
+        assert wait_until(checkpoint.exists, timeout=30)
         proc.send_signal(signal.SIGKILL)  # mid-stream, while the producer writes and rotates
         proc.wait(timeout=20)
         proc = start(audit_cli, args, env)
         writing.join(timeout=300)
         expected = journal_links(tree)
-        assert sum(expected.values()) >= 404
-        assert wait_until(lambda: len(by_span_id(collector.accepted_spans())) >= sum(expected.values()), timeout=120), \
-            (len(by_span_id(collector.accepted_spans())), sum(expected.values()))
+        assert sum(expected.values()) == 604
+
+        def all_delivered() -> bool:
+            return len(by_span_id(collector.accepted_spans())) >= 604
+
+        assert wait_until(all_delivered, timeout=90), len(by_span_id(collector.accepted_spans()))
         code, err = stop(proc)
         spans = collector.accepted_spans()
     assert code == 0, err[-2000:]
     assert not collector.invalid
-    assert not [s for s in spans if s["name"] == "audit.chain_broken"], [attrs(s) for s in spans if s["name"] == "audit.chain_broken"]
+    broken = [attrs(s) for s in spans if s["name"] == "audit.chain_broken"]
+    assert not broken, broken
     delivered = by_span_id(spans)
+    # Each row once per distinct id, identical rows apart, replays under the ids they had.
     assert Counter(attrs(s)["audit.hash"] for s in delivered.values()) == expected
-    assert Counter(attrs(s)["audit.chain.verdict"] for s in delivered.values())["break"] == 0
+    assert "rotation detected" in err  # the producer did rewrite the file under the daemon
