@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from audit_otlp import __version__, commands
 from audit_otlp.config import ConfigError, load_config
-from audit_otlp.runtime.lifecycle import EXIT_FATAL, EXIT_OK, EXIT_USAGE, FatalError
+from audit_otlp.runtime.exits import EXIT_FATAL, EXIT_OK, EXIT_USAGE, FatalError
 
 log = logging.getLogger("audit_otlp")
 
@@ -28,7 +29,9 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="audit-otlp", description="Ship a hash-chained audit.jsonl to OpenTelemetry backends as OTLP/JSON spans.")
+    parser = _Parser(
+        prog="audit-otlp", description="Ship a hash-chained audit.jsonl to OpenTelemetry backends as OTLP/JSON spans."
+    )
     parser.add_argument("--version", action="version", version=f"audit-otlp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -36,10 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_options(run)
     run.add_argument("--once", action="store_true", help="deliver everything up to the end of the file, then exit")
     run.add_argument("--deadline", metavar="SECONDS", help="with --once: give up after this long (exit 1)")
-    run.add_argument("--dry-run", action="store_true", help="print OTLP/JSON requests to stdout; post nothing, write no checkpoint")
+    run.add_argument(
+        "--dry-run", action="store_true", help="print OTLP/JSON requests to stdout; post nothing, write no checkpoint"
+    )
     run.add_argument("--foreground", action="store_true", help="for a person at a terminal: readable logs and a progress line")
     run.add_argument("-v", "--verbose", action="store_true", help="log each request's outcome (status, spans, latency)")
-    run.add_argument("--health-listen", metavar="HOST:PORT", help="serve /healthz, /readyz, /metrics (env AUDIT_OTLP_HEALTH_LISTEN)")
+    run.add_argument(
+        "--health-listen", metavar="HOST:PORT", help="serve /healthz, /readyz, /metrics (env AUDIT_OTLP_HEALTH_LISTEN)"
+    )
     run.add_argument("--log-format", choices=("text", "json"), help="log format (env AUDIT_OTLP_LOG_FORMAT)")
 
     export = sub.add_parser("export", help="print a whole file as OTLP/JSON export requests, one per line")
@@ -87,8 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return commands.run.main(args, config, lambda: load_config(getattr(args, "config", None), _options(args)))
-        handler = {"export": commands.export.main, "status": commands.status.main, "verify": commands.verify.main,
-                   "check-config": commands.check_config.main, "health": commands.health.main}[args.command]
+        handler = {
+            "export": commands.export.main,
+            "status": commands.status.main,
+            "verify": commands.verify.main,
+            "check-config": commands.check_config.main,
+            "health": commands.health.main,
+        }[args.command]
         return handler(args, config)
     except ConfigError as exc:  # found at start-up, e.g. an unreadable TLS certificate
         print(f"audit-otlp: configuration error: {exc}", file=sys.stderr)
@@ -108,20 +120,6 @@ def _fatal(reason: str, with_traceback: bool = False) -> int:
     else:
         print(f"audit-otlp: fatal: {reason}", file=sys.stderr)
     return EXIT_FATAL
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 if __name__ == "__main__":

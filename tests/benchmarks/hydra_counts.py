@@ -18,12 +18,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from collector import Collector, attrs
-from helpers.hydra_plan import classify_links
-from helpers.hydra_producer import HydraTree
-from helpers.hydra_sim import simulate
+from tests.helpers.collector import Collector, attrs
+from tests.helpers.hydra_plan import classify_links
+from tests.helpers.hydra_producer import HydraTree
+from tests.helpers.hydra_sim import simulate
 
 
 def verdict_of(span_attrs: dict[str, object]) -> str:
@@ -51,26 +49,63 @@ def main() -> None:
             env["AUDIT_OTLP_CHAIN_KEY"] = key.decode()
         links = Counter(classify_links(tree.audit.read_bytes().splitlines(), key))
         with Collector() as collector:
-            run = subprocess.run([cli, "run", "--once", "--deadline", "120", "--file", str(tree.audit),
-                                  "--checkpoint", str(Path(tmp) / "cp.json"), "--endpoint", collector.endpoint],
-                                 env=env, capture_output=True, text=True, timeout=180, check=False)
+            run = subprocess.run(
+                [
+                    cli,
+                    "run",
+                    "--once",
+                    "--deadline",
+                    "120",
+                    "--file",
+                    str(tree.audit),
+                    "--checkpoint",
+                    str(Path(tmp) / "cp.json"),
+                    "--endpoint",
+                    collector.endpoint,
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
             spans = collector.accepted_spans()
-        verify = subprocess.run([cli, "verify", str(tree.audit)], env=env, capture_output=True, text=True, timeout=120,
-                            check=False)
+        verify = subprocess.run(
+            [cli, "verify", str(tree.audit)], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
     names = Counter(s["name"] for s in spans)
     rows = [attrs(s) for s in spans if s["name"] not in ("audit.chain_broken",)]
-    print(json.dumps({
-        "simulator": {"rows": report.rows, "writers": args.writers, "dropped": report.dropped,
-                      "twins": report.twins, "egress": report.egress, "non_json": report.stray,
-                      "links": dict(links)},
-        "daemon": {"exit": run.returncode, "spans": len(spans), "row_spans": len(rows),
-                   "chain_broken_spans": names.get("audit.chain_broken", 0),
-                   "verdicts": dict(Counter(verdict_of(a) for a in rows)),
-                   "distinct_row_span_ids": len({s["spanId"] for s in spans if s["name"] != "audit.chain_broken"}),
-                   "warnings": [line for line in run.stderr.splitlines() if "key" in line.lower()][:3]},
-        "verify": {"exit": verify.returncode, "stdout": verify.stdout.strip().splitlines()[-16:],
-                   "stderr": verify.stderr.strip().splitlines()[-5:]},
-    }, indent=1, ensure_ascii=False))
+    print(
+        json.dumps(
+            {
+                "simulator": {
+                    "rows": report.rows,
+                    "writers": args.writers,
+                    "dropped": report.dropped,
+                    "twins": report.twins,
+                    "egress": report.egress,
+                    "non_json": report.stray,
+                    "links": dict(links),
+                },
+                "daemon": {
+                    "exit": run.returncode,
+                    "spans": len(spans),
+                    "row_spans": len(rows),
+                    "chain_broken_spans": names.get("audit.chain_broken", 0),
+                    "verdicts": dict(Counter(verdict_of(a) for a in rows)),
+                    "distinct_row_span_ids": len({s["spanId"] for s in spans if s["name"] != "audit.chain_broken"}),
+                    "warnings": [line for line in run.stderr.splitlines() if "key" in line.lower()][:3],
+                },
+                "verify": {
+                    "exit": verify.returncode,
+                    "stdout": verify.stdout.strip().splitlines()[-16:],
+                    "stderr": verify.stderr.strip().splitlines()[-5:],
+                },
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ identical rows sharing one id all fail the same assertion.
 
 from __future__ import annotations
 
-import signal
 import threading
 from collections import Counter
 from pathlib import Path
@@ -20,12 +19,13 @@ from typing import Any
 import orjson
 import pytest
 
-from collector import Collector, attrs
-from helpers.hydra_jq import canonical_line
-from helpers.hydra_plan import classify_links
-from helpers.hydra_producer import HydraTree, Settings, link_hash
-from helpers.hydra_sim import simulate
-from processes import daemon_env, run_cli, start, stop, wait_until
+from tests.helpers.collector import Collector, attrs
+from tests.helpers.daemon import DaemonProcess, run_cli
+from tests.helpers.hydra_jq import canonical_line
+from tests.helpers.hydra_plan import classify_links
+from tests.helpers.hydra_producer import HydraTree, Settings, link_hash
+from tests.helpers.hydra_sim import simulate
+from tests.helpers.wait import wait_until
 
 ROWS = 300
 
@@ -61,7 +61,8 @@ def hydra_file(tmp_path_factory: pytest.TempPathFactory) -> HydraTree:
 
 
 def test_zero_configuration_no_false_break_every_row_delivered_with_distinct_ids(
-        hydra_file: HydraTree, tmp_path: Path, audit_cli: str) -> None:
+    hydra_file: HydraTree, tmp_path: Path, audit_cli: str
+) -> None:
     tree = hydra_file
     lines = tree.audit.read_bytes().splitlines()
     links = Counter(classify_links(lines, producer_key(tree)))
@@ -83,8 +84,10 @@ def test_zero_configuration_no_false_break_every_row_delivered_with_distinct_ids
     assert "hmac-key.bin (the producer's key file)" in result.stderr
     assert str(producer_key(tree).decode()) not in result.stderr + orjson.dumps(spans).decode()
     blocked = [s for s in rows if attrs(s).get("audit.event") == "policy_blocked"]
-    assert blocked and all(s["status"]["code"] == 2 and s["name"] == "execute_tool guardrail.policy_blocked"
-                           and attrs(s)["network.dest_host"] for s in blocked)
+    assert blocked and all(
+        s["status"]["code"] == 2 and s["name"] == "execute_tool guardrail.policy_blocked" and attrs(s)["network.dest_host"]
+        for s in blocked
+    )
     genesis = [s for s in rows if attrs(s).get("audit.prev_hash") == "GENESIS"]
     assert len(genesis) == 1 and genesis[0]["traceId"] != "49e6296c" + genesis[0]["traceId"][8:]
 
@@ -112,16 +115,14 @@ def test_check_config_and_status_name_the_producers_key_file(hydra_file: HydraTr
     assert producer_key(tree).decode() not in shown.stdout + status.stdout
 
 
-def test_one_edited_row_gives_exactly_one_break_at_its_first_child(hydra_file: HydraTree, tmp_path: Path,
-                                                                    audit_cli: str) -> None:
+def test_one_edited_row_gives_exactly_one_break_at_its_first_child(hydra_file: HydraTree, tmp_path: Path, audit_cli: str) -> None:
     tree = hydra_file
     key = producer_key(tree)
     lines = tree.audit.read_bytes().splitlines()
     hashes = [link_hash(canonical_line(line), key) for line in lines]
-    named = [orjson.loads(line).get("prev_hash") if line.startswith(b"{") and line.endswith(b"}") else None
-             for line in lines]
+    named = [orjson.loads(line).get("prev_hash") if line.startswith(b"{") and line.endswith(b"}") else None for line in lines]
     # A tool row in the middle that later rows name as their parent (with forks, not every row has a child).
-    edited = next(i for i in range(len(lines) // 2, len(lines)) if b'"tool_use"' in lines[i] and hashes[i] in named[i + 1:])
+    edited = next(i for i in range(len(lines) // 2, len(lines)) if b'"tool_use"' in lines[i] and hashes[i] in named[i + 1 :])
     first_child = named.index(hashes[edited], edited + 1)
     row = orjson.loads(lines[edited])
     row["target"] = "/etc/shadow"
@@ -131,8 +132,10 @@ def test_one_edited_row_gives_exactly_one_break_at_its_first_child(hydra_file: H
     audit.write_bytes(b"".join(line + b"\n" for line in lines))
     (audit.parent / "hmac-key.bin").write_bytes(tree.key_file.read_bytes())
     with Collector() as collector:
-        result = run_cli(audit_cli, ["run", "--once", "--file", str(audit), "--checkpoint", str(tmp_path / "cp.json"),
-                                     "--endpoint", collector.endpoint])
+        result = run_cli(
+            audit_cli,
+            ["run", "--once", "--file", str(audit), "--checkpoint", str(tmp_path / "cp.json"), "--endpoint", collector.endpoint],
+        )
         assert result.returncode == 0, result.stderr
         spans = collector.accepted_spans()
     breaks = [s for s in spans if s["name"] == "audit.chain_broken"]
@@ -152,20 +155,26 @@ def test_live_producer_with_rotation_and_a_sigkill_delivers_every_row(tmp_path: 
     (the other tests have them)."""
     tree = HydraTree(tmp_path / "hydra")
     simulate(tree.root, rows=4, writers=1, seed=1)  # the plugin's first calls: the key file exists now
-    checkpoint = tmp_path / "cp.json"
     with Collector() as collector:
-        args = run_args(tree, tmp_path, collector.endpoint)
-        env = daemon_env()
-        proc = start(audit_cli, args, env)
-        writing = threading.Thread(target=simulate, args=(tree.root,), kwargs={
-            "rows": 600, "writers": 4, "seed": 2, "egress_rate": 0.0,
-            "settings": Settings(max_bytes=60000, keep_lines=300, window=0.01, pause=0.03)})
+        daemon = DaemonProcess(
+            audit_cli, tree.audit, tmp_path / "cp.json", collector.endpoint, tmp_path / "daemon.log", health=False
+        ).start()
+        writing = threading.Thread(
+            target=simulate,
+            args=(tree.root,),
+            kwargs={
+                "rows": 600,
+                "writers": 4,
+                "seed": 2,
+                "egress_rate": 0.0,
+                "settings": Settings(max_bytes=60000, keep_lines=300, window=0.01, pause=0.03),
+            },
+        )
         writing.start()
-        assert collector.wait_for(lambda c: len(c.accepted_spans()) >= 80, timeout=60), "nothing delivered"
-        assert wait_until(checkpoint.exists, timeout=30)
-        proc.send_signal(signal.SIGKILL)  # mid-stream, while the producer writes and rotates
-        proc.wait(timeout=20)
-        proc = start(audit_cli, args, env)
+        assert collector.wait_for(lambda c: len(c.accepted_spans()) >= 80, timeout=60), daemon.log_text()[-2000:]
+        assert wait_until(daemon.checkpoint.exists, timeout=30)
+        daemon.kill()  # SIGKILL mid-stream, while the producer writes and rotates
+        daemon.start()
         writing.join(timeout=300)
         expected = journal_links(tree)
         assert sum(expected.values()) == 604
@@ -174,13 +183,12 @@ def test_live_producer_with_rotation_and_a_sigkill_delivers_every_row(tmp_path: 
             return len(by_span_id(collector.accepted_spans())) >= 604
 
         assert wait_until(all_delivered, timeout=90), len(by_span_id(collector.accepted_spans()))
-        code, err = stop(proc)
+        assert daemon.stop() == 0, daemon.log_text()[-2000:]
         spans = collector.accepted_spans()
-    assert code == 0, err[-2000:]
     assert not collector.invalid
     broken = [attrs(s) for s in spans if s["name"] == "audit.chain_broken"]
     assert not broken, broken
     delivered = by_span_id(spans)
     # Each row once per distinct id, identical rows apart, replays under the ids they had.
     assert Counter(attrs(s)["audit.hash"] for s in delivered.values()) == expected
-    assert "rotation detected" in err  # the producer did rewrite the file under the daemon
+    assert "rotation detected" in daemon.log_text()  # the producer did rewrite the file under the daemon

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers.hydra_jq import NotLikeJq, canonical_line
-from helpers.hydra_plan import CALLS, STRAY_LINE, classify_links
-from helpers.hydra_producer import (
+
+from tests.helpers.hydra_jq import NotLikeJq, canonical_line
+from tests.helpers.hydra_plan import CALLS, STRAY_LINE, classify_links
+from tests.helpers.hydra_producer import (
     DROPPED,
     GENESIS,
     HydraTree,
@@ -37,7 +38,7 @@ from helpers.hydra_producer import (
     safe_target,
     tail_lines,
 )
-from helpers.hydra_sim import simulate
+from tests.helpers.hydra_sim import simulate
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 CORPUS_KEY = "5e1f0c9a7b3d2e8f4a6c1b0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f"
@@ -58,8 +59,13 @@ FAST = Settings(window=0.002, pause=0.0005)
 
 
 def oracle(lines: list[bytes], key: str, mode: str = "both") -> list[tuple[str, ...]]:
-    out = subprocess.run(["bash", "-c", ORACLE, "_", key, mode], input=b"".join(x + b"\n" for x in lines),
-                         capture_output=True, check=True, timeout=300).stdout
+    out = subprocess.run(
+        ["bash", "-c", ORACLE, "_", key, mode],
+        input=b"".join(x + b"\n" for x in lines),
+        capture_output=True,
+        check=True,
+        timeout=300,
+    ).stdout
     return [tuple(row.split(" ")) for row in out.decode().splitlines()]
 
 
@@ -90,11 +96,34 @@ def test_corpus_matches_live_jq_and_openssl() -> None:
 
 
 @needs_tools
-@pytest.mark.parametrize("text", [
-    "1.0", "1e3", "1e15", "1e16", "123456789012345678", "0.0001", "0.00001", "1.5e-7", "-0", "-0.0", "1e300",
-    "1e400", "1e-400", "0.1", "3.14159", "12345678901234567890", "5e-324", "100.0", "1E2", "NaN", "Infinity",
-    '{"z":{"b":[-0.5,2.5e-5]},"a":"\\u00e9\\u007f"}', '{"k":1,"k":2}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1.0",
+        "1e3",
+        "1e15",
+        "1e16",
+        "123456789012345678",
+        "0.0001",
+        "0.00001",
+        "1.5e-7",
+        "-0",
+        "-0.0",
+        "1e300",
+        "1e400",
+        "1e-400",
+        "0.1",
+        "3.14159",
+        "12345678901234567890",
+        "5e-324",
+        "100.0",
+        "1E2",
+        "NaN",
+        "Infinity",
+        '{"z":{"b":[-0.5,2.5e-5]},"a":"\\u00e9\\u007f"}',
+        '{"k":1,"k":2}',
+    ],
+)
 def test_number_and_value_forms_match_live_jq(text: str) -> None:
     assert ours(text.encode(), CORPUS_KEY) == oracle([text.encode()], CORPUS_KEY)[0]
 
@@ -109,15 +138,18 @@ def test_lines_jq_reads_its_own_way_are_refused_not_guessed(text: str) -> None:
     assert oracle([line], CORPUS_KEY)[0] != raw  # jq does read them: raw bytes would be wrong
 
 
-@pytest.mark.parametrize("name, content", [
-    ("plain", b"a\nb\n"),
-    ("no final newline", b"a\nb"),
-    ("blank and space-only lines after", b"a\nb\n\n  \n\t\n"),
-    ("carriage return counts as text", b"a\n\r\n"),
-    ("only blank lines", b"\n \n"),
-    ("long line across the read chunk", b"x" * 70000 + b"\n" + b"y" * 140000 + b"\n\n"),
-    ("short last line after a long one", b"x" * 70000 + b"\nz\n"),
-])
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("plain", b"a\nb\n"),
+        ("no final newline", b"a\nb"),
+        ("blank and space-only lines after", b"a\nb\n\n  \n\t\n"),
+        ("carriage return counts as text", b"a\n\r\n"),
+        ("only blank lines", b"\n \n"),
+        ("long line across the read chunk", b"x" * 70000 + b"\n" + b"y" * 140000 + b"\n\n"),
+        ("short last line after a long one", b"x" * 70000 + b"\nz\n"),
+    ],
+)
 def test_last_nonblank_line_matches_awk(tmp_path: Path, name: str, content: bytes) -> None:
     path = tmp_path / "f"
     path.write_bytes(content)
@@ -137,8 +169,10 @@ def test_rotation_keeps_what_tail_keeps(tmp_path: Path, content: bytes, count: i
 
 @pytest.mark.parametrize("target", [c["target"] for c in CALLS if c["tool"] == "Bash"])
 def test_bash_targets_are_cut_and_masked_like_head_and_sed(target: str) -> None:
-    script = ("printf '%s' \"$1\" | head -c 200 | sed -E -e 's/(password|secret|token|api.key)=[^ ]*/\\1=[REDACTED]/gi'"
-              " -e 's/(sk-[a-zA-Z0-9]{4})[a-zA-Z0-9]+/\\1[...]/g'")
+    script = (
+        "printf '%s' \"$1\" | head -c 200 | sed -E -e 's/(password|secret|token|api.key)=[^ ]*/\\1=[REDACTED]/gi'"
+        " -e 's/(sk-[a-zA-Z0-9]{4})[a-zA-Z0-9]+/\\1[...]/g'"
+    )
     want = subprocess.run(["bash", "-c", script, "_", target], capture_output=True, check=True, text=True).stdout
     assert safe_target("Bash", target) == want.rstrip("\n")
 
@@ -221,11 +255,16 @@ def test_parallel_writers_fork_and_every_hash_is_jq_and_openssl(tmp_path: Path) 
 
 def test_rotation_at_a_small_size_keeps_the_last_lines_and_the_chain(tmp_path: Path) -> None:
     tree = HydraTree(tmp_path)
-    report = simulate(tmp_path, rows=300, writers=2, settings=Settings(max_bytes=3000, keep_lines=8,
-                      window=0.002, pause=0.0005), egress_rate=0.0)
+    report = simulate(
+        tmp_path,
+        rows=300,
+        writers=2,
+        settings=Settings(max_bytes=3000, keep_lines=8, window=0.002, pause=0.0005),
+        egress_rate=0.0,
+    )
     journal, lines = tree.journal_lines(), tree.audit.read_bytes().splitlines()
     assert report.rotations >= 10 and len(journal) == 300 and report.lines_in_file == len(lines)
-    assert lines == journal[-len(lines):]  # the file is the newest tail of everything written
+    assert lines == journal[-len(lines) :]  # the file is the newest tail of everything written
     assert len(tree.audit.read_bytes()) <= 3000 + 400  # rotated before an append, never after
     key = tree.key_file.read_bytes().rstrip(b"\n")
     assert Counter(classify_links(journal, key))["unknown"] == 0  # every parent was written before

@@ -35,9 +35,16 @@ CALLS: list[dict[str, Any]] = [
     {"tool": "Bash", "target": "python3 -c 'print(" + "0123456789" * 25 + ")'"},
 ]
 # A command action-guard records as action_blocked (advisory: the call still runs and is logged).
-GUARDED_CALL: dict[str, Any] = {"tool": "Bash", "target": "rm -rf /", "guard": {
-    "op_id": "rm-recursive-force-root", "severity": "critical", "category": "filesystem",
-    "description": "Recursive force delete from filesystem root"}}
+GUARDED_CALL: dict[str, Any] = {
+    "tool": "Bash",
+    "target": "rm -rf /",
+    "guard": {
+        "op_id": "rm-recursive-force-root",
+        "severity": "critical",
+        "category": "filesystem",
+        "description": "Recursive force delete from filesystem root",
+    },
+}
 SECRETS: list[dict[str, Any]] = [
     {"pattern_id": "aws-access-key-id", "severity": "critical", "masked": "AKIA...MPLE"},
     {"pattern_id": "github-pat", "severity": "critical", "masked": "ghp_...6789"},
@@ -78,15 +85,31 @@ class Plan:
         source = "env" if key else ("file" if tree.key_file.exists() else "none")
         c = self.counts
         return SimReport(
-            rows=len(tree.journal_lines()), planned_rows=c["tool"] + 2 * c["twin"] + c["egress"] + c["stray"],
-            lines_in_file=lines, dropped=sum(r["dropped"] for r in results),
-            rotations=sum(r["rotations"] for r in results), tool_calls=c["tool"] + 2 * c["twin"],
-            twins=c["twin"], egress=c["egress"], stray=c["stray"], secrets=c["secret"], guards=c["guard"],
-            key_source=source)
+            rows=len(tree.journal_lines()),
+            planned_rows=c["tool"] + 2 * c["twin"] + c["egress"] + c["stray"],
+            lines_in_file=lines,
+            dropped=sum(r["dropped"] for r in results),
+            rotations=sum(r["rotations"] for r in results),
+            tool_calls=c["tool"] + 2 * c["twin"],
+            twins=c["twin"],
+            egress=c["egress"],
+            stray=c["stray"],
+            secrets=c["secret"],
+            guards=c["guard"],
+            key_source=source,
+        )
 
 
-def make_plan(rows: int, writers: int, seed: int, egress_rate: float = 0.04, twin_rate: float = 0.05,
-              stray_lines: int = 1, secret_rate: float = 0.3, guard_rate: float = 0.01) -> Plan:
+def make_plan(
+    rows: int,
+    writers: int,
+    seed: int,
+    egress_rate: float = 0.04,
+    twin_rate: float = 0.05,
+    stray_lines: int = 1,
+    secret_rate: float = 0.3,
+    guard_rate: float = 0.01,
+) -> Plan:
     """About `rows` audit-trail lines as hook calls, dealt round-robin to `writers`."""
     rng = random.Random(seed)
     stray_at = {rows * (k + 1) // (stray_lines + 1) for k in range(stray_lines)}

@@ -197,8 +197,9 @@ def safe_target(tool: str, target: str) -> str:
     return re.sub(r"(sk-[a-zA-Z0-9]{4})[a-zA-Z0-9]+", r"\1[...]", text).rstrip("\n")
 
 
-def tool_use(tree: HydraTree, event: dict[str, Any], settings: Settings, rng: random.Random,
-             barrier: tuple[int, int] | None = None) -> int:
+def tool_use(
+    tree: HydraTree, event: dict[str, Any], settings: Settings, rng: random.Random, barrier: tuple[int, int] | None = None
+) -> int:
     """One PostToolUse call of log-event.sh (plus the sibling hooks the call triggers)."""
     ts = now()
     if "guard" in event:  # action-guard ran before the tool (PreToolUse, advisory)
@@ -208,15 +209,28 @@ def tool_use(tree: HydraTree, event: dict[str, Any], settings: Settings, rng: ra
     if barrier is not None:  # a twin: both calls have read the parent before either goes on
         os.write(barrier[1], b"x")
         os.read(barrier[0], 1)
-    row = {"event": "tool_use", "ts": ts, "tool": event["tool"],
-           "target": safe_target(event["tool"], event["target"]), "prev_hash": prev_hash}
+    row = {
+        "event": "tool_use",
+        "ts": ts,
+        "tool": event["tool"],
+        "target": safe_target(event["tool"], event["target"]),
+        "prev_hash": prev_hash,
+    }
     time.sleep(rng.uniform(0, 2 * settings.window))  # jq -cn, jq empty, process start-up
     outcome = log_metric(tree, tree.audit, jq_compact(row), settings)
     if "secret" in event:  # secret-scanner, PostToolUse on the same Write
         secret = event["secret"]
-        finding = {"event": "secret_detected", "ts": ts, "file": event["target"], "line": secret["line"],
-                   "pattern_id": secret["pattern_id"], "severity": secret["severity"],
-                   "masked": secret["masked"], "tool": event["tool"], "is_test": False}
+        finding = {
+            "event": "secret_detected",
+            "ts": ts,
+            "file": event["target"],
+            "line": secret["line"],
+            "pattern_id": secret["pattern_id"],
+            "severity": secret["severity"],
+            "masked": secret["masked"],
+            "tool": event["tool"],
+            "is_test": False,
+        }
         log_metric(tree, tree.state("secret-scanner") / "audit.jsonl", jq_compact(finding), settings)
     return outcome
 
@@ -238,8 +252,14 @@ def twin_calls(tree: HydraTree, event: dict[str, Any], settings: Settings, seed:
 
 def egress_block(tree: HydraTree, event: dict[str, Any]) -> None:
     """egress-shield blocks the call (so no audit-trail row) and records it in both files."""
-    record = {"ts": now(), "event": "policy_blocked", "shield": "egress-shield", "tool": event["tool"],
-              "host": event["host"], "allowlist_size": event["allowlist_size"]}
+    record = {
+        "ts": now(),
+        "event": "policy_blocked",
+        "shield": "egress-shield",
+        "tool": event["tool"],
+        "host": event["host"],
+        "allowlist_size": event["allowlist_size"],
+    }
     line = json.dumps(record, separators=(",", ":"))
     own = tree.state("egress-shield") / "audit.ndjson"
     own.parent.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,9 @@ Not reproduced: metrics.jsonl, and the plugin's first-use race on hmac-key.bin (
 calls that hash a line can each write a key, and a row is then hashed with a key that another
 call overwrites): the first two calls run alone, before the writers start.
 
-Writers are real processes (`python -m helpers.hydra_sim writer ...`). From the command line,
-in tests/: `python -m helpers.hydra_sim ROOT --rows 500 --writers 4 --max-bytes 65536`.
+Writers are real processes (`python -m tests.helpers.hydra_sim writer ...`). From the command
+line, at the repository root: `python -m tests.helpers.hydra_sim ROOT --rows 500 --writers 4
+--max-bytes 65536`.
 Every line appended to audit.jsonl is also appended to <root>/sim/journal.ndjson (under the same
 lock), so tests know every row ever written after rotation deleted most of them.
 """
@@ -52,8 +53,8 @@ from .hydra_producer import (
     run_event,
 )
 
-TESTS_DIR = Path(__file__).resolve().parent.parent
-WRITER = [sys.executable, "-m", "helpers.hydra_sim", "writer"]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WRITER = [sys.executable, "-m", "tests.helpers.hydra_sim", "writer"]
 
 
 def writer_main(plan_file: Path, index: int) -> None:
@@ -68,8 +69,15 @@ def writer_main(plan_file: Path, index: int) -> None:
     print(json.dumps({"dropped": outcomes.count(DROPPED), "rotations": outcomes.count(ROTATED)}))
 
 
-def simulate(root: Path, rows: int = 500, writers: int = 4, settings: Settings | None = None,
-             key: str | None = None, seed: int = 1, **plan_options: Any) -> SimReport:
+def simulate(
+    root: Path,
+    rows: int = 500,
+    writers: int = 4,
+    settings: Settings | None = None,
+    key: str | None = None,
+    seed: int = 1,
+    **plan_options: Any,
+) -> SimReport:
     """Write about `rows` lines into root's audit-trail file with `writers` parallel processes.
     `key` sets HYDRA_AUDIT_HMAC_KEY; without it the plugin's key file is used (created)."""
     settings = settings or Settings()
@@ -79,20 +87,18 @@ def simulate(root: Path, rows: int = 500, writers: int = 4, settings: Settings |
     tree.journal.parent.mkdir(parents=True, exist_ok=True)
     plan = make_plan(rows, writers, seed, **plan_options)
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_AUDIT_HMAC_KEY"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     if key is not None:
         env["HYDRA_AUDIT_HMAC_KEY"] = key
     # The first calls run alone, in order (see FIRST_CALLS), then the rest in parallel.
     plan_file = tree.journal.parent / f"plan-{seed}.json"
-    plan_file.write_text(json.dumps({"root": str(root), "seed": seed, "settings": asdict(settings),
-                                     "writers": [plan.first]}))
-    alone = subprocess.run([*WRITER, str(plan_file), "0"], input="go\n", env=env,
-                           check=True, capture_output=True, text=True)
-    plan_file.write_text(json.dumps({"root": str(root), "seed": seed, "settings": asdict(settings),
-                                     "writers": plan.writers}))
-    procs = [subprocess.Popen([*WRITER, str(plan_file), str(i)], env=env,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for i in range(len(plan.writers))]
+    plan_file.write_text(json.dumps({"root": str(root), "seed": seed, "settings": asdict(settings), "writers": [plan.first]}))
+    alone = subprocess.run([*WRITER, str(plan_file), "0"], input="go\n", env=env, check=True, capture_output=True, text=True)
+    plan_file.write_text(json.dumps({"root": str(root), "seed": seed, "settings": asdict(settings), "writers": plan.writers}))
+    procs = [
+        subprocess.Popen([*WRITER, str(plan_file), str(i)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for i in range(len(plan.writers))
+    ]
     for proc in procs:
         assert proc.stdin is not None
         proc.stdin.write("go\n")

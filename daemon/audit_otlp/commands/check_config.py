@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from audit_otlp.config import Config
-from audit_otlp.runtime.lifecycle import EXIT_OK
+from audit_otlp.runtime.exits import EXIT_OK
 
 
 def main(args: argparse.Namespace, config: Config) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from audit_otlp.config import Config
 from audit_otlp.delivery.batching import BatchBuilder, BatchLimits, SpanSource
@@ -14,7 +15,7 @@ from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict
 from audit_otlp.mapping.envelope import Envelope
 from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.mapping.rows import RowMapper
-from audit_otlp.runtime.lifecycle import EXIT_OK, EXIT_USAGE
+from audit_otlp.runtime.exits import EXIT_OK, EXIT_USAGE
 from audit_otlp.runtime.logs import setup_logging
 from audit_otlp.runtime.wiring import build_envelope
 from audit_otlp.source.fileid import identify_fd
@@ -42,8 +43,9 @@ class _CountingEvents:
         print(f"audit-otlp export: {message}", file=sys.stderr)
 
 
-def export_requests(path: Path, envelope: Envelope, limits: BatchLimits, options: MappingOptions,
-                    hasher: ChainHasher | None, max_line_bytes: int) -> Iterator[bytes]:
+def export_requests(
+    path: Path, envelope: Envelope, limits: BatchLimits, options: MappingOptions, hasher: ChainHasher | None, max_line_bytes: int
+) -> Iterator[bytes]:
     """Request bodies for every complete line of `path` (a final line without newline included)."""
     mapper = RowMapper(options, hasher, ChainState(), _CountingEvents())
     builder = BatchBuilder(envelope, limits)
@@ -87,9 +89,17 @@ def main(args: argparse.Namespace, config: Config) -> int:
     limits = BatchLimits(config.batch.max_spans, config.batch.max_bytes, config.batch.max_wait)
     hasher = ChainHasher(config.chain_key) if config.chain.verify else None
     try:
-        write_export(sys.stdout.buffer, export_requests(path, build_envelope(config), limits,
-                                                         MappingOptions(config.mapping.trace_id_from), hasher,
-                                                         config.source.max_line_bytes))
+        write_export(
+            sys.stdout.buffer,
+            export_requests(
+                path,
+                build_envelope(config),
+                limits,
+                MappingOptions(config.mapping.trace_id_from),
+                hasher,
+                config.source.max_line_bytes,
+            ),
+        )
     except OSError as exc:
         print(f"audit-otlp: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 
 from audit_otlp.config import Config
-from audit_otlp.runtime.lifecycle import EXIT_OK, EXIT_USAGE
+from audit_otlp.runtime.exits import EXIT_OK, EXIT_USAGE
 
 
 def main(args: argparse.Namespace, config: Config) -> int:

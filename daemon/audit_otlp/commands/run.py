@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from audit_otlp.config import Config, parse_duration
-from audit_otlp.runtime.lifecycle import EXIT_USAGE, run_daemon
+from audit_otlp.runtime.exits import EXIT_USAGE
+from audit_otlp.runtime.lifecycle import run_daemon
 from audit_otlp.runtime.logs import setup_logging
 from audit_otlp.runtime.wiring import RunOptions
 
@@ -33,8 +34,8 @@ def main(args: argparse.Namespace, config: Config, reload: Callable[[], Config])
             log_format = "text"
         if sys.stderr.isatty():
             from audit_otlp.runtime.progress import TerminalLine
+
             terminal = TerminalLine(sys.stderr)
     setup_logging(log_format, config.log.level, config.secrets, verbose=args.verbose, stream=terminal)
     options = RunOptions(once=args.once, deadline=deadline, dry_run=args.dry_run, foreground=args.foreground)
-    return run_daemon(config, options, terminal=terminal, verbose=args.verbose,
-                      reloader=reload)
+    return run_daemon(config, options, terminal=terminal, verbose=args.verbose, reloader=reload)

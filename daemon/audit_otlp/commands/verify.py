@@ -46,8 +46,10 @@ class Finding:
     def describe(self) -> str:
         where = f"{self.file} line {self.line}"
         if self.kind == "overlap_mismatch":
-            return (f"{where}: this line repeats the previous file's tail but differs from it "
-                    f"(expected link hash {self.expected}, found {self.found})")
+            return (
+                f"{where}: this line repeats the previous file's tail but differs from it "
+                f"(expected link hash {self.expected}, found {self.found})"
+            )
         if self.kind == FORK:
             return f"{where}: prev_hash {self.found} names an earlier line, not the one before (which hashes to {self.expected})"
         return f"{where}: prev_hash {self.found} names no earlier line (the line before hashes to {self.expected})"
@@ -211,14 +213,19 @@ def main(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
     elif report.looks_keyed:
-        print("cannot verify: this chain looks keyed; no key configured (its links do not match plain SHA-256). "
-              "Give the key with AUDIT_OTLP_CHAIN_KEY or chain.key_file; the hydra plugin's is hmac-key.bin "
-              f"beside the audit log (key source here: {found.source})", file=sys.stderr)
+        print(
+            "cannot verify: this chain looks keyed; no key configured (its links do not match plain SHA-256). "
+            "Give the key with AUDIT_OTLP_CHAIN_KEY or chain.key_file; the hydra plugin's is hmac-key.bin "
+            f"beside the audit log (key source here: {found.source})",
+            file=sys.stderr,
+        )
     elif report.intact:
         print(f"intact: {report.lines} lines in {len(paths)} file(s): {_counts_text(report)}; last hash {report.last_hash}")
         if forks:
-            print(f"note: {forks} fork(s): rows naming an earlier line, as parallel writers do (a fork cannot be told "
-                  "apart from a row inserted with a copied prev_hash; --strict fails on them)")
+            print(
+                f"note: {forks} fork(s): rows naming an earlier line, as parallel writers do (a fork cannot be told "
+                "apart from a row inserted with a copied prev_hash; --strict fails on them)"
+            )
         if report.anchored:
             print("note: the first line continues an earlier chain; its own prev_hash could not be checked")
     else:

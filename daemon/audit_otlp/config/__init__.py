@@ -5,5 +5,14 @@ from audit_otlp.config.loader import load_config
 from audit_otlp.config.model import Config, RetrySection, mask_url
 
 __all__ = [
-    "DEFAULT_ENDPOINT", "KEYS", "KEYS_BY_NAME", "Config", "RetrySection", "ConfigError", "Key", "load_config", "mask_url", "parse_duration",
+    "DEFAULT_ENDPOINT",
+    "KEYS",
+    "KEYS_BY_NAME",
+    "Config",
+    "RetrySection",
+    "ConfigError",
+    "Key",
+    "load_config",
+    "mask_url",
+    "parse_duration",
 ]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 PRODUCER_KEY_FILE = "hmac-key.bin"
 
@@ -33,7 +33,7 @@ def unreadable_advice(path: Path, reason: str) -> str:
         "verified. Fix one of: let this user read it (add the user to the file's group and make it "
         "group-readable, chmod 0640; the hydra plugin creates it 0600); under systemd, "
         f"LoadCredential=hydra-hmac-key:{path} in the unit and chain.key_file = "
-        "\"/run/credentials/audit-otlp.service/hydra-hmac-key\"; in a pod, mount the plugin's state "
+        '"/run/credentials/audit-otlp.service/hydra-hmac-key"; in a pod, mount the plugin\'s state '
         "volume with a securityContext.fsGroup the daemon belongs to (or give the key as "
         "AUDIT_OTLP_CHAIN_KEY from a Secret)"
     )

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 DEFAULT_ENDPOINT = "http://localhost:4318/v1/traces"
 DEFAULT_SERVICE_NAME = "hydra.audit-trail"
@@ -30,13 +31,13 @@ _DURATION_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
 
 def parse_duration(raw: Any) -> float:
     if isinstance(raw, bool):
-        raise ValueError("a number of seconds or a string such as \"200ms\", \"5s\"")
+        raise ValueError('a number of seconds or a string such as "200ms", "5s"')
     if isinstance(raw, (int, float)):
         seconds = float(raw)
     elif isinstance(raw, str) and (m := _DURATION_RE.match(raw)):
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     else:
-        raise ValueError("a number of seconds or a string such as \"200ms\", \"5s\"")
+        raise ValueError('a number of seconds or a string such as "200ms", "5s"')
     if seconds < 0:
         raise ValueError("a non-negative duration")
     return seconds
@@ -44,14 +45,14 @@ def parse_duration(raw: Any) -> float:
 
 def parse_size(raw: Any) -> int:
     if isinstance(raw, bool):
-        raise ValueError("a number of bytes or a string such as \"1MiB\"")
+        raise ValueError('a number of bytes or a string such as "1MiB"')
     if isinstance(raw, int):
         value = raw
     elif isinstance(raw, str) and (m := _SIZE_RE.match(raw)):
         unit = m.group(2).lower() if m.group(2) else None
         value = int(m.group(1)) * _SIZE_UNITS[unit]
     else:
-        raise ValueError("a number of bytes or a string such as \"1MiB\"")
+        raise ValueError('a number of bytes or a string such as "1MiB"')
     if value <= 0:
         raise ValueError("a positive number of bytes")
     return value
@@ -202,12 +203,35 @@ KEYS: tuple[Key, ...] = (
     Key("checkpoint.path", _path, None, env=("AUDIT_OTLP_CHECKPOINT",)),  # None: see below
     Key("checkpoint.interval", parse_duration, 0.25),
     Key("export.endpoint", parse_endpoint, None),  # None: from OTEL env / vendor / default
-    Key("export.headers", parse_headers, {}, env=("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"), secret=True),
-    Key("export.timeout", parse_duration, 10.0, env=("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"), env_parse=_timeout_ms),
-    Key("export.compression", _choice("gzip", "none"), "none", env=("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")),
+    Key(
+        "export.headers", parse_headers, {}, env=("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"), secret=True
+    ),
+    Key(
+        "export.timeout",
+        parse_duration,
+        10.0,
+        env=("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"),
+        env_parse=_timeout_ms,
+    ),
+    Key(
+        "export.compression",
+        _choice("gzip", "none"),
+        "none",
+        env=("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"),
+    ),
     Key("export.max_in_flight", _int_range(1, 64), 4),
-    Key("export.certificate", _optional_path, None, env=("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")),
-    Key("export.client_certificate", _optional_path, None, env=("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")),
+    Key(
+        "export.certificate",
+        _optional_path,
+        None,
+        env=("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+    ),
+    Key(
+        "export.client_certificate",
+        _optional_path,
+        None,
+        env=("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"),
+    ),
     Key("export.client_key", _optional_path, None, env=("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY")),
     Key("export.insecure", parse_bool, False),
     Key("export.max_request_bytes", parse_size, 64 * 1024 * 1024),
@@ -232,7 +256,6 @@ KEYS: tuple[Key, ...] = (
     Key("log.level", _choice("debug", "info", "warning", "error"), "info", env=("AUDIT_OTLP_LOG_LEVEL",), reloadable=True),
 )
 KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
-SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(k.name.split(".", 1)[0] for k in KEYS))
 
 # Command-line options of `run` that map onto keys.
 OPTION_KEYS: dict[str, str] = {
@@ -242,5 +265,3 @@ OPTION_KEYS: dict[str, str] = {
     "health_listen": "health.listen",
     "log_format": "log.format",
 }
-
-

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import tomllib
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from audit_otlp.config.chain_key import ChainKeyError, find_chain_key
 from audit_otlp.config.keys import DEFAULT_ENDPOINT, KEYS, KEYS_BY_NAME, OPTION_KEYS, ConfigError, Key
@@ -74,9 +75,7 @@ def load_config(
             raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
         unknown = sorted(set(file_values) - set(KEYS_BY_NAME) - {"chain.key"})
         if unknown:
-            raise ConfigError(
-                f"{config_file}: unknown key {unknown[0]!r}; accepted keys: " + ", ".join(KEYS_BY_NAME)
-            )
+            raise ConfigError(f"{config_file}: unknown key {unknown[0]!r}; accepted keys: " + ", ".join(KEYS_BY_NAME))
         if "chain.key" in file_values:
             raise ConfigError(
                 f"{config_file}: chain.key may not be written in the config file; "
@@ -144,7 +143,7 @@ def load_config(
             f"({values['retry.initial_backoff']} s); accepted: a duration >= retry.initial_backoff"
         )
     if values["retry.initial_backoff"] <= 0:
-        raise ConfigError("retry.initial_backoff: must be greater than 0; accepted: a positive duration such as \"500ms\"")
+        raise ConfigError('retry.initial_backoff: must be greater than 0; accepted: a positive duration such as "500ms"')
     if (values["export.client_certificate"] is None) != (values["export.client_key"] is None):
         raise ConfigError(
             "export.client_certificate / export.client_key: give both or neither "
@@ -174,7 +173,9 @@ def load_config(
         values=values,
         origin=origin,
         chain_key=chain_key,
-        vendor=vendor if (vendor is not None and not explicit_endpoint) or (vendor is not None and vendor.matches(values["export.endpoint"])) else None,
+        vendor=vendor
+        if (vendor is not None and not explicit_endpoint) or (vendor is not None and vendor.matches(values["export.endpoint"]))
+        else None,
         secrets=tuple(s for s in secrets if len(s) >= 4),
         config_file=config_file,
         chain_key_source=found_key.source,

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from audit_otlp.delivery.vendors import VendorPreset
 
@@ -154,12 +155,6 @@ class Config:
     def __post_init__(self) -> None:
         for name in SECTION_TYPES:
             object.__setattr__(self, name, _section(name, self.values))
-
-    def with_values(self, **changes: Any) -> Config:
-        """A copy with some keys changed (`batch__max_spans=1` changes batch.max_spans)."""
-        values = dict(self.values)
-        values.update({k.replace("__", "."): v for k, v in changes.items()})
-        return dataclasses.replace(self, values=values)
 
     def masked(self) -> dict[str, Any]:
         """Every key with secrets masked: for check-config, status and logs."""

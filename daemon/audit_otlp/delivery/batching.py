@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,7 +30,6 @@ class Batch:
     sources: list[SpanSource]
     end: Cursor  # the checkpoint position once every span of this batch is settled
     source_bytes: int = 0  # bytes of the audit log this batch accounts for
-    created: float = field(default_factory=time.monotonic)
 
     def __len__(self) -> int:
         return len(self.spans)
@@ -44,7 +43,7 @@ class BatchLimits:
 
 
 class BatchBuilder:
-    """Accumulates spans; the owner asks `should_flush` and takes the batch with `take`."""
+    """Accumulates spans; the owner asks `fits`, `full` and `deadline`, and takes the batch with `take`."""
 
     def __init__(self, envelope: Envelope, limits: BatchLimits) -> None:
         self.envelope = envelope
@@ -69,9 +68,6 @@ class BatchBuilder:
 
     def __len__(self) -> int:
         return len(self.spans)
-
-    def body_size_with(self, span: bytes) -> int:
-        return self.envelope.size(self._bytes + len(span), len(self.spans) + 1)
 
     def fits(self, span: bytes) -> bool:
         """Would adding `span` keep the request within the limits? (A lone span always fits.)"""

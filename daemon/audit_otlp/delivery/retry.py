@@ -19,7 +19,7 @@ class Backoff:
     attempt: int = 0
 
     def ceiling(self) -> float:
-        return min(self.maximum, self.initial * float(2 ** min(self.attempt, 30)))
+        return min(self.maximum, self.initial * 2.0 ** min(self.attempt, 30))
 
     def next_delay(self, rng: random.Random | None = None) -> float:
         """Full jitter: uniform in [0, min(max, initial * 2**attempt)] (AWS architecture blog),
@@ -27,9 +27,6 @@ class Backoff:
         ceiling = self.ceiling()
         self.attempt += 1
         return (rng or random).uniform(0, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 def parse_retry_after(value: str | None, now: float | None = None, cap: float = RETRY_AFTER_CAP) -> float | None:
@@ -56,6 +53,6 @@ def parse_retry_after(value: str | None, now: float | None = None, cap: float = 
     if when is None:
         return None
     if when.tzinfo is None:  # "-0000" or no zone: HTTP-dates are always GMT
-        when = when.replace(tzinfo=datetime.timezone.utc)
+        when = when.replace(tzinfo=datetime.UTC)
     delay = when.timestamp() - (time.time() if now is None else now)
     return min(max(delay, 0.0), cap)

@@ -1,6 +1,8 @@
-"""Where batches go: the `Sink` protocol every destination implements, the `Outcome` of one
-batch (each span delivered, rejected or dead-lettered), and the dry-run sink that prints the
-requests instead of sending them."""
+"""What the pipeline hands batches to: the `Sink` protocol, its `Outcome`, and the dry-run sink.
+
+The pipeline knows only this protocol, so `--dry-run` (print the requests) and the real
+exporter (`delivery.policy.Exporter`) are interchangeable, as httpx's transports are.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ from audit_otlp.mapping.envelope import Envelope
 
 
 class Outcome(NamedTuple):
+    """How the spans of one batch were settled (the three counts add up to its length)."""
+
     delivered: int = 0
     rejected: int = 0
     dead_lettered: int = 0
 
-    def __add__(self, other: "Outcome") -> "Outcome":  # type: ignore[override]
+    def __add__(self, other: Outcome) -> Outcome:  # type: ignore[override]
         return Outcome(self.delivered + other.delivered, self.rejected + other.rejected, self.dead_lettered + other.dead_lettered)
 
 

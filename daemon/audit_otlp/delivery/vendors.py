@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 _DD_SITE_RE = re.compile(r"^(?:[a-z0-9-]+\.)*(?:datadoghq\.com|datadoghq\.eu|ddog-gov\.com)$")
 
@@ -53,8 +53,7 @@ def sentry_from_dsn(dsn: str) -> VendorPreset:
     prefix, _, project_id = path.rpartition("/")
     if parts.scheme not in ("http", "https") or not parts.hostname or not parts.username or not project_id.isdigit():
         raise ValueError(
-            "SENTRY_DSN: not a Sentry DSN; accepted: https://<public_key>@<host>/<project_id> "
-            "(Project Settings > Client Keys)"
+            "SENTRY_DSN: not a Sentry DSN; accepted: https://<public_key>@<host>/<project_id> (Project Settings > Client Keys)"
         )
     netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
     endpoint = f"{parts.scheme}://{netloc}{prefix}/api/{project_id}/integration/otlp/v1/traces"

@@ -178,9 +178,7 @@ def canonical_line(data: bytes, row: Any) -> bytes:
     case its value loses: the integer literal -0, which jq keeps as -0."""
     if _NEGATIVE_ZERO.search(data) is not None:
         try:
-            return _slow_canonical(json.loads(data, parse_int=_parse_int_keeping_negative_zero)).encode(
-                "utf-8", "surrogatepass")
+            return _slow_canonical(json.loads(data, parse_int=_parse_int_keeping_negative_zero)).encode("utf-8", "surrogatepass")
         except ValueError:
             pass
     return canonical_json(row)
-

@@ -25,8 +25,9 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -117,7 +118,7 @@ class ChainState:
     missing: dict[str, None] = field(default_factory=dict)  # parents named by breaks, GAP_HORIZON at most
 
     @classmethod
-    def resumed(cls, last_hash: str | None, recent: Iterable[str] = (), seen: int | None = None) -> "ChainState":
+    def resumed(cls, last_hash: str | None, recent: Iterable[str] = (), seen: int | None = None) -> ChainState:
         """The state a restart continues from: the checkpoint's last hash, carried links and
         history length (an older checkpoint has only the last hash)."""
         state = cls(last_hash=last_hash)

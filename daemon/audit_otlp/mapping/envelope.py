@@ -5,8 +5,9 @@ re-mapping anything."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -76,4 +77,3 @@ def make_envelope(attributes: Mapping[str, str]) -> Envelope:
         + b',"spans":['
     )
     return Envelope(head)
-

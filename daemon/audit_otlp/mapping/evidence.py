@@ -5,7 +5,8 @@ a verified chain carries. Pure, like spans.py."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from audit_otlp.mapping.chain import OK, VERDICTS, ChainVerdict
 from audit_otlp.mapping.ids import nonzero_hex, span_id_for
@@ -39,8 +40,16 @@ def add_chain_attributes(add: Callable[[dict[str, Any]], None], chain: ChainVerd
         add(kv("audit.chain.anchor", True))  # first line seen: its prev_hash is unchecked
 
 
-def malformed_span(*, offset: int, length: int, digest: bytes, reason: str, observed_ns: int,
-                   chain: ChainVerdict | None = None, occurrence: int = 0) -> dict[str, Any]:
+def malformed_span(
+    *,
+    offset: int,
+    length: int,
+    digest: bytes,
+    reason: str,
+    observed_ns: int,
+    chain: ChainVerdict | None = None,
+    occurrence: int = 0,
+) -> dict[str, Any]:
     """An ERROR span for a line that is not a JSON object: where it is, never what it says
     (its chain link, as the producer hashes it, when the chain is verified)."""
     attributes = [
@@ -99,5 +108,3 @@ def chain_broken_span(
         "attributes": attributes,
         "status": {"code": STATUS_ERROR, "message": "prev_hash names no earlier line"},
     }
-
-

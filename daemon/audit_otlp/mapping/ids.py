@@ -14,8 +14,9 @@ import functools
 import hashlib
 import re
 from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 
@@ -23,7 +24,6 @@ _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 @dataclass(frozen=True)
 class MappingOptions:
     trace_id_from: str = "prev_hash"  # or "session"
-
 
 
 def nonzero_hex(raw: bytes) -> str:
@@ -106,4 +106,3 @@ def trace_id_for(row: Mapping[str, Any], digest: bytes, options: MappingOptions,
 def _session_trace_id(session: str) -> str:
     # A session spans many rows in a row: hash it once (a pure function of the session).
     return nonzero_hex(hashlib.sha256(b"session:" + session.encode("utf-8", "replace")).digest()[:16])
-

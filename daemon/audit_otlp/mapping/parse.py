@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
 
 UINT64_MAX = 2**64 - 1
-_TS_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?([Zz]|[+-]\d{2}:?\d{2})", re.ASCII
-)
+_TS_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?([Zz]|[+-]\d{2}:?\d{2})", re.ASCII)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MICROSECOND = timedelta(microseconds=1)
-
 
 
 # jq 1.6 refuses input nested deeper than this ("Exceeds depth limit for parsing"), so no
@@ -88,7 +85,7 @@ def parse_timestamp_ns(value: Any) -> int | None:
     dot = value.find(".")
     if dot < 0:
         dot = value.find(",")
-    if dot < 0 or not value[dot + 7:dot + 8].isdigit():
+    if dot < 0 or not value[dot + 7 : dot + 8].isdigit():
         # Fast path (C parser, a quarter of the cost) when microseconds hold every digit.
         try:
             parsed = datetime.fromisoformat(value)
@@ -124,4 +121,3 @@ def _parse_rfc3339_ns(value: str) -> int | None:
     ns = seconds * 1_000_000_000 + nanos
     # startTimeUnixNano is a fixed64: times before 1970 or after 2554 cannot be sent.
     return ns if 0 <= ns <= UINT64_MAX else None
-

@@ -14,7 +14,7 @@ from typing import NamedTuple, Protocol
 from audit_otlp.mapping.chain import BREAK, FORK, RESTART, ChainHasher, ChainJudge, ChainState, ChainVerdict, unparsed_link
 from audit_otlp.mapping.envelope import encode_span
 from audit_otlp.mapping.evidence import chain_broken_span, malformed_span
-from audit_otlp.mapping.ids import IdentityWindow, MappingOptions, line_digest
+from audit_otlp.mapping.ids import IdentityWindow, MappingOptions
 from audit_otlp.mapping.parse import parse_line
 from audit_otlp.mapping.spans import row_span
 from audit_otlp.source.lines import Line
@@ -62,16 +62,27 @@ class RowMapper:
         self.line_number += 1
         data = line.data
         if data is None:  # longer than source.max_line_bytes: its link cannot be hashed
-            digest = line.oversize_sha256 or b"\0" * 32
+            digest = line.digest
             self.events.malformed_line("line_too_long")
             occurrence = self.identity.occurrence(digest)
             if self.hasher is not None:
                 self.chain.last_hash = None  # the next line is checked against nothing we know
-            return MappedLine([encode_span(malformed_span(
-                offset=line.offset, length=line.length, digest=digest, reason="line_too_long",
-                observed_ns=observed_ns, occurrence=occurrence,
-            ))], digest)
-        digest = line_digest(data)
+            return MappedLine(
+                [
+                    encode_span(
+                        malformed_span(
+                            offset=line.offset,
+                            length=line.length,
+                            digest=digest,
+                            reason="line_too_long",
+                            observed_ns=observed_ns,
+                            occurrence=occurrence,
+                        )
+                    )
+                ],
+                digest,
+            )
+        digest = line.digest  # hashed once, by the splitter
         if not data.strip():
             return MappedLine([], digest)
         occurrence = self.identity.occurrence(digest)
@@ -80,27 +91,46 @@ class RowMapper:
             assert reason is not None
             self.events.malformed_line(reason)
             verdict = self._judge(None, unparsed_link(self.hasher, data, reason == "too_deep")) if self.hasher else None
-            return MappedLine([encode_span(malformed_span(
-                offset=line.offset, length=len(data), digest=digest, reason=reason, observed_ns=observed_ns,
-                chain=verdict, occurrence=occurrence,
-            ))], digest)
+            return MappedLine(
+                [
+                    encode_span(
+                        malformed_span(
+                            offset=line.offset,
+                            length=len(data),
+                            digest=digest,
+                            reason=reason,
+                            observed_ns=observed_ns,
+                            chain=verdict,
+                            occurrence=occurrence,
+                        )
+                    )
+                ],
+                digest,
+            )
         verdict = self._judge(row.get("prev_hash"), self.hasher.line_hash(data, row)) if self.hasher is not None else None
-        span = row_span(row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict,
-                        occurrence=occurrence)
+        span = row_span(
+            row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict, occurrence=occurrence
+        )
         spans = [encode_span(span)]
         if verdict is not None and verdict.verdict == BREAK:
             self.events.chain_break(verdict, line.offset, self.line_number)
-            spans.append(encode_span(chain_broken_span(
-                verdict=verdict,
-                offset=line.offset,
-                line_number=self.line_number,
-                digest=digest,
-                start_ns=int(span["startTimeUnixNano"]),
-                occurrence=occurrence,
-            )))
+            spans.append(
+                encode_span(
+                    chain_broken_span(
+                        verdict=verdict,
+                        offset=line.offset,
+                        line_number=self.line_number,
+                        digest=digest,
+                        start_ns=int(span["startTimeUnixNano"]),
+                        occurrence=occurrence,
+                    )
+                )
+            )
         elif verdict is not None and verdict.verdict == RESTART:
-            self.events.chain_note(f"HASH CHAIN RESTARTS WITH GENESIS at line {self.line_number} (offset {line.offset}): "
-                                   "a new chain begins (the producer lost its file, or another one writes here)")
+            self.events.chain_note(
+                f"HASH CHAIN RESTARTS WITH GENESIS at line {self.line_number} (offset {line.offset}): "
+                "a new chain begins (the producer lost its file, or another one writes here)"
+            )
         return MappedLine(spans, digest)
 
     def _judge(self, found: object, link_hash: str) -> ChainVerdict | None:

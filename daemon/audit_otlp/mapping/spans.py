@@ -1,4 +1,4 @@
-"""Row -> OTLP/JSON span dict, as pure functions: the attributes of interface.md ("Spans"), the
+"""Row -> OTLP/JSON span dict, as pure functions: the attributes of the README's "Spans" table, the
 GenAI identity Datadog and Sentry read, status, times; plus the evidence spans for malformed
 lines and chain breaks. `envelope.encode_span` turns a dict into the bytes a request carries."""
 
@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
@@ -22,9 +23,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Events that record a guardrail decision rather than a tool call (even when they name the tool
 # the decision was about, as secret-scanner's and egress-shield's rows do).
-GUARDRAIL_EVENTS = frozenset(
-    {"secret_detected", "action_blocked", "policy_blocked", "policy_violation", "policy_decision"}
-)
+GUARDRAIL_EVENTS = frozenset({"secret_detected", "action_blocked", "policy_blocked", "policy_violation", "policy_decision"})
 BLOCKED_EVENTS = frozenset({"action_blocked", "policy_blocked"})
 
 
@@ -63,7 +62,7 @@ def kv(key: str, value: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Spans.
 
-# (row field, attribute) for the attributes of interface.md copied as they are.
+# (row field, attribute) for the attributes of the README's "Spans" table copied as they are.
 _DIRECT_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("tool", "tool.name"),
     ("duration_ms", "tool.duration_ms"),
@@ -117,8 +116,8 @@ def row_span(
     chain: ChainVerdict | None = None,
     occurrence: int = 0,
 ) -> dict[str, Any]:
-    """The span for one audit row (interface.md, "Spans"); `occurrence` counts the identical
-    lines just before it (see ids.IdentityWindow)."""
+    """The span for one audit row (README, "Spans"); `occurrence` counts the identical lines
+    just before it (see ids.IdentityWindow)."""
     attributes: list[dict[str, Any]] = []
     add = attributes.append
     get = row.get
@@ -187,7 +186,7 @@ def row_span(
         add({"key": "gen_ai.agent.name", "value": {"stringValue": _text(agent_name)}})
 
     # Status: ERROR with a low-cardinality error.type for error rows and blocked actions,
-    # OK otherwise (interface.md); the free-text error, when there is one, is the message.
+    # OK otherwise (README, "Spans"); the free-text error, when there is one, is the message.
     error_type = get("error_type")
     error = get("error")
     if error is False or error == "":  # "error": false / "" says there was none
@@ -238,10 +237,3 @@ def _first_text(row: Mapping[str, Any], *fields: str) -> str | None:
         if type(value) is str and value:
             return value
     return None
-
-
-def iter_attributes(span: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
-    """(key, plain value) pairs of a span dict: a helper for tests and `--dry-run` readers."""
-    for kv in span.get("attributes", ()):
-        (kind, value), = kv["value"].items()
-        yield kv["key"], int(value) if kind == "intValue" else value

@@ -39,7 +39,6 @@ class RowObserver:
         self.metrics.malformed_lines.labels(reason=reason).inc()
 
     def chain_break(self, verdict: ChainVerdict, offset: int, line_number: int) -> None:
-        self.metrics.chain_breaks.inc()
         self.state.chain_breaks += 1
         log.error(
             "HASH CHAIN BREAKS at line %d (offset %d): prev_hash %s names no line we know (the line before "
@@ -51,7 +50,6 @@ class RowObserver:
         )
 
     def chain_fork(self) -> None:
-        self.metrics.chain_forks.inc()
         self.state.chain_forks += 1
 
     def chain_note(self, message: str) -> None:

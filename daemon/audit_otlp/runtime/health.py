@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import orjson
 
@@ -34,8 +34,15 @@ def readiness(state: RunState, failing_after: float) -> tuple[bool, dict[str, ob
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, state: RunState, metrics: Metrics, failing_after: float,
-                 before_metrics: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        state: RunState,
+        metrics: Metrics,
+        failing_after: float,
+        before_metrics: Callable[[], None] | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self.state = state
         self.metrics = metrics
@@ -63,12 +70,11 @@ class HealthServer:
             path = parts[1].split("?")[0] if len(parts) >= 2 else "/"
             status, content_type, body = self._route(parts[0] if parts else "", path)
             head = (
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n"
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             ).encode("latin-1")
             writer.write(head + body)
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError, UnicodeDecodeError):
+        except (TimeoutError, ConnectionError, UnicodeDecodeError):
             pass
         finally:
             writer.close()

@@ -9,30 +9,26 @@ import asyncio
 import logging
 import signal
 import time
-from typing import Any, Callable, ClassVar, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar
 
 from audit_otlp.config import Config, mask_url
 from audit_otlp.delivery.policy import Exporter
 from audit_otlp.runtime import wiring
 from audit_otlp.runtime.events import RowObserver, SourceObserver
+from audit_otlp.runtime.exits import EXIT_DEADLINE, EXIT_OK, FatalError
 from audit_otlp.runtime.health import HealthServer
 from audit_otlp.runtime.logs import apply_log_settings
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.pipeline import Pipeline
-from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine
+from audit_otlp.runtime.progress import ProgressReporter, TerminalLine
 from audit_otlp.runtime.reload import ReloadPlan, reload_config
+from audit_otlp.runtime.reporting import Reporting
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.runtime.sdnotify import Notifier
-from audit_otlp.source.tailer import ResumePoint
-from audit_otlp.state.checkpoint import Checkpoint, CheckpointError, CheckpointStore, Cursor
+from audit_otlp.source.resume import ResumePoint
 
 log = logging.getLogger("audit_otlp")
-
-EXIT_OK, EXIT_DEADLINE, EXIT_USAGE, EXIT_FATAL = 0, 1, 2, 3
-
-
-class FatalError(Exception):
-    """A runtime error the daemon cannot work around (exit 3, one-line reason)."""
 
 
 class Daemon:
@@ -40,22 +36,29 @@ class Daemon:
     # config.KEYS has its section here).
     RELOAD_APPLIERS: ClassVar[tuple[str, ...]] = ("log", "batch", "retry")
 
-    def __init__(self, config: Config, options: wiring.RunOptions, notifier: Notifier | None = None,
-                 terminal: TerminalLine | None = None, reloader: Callable[[], Config] | None = None,
-                 verbose: bool = False) -> None:
+    def __init__(
+        self,
+        config: Config,
+        options: wiring.RunOptions,
+        notifier: Notifier | None = None,
+        terminal: TerminalLine | None = None,
+        reloader: Callable[[], Config] | None = None,
+        verbose: bool = False,
+    ) -> None:
         self.config = config
         self.options = options
         self.terminal = terminal  # --foreground on a TTY: the live progress line
         self.reloader = reloader  # SIGHUP: how to read the configuration again
         self.verbose = verbose
-        self.metrics = Metrics()
         self.state = RunState()
+        self.metrics = Metrics(self.state)
         self.notifier = notifier or Notifier()
         self.envelope = wiring.build_envelope(config)
         self.sink = wiring.build_sink(config, options, self.envelope, self.metrics, self.state)
         self.tailer = wiring.build_tailer(config, SourceObserver(self.metrics))
         self.stopping = asyncio.Event()
         self.pipeline: Pipeline | None = None  # built once the checkpoint is loaded
+        self.report = Reporting(config.source.path, self.tailer, self.state, self.metrics, lambda: self.pipeline)
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -99,13 +102,22 @@ class Daemon:
     # -- start-up, the run, shutdown -----------------------------------------------------------
 
     async def _run(self) -> int:
-        checkpoint = self._load_checkpoint()
-        self.state.chain_breaks = checkpoint.chain_breaks
+        checkpoint = wiring.load_checkpoint(self.config, self.options)
+        self.state.checkpoint_loaded = True
+        self.state.delivered_before = checkpoint.delivered_spans
+        self.state.chain_breaks_before = checkpoint.chain_breaks
         keeper = wiring.build_keeper(self.config, self.options, checkpoint, self.metrics, self.state)
         mapper = wiring.build_mapper(self.config, checkpoint, RowObserver(self.metrics, self.state))
         pipeline = self.pipeline = Pipeline(
-            self.tailer, mapper, self.sink, keeper, self.envelope, wiring.batch_limits(self.config), self.config.retry,
-            self.config.export.max_in_flight, self.metrics, self.state,
+            self.tailer,
+            mapper,
+            self.sink,
+            keeper,
+            self.envelope,
+            wiring.batch_limits(self.config),
+            self.config.retry,
+            self.config.export.max_in_flight,
+            self.state,
         )
         cursor = checkpoint.cursor
         resume = None
@@ -118,20 +130,23 @@ class Daemon:
         await self.sink.start()
         health = await self._start_health()
 
-        workers = [asyncio.create_task(pipeline.export_worker(), name=f"export-{i}")
-                   for i in range(self.config.export.max_in_flight)]
+        workers = [
+            asyncio.create_task(pipeline.export_worker(), name=f"export-{i}") for i in range(self.config.export.max_in_flight)
+        ]
         housekeeping = [
             asyncio.create_task(keeper.run(), name="checkpoint"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
         ]
         if self.terminal is not None:
-            reporter = ProgressReporter(self.terminal, self._progress)
+            reporter = ProgressReporter(self.terminal, self.report.progress)
             housekeeping.append(asyncio.create_task(reporter.run(), name="progress"))
         reader = asyncio.create_task(pipeline.read_loop(self.stopping, self.options.once), name="reader")
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(self.report.status_line())
         log.info(
-            "following %s -> %s (checkpoint %s)", self.config.source.path,
-            "stdout (dry run)" if self.options.dry_run else mask_url(self.config.export.endpoint), self.config.checkpoint.path,
+            "following %s -> %s (checkpoint %s)",
+            self.config.source.path,
+            "stdout (dry run)" if self.options.dry_run else mask_url(self.config.export.endpoint),
+            self.config.checkpoint.path,
         )
         if self.config.chain.verify:
             log.info("chain key: %s", self.config.chain_key_source if self.config.chain_key else "none (plain SHA-256)")
@@ -159,7 +174,7 @@ class Daemon:
             await asyncio.gather(*workers, *housekeeping, return_exceptions=True)
             await keeper.flush()
             await self.sink.aclose()
-            final_status = self._status_line()
+            final_status = self.report.status_line()
             await self.tailer.close()
             if health is not None:
                 await health.aclose()
@@ -171,7 +186,7 @@ class Daemon:
         if not listen or self.options.dry_run:
             return None
         host, port = listen
-        health = HealthServer(host, port, self.state, self.metrics, self.config.health.failing_after, self._refresh_gauges)
+        health = HealthServer(host, port, self.state, self.metrics, self.config.health.failing_after, self.report.refresh_gauges)
         try:
             await health.start()
         except OSError as exc:
@@ -203,59 +218,23 @@ class Daemon:
         log.error("--once: deadline of %.1f s passed with %d batches not delivered", deadline or 0, pipeline.acks.unsettled)
         return EXIT_DEADLINE
 
-    def _load_checkpoint(self) -> Checkpoint:
-        store = CheckpointStore(self.config.checkpoint.path)
-        if not self.options.dry_run:
-            try:
-                store.ensure_writable()
-            except (CheckpointError, OSError) as exc:
-                raise FatalError(str(exc)) from exc
-        checkpoint = store.load()
-        path = str(self.config.source.path)
-        if checkpoint is not None and checkpoint.cursor.path != path:
-            log.warning("the checkpoint was for %s, now following %s: matching by file identity and content",
-                        checkpoint.cursor.path, path)
-        if checkpoint is None:
-            checkpoint = Checkpoint(Cursor(path, None, 0))
-        self.state.checkpoint_loaded = True
-        return checkpoint
-
     async def _heartbeat(self) -> None:
         """Event-loop liveness for /healthz and the systemd watchdog, plus a STATUS refresh."""
         interval = min(self.notifier.watchdog_interval() or 5.0, 5.0)
         while True:
             self.state.loop_heartbeat = time.monotonic()
             self.notifier.watchdog()
-            self.notifier.status(self._status_line())
+            self.notifier.status(self.report.status_line())
             await asyncio.sleep(interval)
 
-    # -- reporting -----------------------------------------------------------------------------
 
-    def _refresh_gauges(self) -> None:
-        backlog = self.pipeline.backlog_bytes() if self.pipeline is not None else self.tailer.backlog_bytes()
-        self.state.backlog_bytes = backlog
-        self.metrics.backlog_bytes.set(backlog)
-
-    def _progress(self) -> Progress:
-        self._refresh_gauges()
-        assert self.pipeline is not None
-        return Progress(self.pipeline.settled_spans, self.pipeline.settled_bytes, self.state.backlog_bytes)
-
-    def _status_line(self) -> str:
-        self._refresh_gauges()
-        waiting = "" if self.tailer.current is not None or self.tailer.draining else f"waiting for {self.config.source.path}; "
-        in_flight = self.pipeline.acks.unsettled if self.pipeline is not None else 0
-        return (
-            f"{waiting}delivered {self.state.delivered_spans} spans of {self.state.rows_read} rows read, "
-            f"backlog {self.state.backlog_bytes} bytes, "
-            f"{in_flight} batches in flight"
-            + (f", last error: {self.state.last_error}" if self.state.failing_since is not None else "")
-        )
-
-
-def run_daemon(config: Config, options: wiring.RunOptions,
-               runner: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run,
-               terminal: TerminalLine | None = None, reloader: Callable[[], Config] | None = None,
-               verbose: bool = False) -> int:
+def run_daemon(
+    config: Config,
+    options: wiring.RunOptions,
+    runner: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run,
+    terminal: TerminalLine | None = None,
+    reloader: Callable[[], Config] | None = None,
+    verbose: bool = False,
+) -> int:
     daemon = Daemon(config, options, terminal=terminal, reloader=reloader, verbose=verbose)
     return runner(daemon.run())

@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 import time
-from typing import Iterable, Protocol
+from collections.abc import Iterable
+from typing import Protocol
 
 import orjson
 
@@ -51,7 +52,11 @@ class TextFormatter(logging.Formatter):
             level = f"{_COLOURS.get(level, '')}{level:<7}{_RESET}"
         else:
             level = f"{level:<7}"
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z " if self.timestamps else ""
+        stamp = (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z "
+            if self.timestamps
+            else ""
+        )
         text = f"{stamp}{level} {record.getMessage()}"
         if record.exc_text or record.exc_info:
             text += "\n" + (record.exc_text or self.formatException(record.exc_info))  # type: ignore[arg-type]
@@ -78,8 +83,9 @@ class SupportsWrite(Protocol):
     def flush(self) -> None: ...
 
 
-def setup_logging(fmt: str, level: str, secrets: Iterable[str] = (), verbose: bool = False,
-                  stream: SupportsWrite | None = None) -> logging.Handler:
+def setup_logging(
+    fmt: str, level: str, secrets: Iterable[str] = (), verbose: bool = False, stream: SupportsWrite | None = None
+) -> logging.Handler:
     """Configure the root logger once; returns the handler (SIGHUP may change its level)."""
     stream = stream or sys.stderr
     handler: logging.StreamHandler[SupportsWrite] = logging.StreamHandler(stream)

@@ -23,25 +23,34 @@ from audit_otlp.delivery.retry import Backoff
 from audit_otlp.delivery.sink import Outcome, Sink
 from audit_otlp.mapping.envelope import Envelope
 from audit_otlp.mapping.rows import RowMapper
-from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.lines import Line
 from audit_otlp.source.tailer import LineChunk, Tailer
 from audit_otlp.state.acks import AckTracker
-from audit_otlp.state.checkpoint import CheckpointKeeper, Cursor
+from audit_otlp.state.checkpoint import Cursor
+from audit_otlp.state.keeper import CheckpointKeeper
 
 log = logging.getLogger("audit_otlp")
 
 
 class Pipeline:
-    def __init__(self, tailer: Tailer, mapper: RowMapper, sink: Sink, keeper: CheckpointKeeper, envelope: Envelope,
-                 limits: BatchLimits, retry: RetrySection, window: int, metrics: Metrics, state: RunState) -> None:
+    def __init__(
+        self,
+        tailer: Tailer,
+        mapper: RowMapper,
+        sink: Sink,
+        keeper: CheckpointKeeper,
+        envelope: Envelope,
+        limits: BatchLimits,
+        retry: RetrySection,
+        window: int,
+        state: RunState,
+    ) -> None:
         self.tailer = tailer
         self.mapper = mapper
         self.sink = sink
         self.keeper = keeper
         self.retry = retry  # replaced on SIGHUP
-        self.metrics = metrics
         self.state = state
         self.builder = BatchBuilder(envelope, limits)
         self.acks = AckTracker()
@@ -105,8 +114,18 @@ class Pipeline:
             line, digest, chain_hash, line_number, counted = done
             # The chain's recent links may include the line being mapped now: a superset, which
             # only ever turns a break into a fork after a restart; the digests must be exact.
-            return Cursor(path_str, identity, line.end, digest.hex(), line.length if line.data is not None else None,
-                          chain_hash, line_number, tuple(chain.carried()), chain.seen, mapper.identity.carried(counted))
+            return Cursor(
+                path_str,
+                identity,
+                line.end,
+                digest.hex(),
+                line.length if line.data is not None else None,
+                chain_hash,
+                line_number,
+                tuple(chain.carried()),
+                chain.seen,
+                mapper.identity.carried(counted),
+            )
 
         for line in chunk.lines:
             mapped = mapper.map_line(line, observed_ns)
@@ -124,7 +143,6 @@ class Pipeline:
                 await self._flush(cursor_after())
         cursor = cursor_after()
         builder.source_bytes += consumed
-        self.metrics.lines_read.inc(len(chunk.lines))
         self.state.rows_read += len(chunk.lines)
         return cursor
 
@@ -152,10 +170,9 @@ class Pipeline:
             self._busy_workers += 1
             self._idle.clear()
             try:
-                outcome = await self._deliver_until_settled(batch)
-                self.state.dead_lettered_spans += outcome.dead_lettered
+                await self._deliver_until_settled(batch)
                 frontier = self.acks.settle(batch.seq)
-                self.keeper.advance(frontier, outcome.delivered, outcome.rejected, self.state.chain_breaks)
+                self.keeper.advance(frontier)
                 self._unsettled_source_bytes -= batch.source_bytes
                 self.settled_spans += len(batch.spans)
                 self.settled_bytes += batch.source_bytes

@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TextIO
+from typing import TextIO
 
 ERASE = "\r\033[K"
 WINDOW_SECONDS = 5.0  # rates are averaged over this much recent history
@@ -62,8 +63,13 @@ def format_progress(rows_per_s: float, bytes_per_s: float, backlog_bytes: int) -
 class ProgressReporter:
     """Samples `snapshot()` every `interval` seconds and shows the line while a backlog remains."""
 
-    def __init__(self, line: TerminalLine, snapshot: Callable[[], Progress], interval: float = 0.5,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        line: TerminalLine,
+        snapshot: Callable[[], Progress],
+        interval: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.line = line
         self.snapshot = snapshot
         self.interval = interval

@@ -4,8 +4,9 @@ settings) and what only takes effect after a restart. Pure: the app applies the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from audit_otlp.config import KEYS_BY_NAME, Config, ConfigError
 
@@ -51,8 +52,16 @@ def plan_reload(current: Config, fresh: Config) -> ReloadPlan:
     values.update(keep)
     origin = dict(fresh.origin)
     origin.update({k: current.origin[k] for k in keep if k in current.origin})
-    config = Config(values, origin, current.chain_key, current.vendor, current.secrets, current.config_file,
-                    current.chain_key_source, current.chain_key_problem)
+    config = Config(
+        values,
+        origin,
+        current.chain_key,
+        current.vendor,
+        current.secrets,
+        current.config_file,
+        current.chain_key_source,
+        current.chain_key_problem,
+    )
     return ReloadPlan(config, applied, needs_restart)
 
 

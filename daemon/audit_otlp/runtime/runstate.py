@@ -1,4 +1,5 @@
-"""The daemon's live state, shared by health checks, sd_notify STATUS and the progress line."""
+"""The daemon's live state, shared by health checks, sd_notify STATUS, the progress line, the
+Prometheus metrics and the checkpoint: every count is kept here once and read by the others."""
 
 from __future__ import annotations
 
@@ -8,15 +9,17 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RunState:
-    started_monotonic: float = field(default_factory=time.monotonic)
     checkpoint_loaded: bool = False
     file_reachable: bool = False
     delivered_spans: int = 0  # this run, acknowledged with 2xx minus rejected
     rejected_spans: int = 0
     dead_lettered_spans: int = 0
     rows_read: int = 0
-    chain_breaks: int = 0  # all time: the checkpoint's count plus this run's
-    chain_forks: int = 0  # this run's
+    chain_breaks: int = 0  # this run
+    chain_forks: int = 0  # this run
+    # All-time counts up to this run, from the checkpoint (which stores all-time counts).
+    delivered_before: int = 0
+    chain_breaks_before: int = 0
     last_success_unix: float | None = None
     last_error: str | None = None
     failing_since: float | None = None  # monotonic time of the first failure since the last 2xx
@@ -29,6 +32,12 @@ class RunState:
         self.rejected_spans += rejected
         self.last_success_unix = time.time()
         self.failing_since = None
+
+    def all_time_delivered(self) -> int:
+        return self.delivered_before + self.delivered_spans
+
+    def all_time_chain_breaks(self) -> int:
+        return self.chain_breaks_before + self.chain_breaks
 
     def export_failed(self, error: str) -> None:
         self.last_error = error

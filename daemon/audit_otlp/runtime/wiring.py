@@ -3,21 +3,29 @@ to which stage (the request envelope, the sink, the tailer, the checkpoint keepe
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from audit_otlp.config import Config
 from audit_otlp.delivery.batching import BatchLimits
-from audit_otlp.delivery.policy import Exporter, ExportSettings
+from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.records import DurableLog
+from audit_otlp.delivery.settings import ExportSettings
 from audit_otlp.delivery.sink import DryRunSink, Sink
 from audit_otlp.mapping.chain import ChainHasher, ChainState
 from audit_otlp.mapping.envelope import Envelope, make_envelope, resource_attributes
 from audit_otlp.mapping.ids import IdentityWindow, MappingOptions
 from audit_otlp.mapping.rows import RowEvents, RowMapper
+from audit_otlp.runtime.exits import FatalError
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
-from audit_otlp.source.tailer import SourceEvents, Tailer
-from audit_otlp.state.checkpoint import Checkpoint, CheckpointKeeper, CheckpointStore
+from audit_otlp.source.events import SourceEvents
+from audit_otlp.source.tailer import Tailer
+from audit_otlp.state.checkpoint import Checkpoint, Cursor
+from audit_otlp.state.keeper import CheckpointKeeper
+from audit_otlp.state.store import CheckpointError, CheckpointStore
+
+log = logging.getLogger("audit_otlp")
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,9 @@ def batch_limits(config: Config) -> BatchLimits:
     return BatchLimits(config.batch.max_spans, config.batch.max_bytes, config.batch.max_wait)
 
 
-def build_keeper(config: Config, options: RunOptions, checkpoint: Checkpoint, metrics: Metrics, state: RunState) -> CheckpointKeeper:
+def build_keeper(
+    config: Config, options: RunOptions, checkpoint: Checkpoint, metrics: Metrics, state: RunState
+) -> CheckpointKeeper:
     store = CheckpointStore(config.checkpoint.path)
     return CheckpointKeeper(store, checkpoint, config.checkpoint.interval, metrics, state, enabled=not options.dry_run)
 
@@ -98,3 +108,21 @@ def build_mapper(config: Config, checkpoint: Checkpoint, events: RowEvents) -> R
     chain = ChainState.resumed(cursor.chain_last_hash, cursor.chain_recent, cursor.chain_seen or None)
     identity = IdentityWindow(bytes.fromhex(d) for d in cursor.recent_digests)
     return RowMapper(MappingOptions(config.mapping.trace_id_from), hasher, chain, events, identity=identity)
+
+
+def load_checkpoint(config: Config, options: RunOptions) -> Checkpoint:
+    """The saved position, or a fresh one; a checkpoint directory that cannot be written is fatal
+    (exit 3) unless nothing will be written (--dry-run)."""
+    store = CheckpointStore(config.checkpoint.path)
+    if not options.dry_run:
+        try:
+            store.ensure_writable()
+        except (CheckpointError, OSError) as exc:
+            raise FatalError(str(exc)) from exc
+    checkpoint = store.load()
+    path = str(config.source.path)
+    if checkpoint is not None and checkpoint.cursor.path != path:
+        log.warning(
+            "the checkpoint was for %s, now following %s: matching by file identity and content", checkpoint.cursor.path, path
+        )
+    return checkpoint if checkpoint is not None else Checkpoint(Cursor(path, None, 0))

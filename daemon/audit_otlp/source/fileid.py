@@ -29,7 +29,7 @@ class FileIdentity:
         return {"dev": self.dev, "ino": self.ino, "fingerprint": self.fingerprint, "fingerprint_len": self.fingerprint_len}
 
     @classmethod
-    def from_json(cls, data: Any) -> "FileIdentity":
+    def from_json(cls, data: Any) -> FileIdentity:
         return cls(int(data["dev"]), int(data["ino"]), str(data["fingerprint"]), int(data["fingerprint_len"]))
 
     @property

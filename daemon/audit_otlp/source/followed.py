@@ -13,9 +13,9 @@ import hashlib
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from audit_otlp.source.fileid import FileIdentity, fingerprint_matches, identify_fd
 from audit_otlp.source.lines import Line, LineSplitter
@@ -58,6 +58,14 @@ class FollowedFile:
         self.seen_size = max(self.seen_size, self.read_offset)
         return self.splitter.feed(data)
 
+    def position_at(self, offset: int) -> None:
+        """Continue reading at `offset`, a line boundary found by a scan."""
+        self.read_offset = offset
+        self.splitter = LineSplitter(self.splitter.max_line_bytes, offset)
+        take = min(MARKER_BYTES, offset)
+        self.marker = os.pread(self.fd, take, offset - take) if take else b""
+        self.seen_size = max(self.seen_size, offset)
+
     def unchanged(self) -> bool:
         """Does the file still hold what we read from it? False after a truncation or a rewrite,
         even one that regrew past our offset between two looks (fingerprint + bytes before offset)."""
@@ -86,6 +94,16 @@ class FollowedFile:
         if self.identity.fingerprint_len < 1024:
             self.identity = identify_fd(self.fd)
 
+    def unterminated_tail(self, successor: FollowedFile) -> Line | None:
+        """For a finished file: its held partial last line, unless `successor` continues it
+        where it starts reading (a tail-rewrite copies that line over)."""
+        if not self.splitter.pending_bytes:
+            return None
+        held = self.splitter.pending_data()
+        if held is not None and os.pread(successor.fd, len(held), successor.read_offset) == held:
+            return None
+        return self.splitter.take_unterminated()
+
     def quiet_for(self) -> float:
         """Seconds since the file was last written (a writer may still hold a rotated file)."""
         try:
@@ -108,8 +126,15 @@ def open_followed(path: Path, max_line_bytes: int, offset: int = 0) -> FollowedF
         os.close(fd)
         raise
     mtime_ns = os.fstat(fd).st_mtime_ns
-    return FollowedFile(path, fd, identity, LineSplitter(max_line_bytes, offset), offset,
-                        seen_size=identity.fingerprint_len, seen_mtime_ns=mtime_ns)
+    return FollowedFile(
+        path,
+        fd,
+        identity,
+        LineSplitter(max_line_bytes, offset),
+        offset,
+        seen_size=identity.fingerprint_len,
+        seen_mtime_ns=mtime_ns,
+    )
 
 
 class RecentLines:
@@ -212,9 +237,8 @@ def line_ends_at(fd: int, offset: int, sha256_hex: str, length: int | None, max_
 def find_line_end(fd: int, sha256_hex: str, max_line_bytes: int) -> tuple[int, int] | None:
     """(offset just after, line count up to it) of the last line hashing to `sha256_hex`."""
     wanted = bytes.fromhex(sha256_hex)
-    found, count = None, 0
-    for line in scan_lines(fd, max_line_bytes):
-        count += 1
+    found = None
+    for count, line in enumerate(scan_lines(fd, max_line_bytes), start=1):
         if line.digest == wanted:
             found = (line.end, count)
     return found

@@ -2,31 +2,42 @@
 
 An incomplete last line is held until its newline arrives (never flushed on a timer, which is
 how otelcol #32170 split slow writes). A line longer than the limit is not kept: only its
-length and SHA-256 are, so a 2 GiB line costs no more memory than a short one.
+length and SHA-256 are, so a 2 GiB line costs no more memory than a short one. Every line is
+hashed here, once.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import NamedTuple
+
+NO_DIGEST = b"\0" * 32  # the digest of a line whose content is unknown
 
 
-class Line(NamedTuple):
-    offset: int  # byte offset of the line's first byte in its file
-    end: int  # byte offset just after its newline
-    data: bytes | None  # the line without its newline; None when it exceeded the limit
-    oversize_sha256: bytes | None = None  # the digest of an oversize line (data is None)
+class Line:
+    """One complete line and its SHA-256, hashed once when it is split (the tailer's overlap
+    memory, the checkpoint and the span ids all use this one digest)."""
+
+    __slots__ = ("data", "digest", "end", "offset")
+
+    def __init__(self, offset: int, end: int, data: bytes | None, digest: bytes | None = None) -> None:
+        self.offset = offset  # byte offset of the line's first byte in its file
+        self.end = end  # byte offset just after its newline
+        self.data = data  # the line without its newline; None when it exceeded the limit
+        if digest is None:
+            digest = hashlib.sha256(data).digest() if data is not None else NO_DIGEST
+        self.digest: bytes = digest  # SHA-256 of the line's content
 
     @property
     def length(self) -> int:
         return self.end - self.offset - 1
 
     @property
-    def digest(self) -> bytes:
-        """SHA-256 of the line's content (what the checkpoint and overlap searches compare)."""
-        if self.data is None:
-            return self.oversize_sha256 or b"\0" * 32
-        return hashlib.sha256(self.data).digest()
+    def oversize_sha256(self) -> bytes | None:
+        """The digest of an oversize line (whose data is not kept); None for a kept line."""
+        return self.digest if self.data is None else None
+
+    def __repr__(self) -> str:
+        return f"Line(offset={self.offset}, end={self.end}, data={self.data!r}, digest={self.digest.hex()[:16]})"
 
 
 class LineSplitter:
@@ -37,7 +48,7 @@ class LineSplitter:
         self._pending: list[bytes] = []  # pieces of the incomplete line (bounded by the limit)
         self._pending_len = 0
         self._pending_offset = start_offset
-        self._oversize: "hashlib._Hash | None" = None  # set while skipping an oversize line
+        self._oversize: hashlib._Hash | None = None  # set while skipping an oversize line
 
     @property
     def pending_offset(self) -> int:

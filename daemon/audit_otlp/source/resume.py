@@ -18,23 +18,25 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from audit_otlp.source.fileid import FileIdentity, fingerprint_matches
-from audit_otlp.source.followed import (
-    MARKER_BYTES,
-    FollowedFile,
-    RecentLines,
-    find_line_end,
-    line_ends_at,
-    open_followed,
-    prime,
-)
-from audit_otlp.source.lines import LineSplitter
+from audit_otlp.source.followed import FollowedFile, RecentLines, find_line_end, line_ends_at, open_followed, prime
 from audit_otlp.source.siblings import rotated_siblings
 
-if TYPE_CHECKING:
-    from audit_otlp.source.tailer import ResumePoint
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where the checkpoint says to continue: just after a line of a known file."""
+
+    identity: FileIdentity | None
+    offset: int
+    last_line_sha256: str | None = None  # hex digest of the line ending at `offset`
+    last_line_length: int | None = None
+
+    @property
+    def says_nothing(self) -> bool:
+        """Nothing was delivered yet: read the current file as if there were no checkpoint."""
+        return not (self.offset or self.last_line_sha256 or self.identity)
 
 
 @dataclass
@@ -66,7 +68,7 @@ def open_candidates(path: Path, pattern: str, max_line_bytes: int) -> list[Follo
     return files
 
 
-def _matches_at(f: FollowedFile, resume: "ResumePoint", max_line_bytes: int) -> bool:
+def _matches_at(f: FollowedFile, resume: ResumePoint, max_line_bytes: int) -> bool:
     identity = resume.identity
     if identity is None or identity.fingerprint_len == 0:
         return False
@@ -79,7 +81,7 @@ def _matches_at(f: FollowedFile, resume: "ResumePoint", max_line_bytes: int) -> 
     return line_ends_at(f.fd, resume.offset, resume.last_line_sha256, resume.last_line_length, max_line_bytes)
 
 
-def locate(path: Path, pattern: str, resume: "ResumePoint", max_line_bytes: int, recent: RecentLines) -> Located | None:
+def locate(path: Path, pattern: str, resume: ResumePoint, max_line_bytes: int, recent: RecentLines) -> Located | None:
     """The files to read, in order, from the resume point on (blocking; run it in a thread).
     None when there is nothing to look in yet (no current file, no sibling holds the point)."""
     candidates = open_candidates(path, pattern, max_line_bytes)
@@ -95,24 +97,25 @@ def locate(path: Path, pattern: str, resume: "ResumePoint", max_line_bytes: int,
         if resume.offset == 0 and resume.last_line_sha256 is None:
             return Located([current], "the start of the current file (nothing was delivered yet)", older=older)
         digest = (resume.last_line_sha256 or "unknown")[:16]
-        return Located([current], "the start of the current file", older=older,
-                       gap=f"the last delivered line (sha256 {digest}...) is in none of {path} and its rotated siblings")
+        return Located(
+            [current],
+            "the start of the current file",
+            older=older,
+            gap=f"the last delivered line (sha256 {digest}...) is in none of {path} and its rotated siblings",
+        )
     older = [f.identity for f in candidates[:index]]
     for f in candidates[:index]:
         f.close()
     chain = candidates[index:]
     first = chain[0]
     first.lines_before = prime(first.fd, max_line_bytes, offset, recent)
-    first.read_offset = offset
-    first.splitter = LineSplitter(max_line_bytes, offset)
-    first.marker = os.pread(first.fd, min(MARKER_BYTES, offset), offset - min(MARKER_BYTES, offset))
-    first.seen_size = max(first.seen_size, offset)
+    first.position_at(offset)
     for later in chain[1:]:
         later.start_known = False
     return Located(chain, f"{how}: {first.path} at byte {offset}", older=older)
 
 
-def _find(candidates: list[FollowedFile], resume: "ResumePoint", max_line_bytes: int) -> tuple[int | None, int, str]:
+def _find(candidates: list[FollowedFile], resume: ResumePoint, max_line_bytes: int) -> tuple[int | None, int, str]:
     identity = resume.identity
     if identity is not None:
         for i, f in enumerate(candidates):

@@ -29,7 +29,9 @@ IN_MOVE_SELF = 0x00000800
 IN_Q_OVERFLOW = 0x00004000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
-_DIR_MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
+_DIR_MASK = (
+    IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
+)
 _EVENT_HEADER = struct.Struct("iIII")
 
 
@@ -63,7 +65,7 @@ class _Inotify:
             return names
         pos = 0
         while pos + _EVENT_HEADER.size <= len(data):
-            wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, pos)
+            _wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, pos)
             pos += _EVENT_HEADER.size
             name = data[pos : pos + length].rstrip(b"\0")
             pos += length
