@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from tests.helpers.collector import Collector, attrs
-from tests.helpers.daemon import DaemonProcess, run_cli
+from tests.helpers.daemon import DaemonProcess, daemon_env, run_cli
 from tests.helpers.hydra_jq import canonical_line
 from tests.helpers.hydra_plan import classify_links
 from tests.helpers.hydra_producer import HydraTree, Settings, link_hash
@@ -192,3 +192,21 @@ def test_live_producer_with_rotation_and_a_sigkill_delivers_every_row(tmp_path: 
     # Each row once per distinct id, identical rows apart, replays under the ids they had.
     assert Counter(attrs(s)["audit.hash"] for s in delivered.values()) == expected
     assert "rotation detected" in daemon.log_text()  # the producer did rewrite the file under the daemon
+
+
+def test_a_keyed_chain_without_its_key_warns_once_and_raises_no_alarm(tmp_path: Path, audit_cli: str) -> None:
+    """The plugin was given HYDRA_AUDIT_HMAC_KEY, the daemon was not (and there is no key file)."""
+    tree = HydraTree(tmp_path / "hydra")
+    simulate(tree.root, rows=60, writers=2, key="operator's key", seed=5)
+    assert not tree.key_file.exists()
+    with Collector() as collector:
+        result = run_cli(audit_cli, run_args(tree, tmp_path, collector.endpoint, "--once"))
+        assert result.returncode == 0, result.stderr
+        spans = collector.accepted_spans()
+    assert len(spans) == 60 and not [s for s in spans if s["name"] == "audit.chain_broken"]
+    assert result.stderr.count("this chain looks keyed; no key configured") == 1
+    assert [attrs(s)["audit.chain.verdict"] for s in spans if "audit.chain.verdict" in attrs(s)].count("break") == 0
+    verify = run_cli(audit_cli, ["verify", str(tree.audit)])
+    assert verify.returncode == 2 and "looks keyed" in verify.stderr
+    keyed = run_cli(audit_cli, ["verify", str(tree.audit)], env={**daemon_env(), "HYDRA_AUDIT_HMAC_KEY": "operator's key"})
+    assert keyed.returncode == 0 and "break 0" in keyed.stdout and "operator's key" not in keyed.stdout + keyed.stderr
