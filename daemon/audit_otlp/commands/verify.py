@@ -132,6 +132,7 @@ class _Walker:
         overlap_at: int | None = None  # index into `previous` of the next expected repeated line
         first = True
         line_number = 0
+        offset = 0  # of the next line in the file
         rest = b""
         with open(path, "rb") as fh:
             while not report.looks_keyed:
@@ -143,6 +144,7 @@ class _Walker:
                     lines = [rest] if rest else []
                 for line in lines:
                     line_number += 1
+                    line_offset, offset = offset, offset + len(line) + 1
                     if not line.strip():
                         continue
                     found, link = self._link(line)
@@ -162,7 +164,7 @@ class _Walker:
                         overlap_at = start + 1 if start + 1 < len(previous) else None
                         continue
                     first = False
-                    verdict = judge.judge(found, link)
+                    verdict = judge.judge(found, link, line_offset, line)
                     if judge.looks_keyed:
                         report.looks_keyed = True
                         break

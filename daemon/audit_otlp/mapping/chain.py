@@ -25,6 +25,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -82,6 +83,11 @@ GAP_HORIZON = 64
 CARRIED_LINKS = 64  # link hashes a restart needs to judge the first rows as before (checkpoint)
 # With no key, this many failed links before any has matched mean the chain is keyed (HMAC).
 KEYED_EVIDENCE = 3
+# The producer hashes the last line as it reads it while others append: a line that crosses a
+# page boundary can be read cut at that boundary (the file's size grows a page at a time during
+# a write), and the next row names the hash of the cut line. Recent lines checked for that.
+TORN_LINES = 8
+PAGE_SIZES = (4096, 16384)
 
 
 class ChainVerdict(NamedTuple):
@@ -116,6 +122,7 @@ class ChainState:
     matched: int = 0  # links that matched a line's hash: evidence the key is right
     recent: dict[str, None] = field(default_factory=dict)  # link hashes, insertion-ordered, FORK_WINDOW at most
     missing: dict[str, None] = field(default_factory=dict)  # parents named by breaks, GAP_HORIZON at most
+    lines: deque[tuple[int, bytes]] = field(default_factory=lambda: deque(maxlen=TORN_LINES))  # (offset, bytes)
 
     @classmethod
     def resumed(cls, last_hash: str | None, recent: Iterable[str] = (), seen: int | None = None) -> ChainState:
@@ -203,9 +210,20 @@ class ChainJudge:
         self.failures = 0
         self.looks_keyed = False
 
-    def judge(self, found: Any, link_hash: str) -> ChainVerdict:
+    def judge(self, found: Any, link_hash: str, offset: int | None = None, data: bytes | None = None) -> ChainVerdict:
+        """The verdict on a line (at `offset`, with its bytes `data` when known: a torn read of
+        it can then be recognised in a later row)."""
         state = self.state
         verdict = judge_link(state, found, link_hash)
+        if verdict.verdict in (BREAK, GAP) and not verdict.anchor and type(found) is str and self._torn(found):
+            if verdict.verdict == BREAK:
+                state.breaks -= 1
+                state.missing.pop(found, None)
+            state.forks += 1
+            state.matched += 1
+            verdict = verdict._replace(verdict=FORK)
+        if offset is not None and data is not None:
+            state.lines.append((offset, data))
         if not self.unproven:
             return verdict
         if state.matched:
@@ -217,6 +235,15 @@ class ChainJudge:
                 verdict = verdict._replace(verdict=GAP)
             self.looks_keyed = self.failures >= KEYED_EVIDENCE
         return verdict
+
+    def _torn(self, found: str) -> bool:
+        """Does `found` name a recent line as the producer may have read it, cut at a page?"""
+        for offset, data in self.state.lines:
+            for page in PAGE_SIZES:
+                cut = page - offset % page
+                if 0 < cut < len(data) and unparsed_link(self.hasher, data[:cut], False) == found:
+                    return True
+        return False
 
 
 def unparsed_link(hasher: ChainHasher, data: bytes, deep: bool) -> str:

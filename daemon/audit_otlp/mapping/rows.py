@@ -90,7 +90,11 @@ class RowMapper:
         if row is None:
             assert reason is not None
             self.events.malformed_line(reason)
-            verdict = self._judge(None, unparsed_link(self.hasher, data, reason == "too_deep")) if self.hasher else None
+            verdict = (
+                self._judge(None, unparsed_link(self.hasher, data, reason == "too_deep"), line.offset, data)
+                if self.hasher
+                else None
+            )
             return MappedLine(
                 [
                     encode_span(
@@ -107,7 +111,11 @@ class RowMapper:
                 ],
                 digest,
             )
-        verdict = self._judge(row.get("prev_hash"), self.hasher.line_hash(data, row)) if self.hasher is not None else None
+        verdict = (
+            self._judge(row.get("prev_hash"), self.hasher.line_hash(data, row), line.offset, data)
+            if self.hasher is not None
+            else None
+        )
         span = row_span(
             row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict, occurrence=occurrence
         )
@@ -133,9 +141,9 @@ class RowMapper:
             )
         return MappedLine(spans, digest)
 
-    def _judge(self, found: object, link_hash: str) -> ChainVerdict | None:
+    def _judge(self, found: object, link_hash: str, offset: int, data: bytes) -> ChainVerdict | None:
         assert self.judge is not None
-        verdict = self.judge.judge(found, link_hash)
+        verdict = self.judge.judge(found, link_hash, offset, data)
         if verdict.verdict == FORK:
             self.events.chain_fork()
         if self.judge.looks_keyed:

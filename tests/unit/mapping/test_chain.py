@@ -408,3 +408,30 @@ def test_line_hash_keeps_jq_negative_zero() -> None:
     row = orjson.loads(line)
     assert canonical_line(line, row) == b'{"a":-0,"prev_hash":"GENESIS"}'
     assert canonical_json(row) == b'{"a":0,"prev_hash":"GENESIS"}'  # the value alone has lost it
+
+
+def test_a_row_naming_a_torn_read_of_a_line_across_a_page_is_a_fork(tmp_path: Any) -> None:
+    """The producer hashed the last line while another writer's append of it had reached only the
+    page boundary: the row names the cut line. Not tampering; `verify` and the daemon agree."""
+    from audit_otlp.commands.verify import verify_files
+
+    hasher = ChainHasher()
+    lines: list[bytes] = []
+    prev = GENESIS
+    while sum(len(x) + 1 for x in lines) < 4096 - 200:
+        row = {"event": "tool_use", "seq": len(lines), "target": "x" * 50, "prev_hash": prev}
+        lines.append(orjson.dumps(row))
+        prev = hasher.row_hash(row)
+    offset = sum(len(x) + 1 for x in lines)
+    assert 4096 - 200 <= offset < 4096 - 60  # the next line crosses offset 4096
+    crossing = orjson.dumps({"event": "tool_use", "seq": 999, "target": "y" * 200, "prev_hash": prev})
+    lines.append(crossing)
+    cut = crossing[: 4096 - offset]
+    lines.append(orjson.dumps({"event": "tool_use", "seq": 1000, "prev_hash": hasher.hash_canonical(cut)}))
+    path = tmp_path / "torn.jsonl"
+    path.write_bytes(b"".join(x + b"\n" for x in lines))
+    report = verify_files([path], hasher)
+    assert report.counts()["break"] == 0 and report.counts()["fork"] == 1
+    lines[-1] = orjson.dumps({"event": "tool_use", "seq": 1000, "prev_hash": hasher.hash_canonical(cut[:-1])})
+    path.write_bytes(b"".join(x + b"\n" for x in lines))
+    assert verify_files([path], hasher).counts()["break"] == 1  # any other cut is a break
