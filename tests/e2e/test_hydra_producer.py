@@ -210,3 +210,18 @@ def test_a_keyed_chain_without_its_key_warns_once_and_raises_no_alarm(tmp_path: 
     assert verify.returncode == 2 and "looks keyed" in verify.stderr
     keyed = run_cli(audit_cli, ["verify", str(tree.audit)], env={**daemon_env(), "HYDRA_AUDIT_HMAC_KEY": "operator's key"})
     assert keyed.returncode == 0 and "break 0" in keyed.stdout and "operator's key" not in keyed.stdout + keyed.stderr
+
+
+@pytest.mark.slow
+def test_long_run_2001_rows_four_writers_no_false_break(tmp_path: Path, audit_cli: str) -> None:
+    """The issue's measurement: 2,001 rows from four parallel writers, the daemon on its defaults."""
+    tree = HydraTree(tmp_path / "hydra")
+    simulate(tree.root, rows=2001, writers=4, seed=2001)
+    with Collector() as collector:
+        result = run_cli(audit_cli, run_args(tree, tmp_path, collector.endpoint, "--once"), timeout=300)
+        assert result.returncode == 0, result.stderr
+        spans = collector.accepted_spans()
+    rows = row_spans(spans)
+    assert len(rows) == 2001 == len(by_span_id(spans))
+    assert Counter(attrs(s)["audit.chain.verdict"] for s in rows)["break"] == 0
+    assert Counter(attrs(s)["audit.hash"] for s in rows) == journal_links(tree)
