@@ -76,7 +76,8 @@ class FaultyResponder:
             return Reply(200, b"{}", delay=slow)
 
 
-def test_fault_injection_every_clean_row_acknowledged_and_metrics_match(audit_cli: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["http/json", "http/protobuf"])
+def test_fault_injection_every_clean_row_acknowledged_and_metrics_match(audit_cli: str, tmp_path: Path, protocol: str) -> None:
     audit = tmp_path / "audit.jsonl"
     writer = AuditWriter(audit)
     rng = random.Random(7)
@@ -92,7 +93,7 @@ def test_fault_injection_every_clean_row_acknowledged_and_metrics_match(audit_cl
     append(300)
     append_bytes(audit, b"this line is not json\n")  # bad input: becomes an audit.malformed_line span
     config = (
-        '[export]\nmax_in_flight = 4\ntimeout = "5s"\n[batch]\nmax_spans = 64\nmax_wait = "30ms"\n'
+        f'[export]\nprotocol = "{protocol}"\nmax_in_flight = 4\ntimeout = "5s"\n[batch]\nmax_spans = 64\nmax_wait = "30ms"\n'
         f'[delivery]\nreceipts_path = "{tmp_path / "receipts.jsonl"}"\n'
     )
     with Collector(responder) as collector, fast_daemon(audit_cli, tmp_path, collector.endpoint, config) as daemon:
@@ -128,6 +129,7 @@ def test_fault_injection_every_clean_row_acknowledged_and_metrics_match(audit_cl
         assert set(seqs) == clean, f"missing {sorted(clean - set(seqs))[:10]}"  # rows lost: 0
         assert len(seqs) == len(clean), "no request was repeated (no timeouts in this mix)"
         assert not collector.invalid
+        assert {r.protobuf for r in collector.requests} == {protocol == "http/protobuf"}
         dead = read_ndjson(tmp_path / "dead-letter.jsonl")
         assert sorted(orjson.loads(r["line"])["seq"] for r in dead) == sorted(poison)
         assert all(r["status"] == 400 and "POISON" in r["response"] for r in dead)

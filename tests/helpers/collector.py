@@ -1,6 +1,12 @@
 """A real OTLP/HTTP collector on 127.0.0.1 for tests: records every request, checks that each
 body is a valid OTLP ExportTraceServiceRequest (opentelemetry-proto), and answers as the test
-tells it to (a status, a delay, a partial success, a dropped connection)."""
+tells it to (a status, a delay, a partial success, a dropped connection).
+
+Both encodings, chosen by Content-Type as a real collector does: a protobuf body is parsed with
+opentelemetry-proto, must re-serialize to the same bytes (nothing unknown, nothing misplaced),
+and is recorded as the OTLP/JSON document it stands for, so every test reads one form. Answers
+to a protobuf request go back as protobuf: the test's JSON reply body is converted
+(ExportTraceServiceResponse on a 2xx, google.rpc.Status otherwise)."""
 
 from __future__ import annotations
 
@@ -15,7 +21,11 @@ from typing import Any
 
 import orjson
 from google.protobuf import json_format
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from google.protobuf.message import Message
+from google.rpc.status_pb2 import Status
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
+
+PROTOBUF = "application/x-protobuf"
 
 
 @dataclass
@@ -25,6 +35,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop_connection: bool = False  # close the socket without answering
+    content_type: str | None = None  # None: the request's encoding (the body is converted to it)
 
 
 def to_proto(doc: dict[str, Any]) -> ExportTraceServiceRequest:
@@ -41,12 +52,42 @@ def to_proto(doc: dict[str, Any]) -> ExportTraceServiceRequest:
     return message
 
 
+def from_proto_bytes(raw: bytes) -> dict[str, Any]:
+    """A protobuf ExportTraceServiceRequest -> its OTLP/JSON document (ids hex, enums as integers).
+    Raises if the bytes are not exactly what opentelemetry-proto itself would write for it."""
+    message = ExportTraceServiceRequest.FromString(raw)
+    if message.SerializeToString() != raw:
+        raise ValueError("protobuf body differs from its own re-serialization (unknown or misplaced fields)")
+    doc = json_format.MessageToDict(message, use_integers_for_enums=True)
+    for rs in doc.get("resourceSpans", []):
+        for ss in rs.get("scopeSpans", []):
+            for span in ss.get("spans", []):
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if span.get(key):
+                        span[key] = base64.b64decode(span[key]).hex()
+    return doc
+
+
+def _as_protobuf(status: int, body: bytes) -> bytes | None:
+    """The test's JSON reply body as the protobuf a collector sends back; None if it is not JSON of that message."""
+    message: Message = ExportTraceServiceResponse() if 200 <= status < 300 else Status()
+    try:
+        json_format.Parse(body or b"{}", message)
+    except json_format.ParseError:
+        return None
+    return message.SerializeToString()
+
+
 @dataclass
 class Received:
     doc: dict[str, Any]
     headers: dict[str, str]
     status: int  # what we answered
     path: str
+
+    @property
+    def protobuf(self) -> bool:
+        return self.headers.get("content-type", "").split(";")[0].strip() == PROTOBUF
 
     @property
     def spans(self) -> list[dict[str, Any]]:
@@ -77,13 +118,17 @@ class Collector:
                 raw = self.rfile.read(length)
                 if self.headers.get("Content-Encoding") == "gzip":
                     raw = gzip.decompress(raw)
+                protobuf = (self.headers.get("Content-Type") or "").split(";")[0].strip() == PROTOBUF
                 try:
-                    doc = orjson.loads(raw)
-                    to_proto(doc)
+                    if protobuf:
+                        doc = from_proto_bytes(raw)
+                    else:
+                        doc = orjson.loads(raw)
+                        to_proto(doc)
                 except Exception as exc:  # noqa: BLE001 - any parse failure is a test failure
                     with collector._lock:
                         collector.invalid.append(f"{type(exc).__name__}: {exc}")
-                    self._answer(Reply(400, b'{"message":"invalid"}'))
+                    self._answer(Reply(400, b'{"message":"invalid"}'), protobuf)
                     return
                 with collector._lock:
                     collector._count += 1
@@ -100,16 +145,21 @@ class Collector:
                         Received(doc, {k.lower(): v for k, v in self.headers.items()}, reply.status, self.path)
                     )
                     collector._cond.notify_all()
-                self._answer(reply)
+                self._answer(reply, protobuf)
 
-            def _answer(self, reply: Reply) -> None:
+            def _answer(self, reply: Reply, protobuf: bool) -> None:
+                body, content_type = reply.body, reply.content_type or "application/json"
+                if protobuf and reply.content_type is None:
+                    converted = _as_protobuf(reply.status, reply.body)
+                    if converted is not None:  # else (not JSON of the message) sent as it is
+                        body, content_type = converted, PROTOBUF
                 self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply.body)))
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
                 for k, v in reply.headers.items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(reply.body)
+                self.wfile.write(body)
 
         ThreadingHTTPServer.allow_reuse_address = True  # a test may restart a collector on the same port
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)

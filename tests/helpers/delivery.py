@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from audit_otlp.delivery.batching import Batch, SpanSource
+from audit_otlp.delivery.encoding import JSON, encoding_for
 from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.records import DurableLog
 from audit_otlp.delivery.settings import ExportSettings
@@ -35,10 +36,14 @@ class _NoEvents:
     def chain_break(self, verdict: Any, offset: int, line_number: int) -> None: ...
 
 
-def make_batch(tmp: Path, n: int, marker_seqs: frozenset[int] = frozenset(), seq: int = 0, pad: int = 0) -> Batch:
-    """A batch of `n` spans from chained rows; rows in `marker_seqs` carry target POISON_<seq>."""
+def make_batch(
+    tmp: Path, n: int, marker_seqs: frozenset[int] = frozenset(), seq: int = 0, pad: int = 0, protocol: str = JSON
+) -> Batch:
+    """A batch of `n` spans from chained rows, encoded for `protocol`; rows in `marker_seqs` carry
+    target POISON_<seq>."""
     writer = AuditWriter(tmp / "unused.jsonl")
-    mapper = RowMapper(MappingOptions("prev_hash"), None, ChainState(), _NoEvents())
+    encode = encoding_for(protocol, ENVELOPE).encode_span
+    mapper = RowMapper(MappingOptions("prev_hash"), None, ChainState(), _NoEvents(), encode=encode)
     spans: list[bytes] = []
     sources: list[SpanSource] = []
     offset = 0
@@ -95,14 +100,15 @@ def make_exporter(
     receipts: bool = False,
     sleep: Callable[[float], Any] | None = None,
     dead_letter: Path | None = None,
+    protocol: str = JSON,
     **overrides: Any,
 ) -> Exporter:
     kwargs: dict[str, Any] = {}
     if sleep is not None:
         kwargs["sleep"] = sleep
     return Exporter(
-        settings(endpoint, **overrides),
-        ENVELOPE,
+        settings(endpoint, protocol=protocol, **overrides),
+        encoding_for(protocol, ENVELOPE).envelope,
         *metrics_and_state(),
         DurableLog(dead_letter or tmp / "dead-letter.jsonl"),
         DurableLog(tmp / "receipts.jsonl") if receipts else None,

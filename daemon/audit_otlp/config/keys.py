@@ -168,6 +168,16 @@ def parse_resource_attributes(raw: Any) -> dict[str, str]:
     raise ValueError("key=value pairs separated by commas")
 
 
+def parse_protocol(raw: Any) -> str:
+    """OTLP/HTTP with a JSON or a protobuf body; the specification's third value, grpc, is not spoken."""
+    value = raw.strip().lower() if isinstance(raw, str) else None
+    if value in ("http/json", "http/protobuf"):
+        return value
+    if value == "grpc":
+        raise ValueError("http/json or http/protobuf (grpc is not supported: audit-otlp sends OTLP/HTTP)")
+    raise ValueError("http/json or http/protobuf")
+
+
 def _timeout_ms(raw: Any) -> float:
     """OTEL_EXPORTER_OTLP_TIMEOUT is an integer of milliseconds (spec), 0 meaning no limit."""
     try:
@@ -218,6 +228,12 @@ KEYS: tuple[Key, ...] = (
         _choice("gzip", "none"),
         "none",
         env=("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"),
+    ),
+    Key(
+        "export.protocol",
+        parse_protocol,
+        "http/json",
+        env=("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
     ),
     Key("export.max_in_flight", _int_range(1, 64), 4),
     Key(

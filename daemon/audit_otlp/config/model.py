@@ -34,6 +34,7 @@ class ExportSection:
     headers: Mapping[str, str] = field(repr=False)
     timeout: float
     compression: str
+    protocol: str
     max_in_flight: int
     certificate: Path | None
     client_certificate: Path | None

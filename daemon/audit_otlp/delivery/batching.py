@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from audit_otlp.mapping.envelope import Envelope
+from audit_otlp.delivery.encoding import RequestEnvelope
 from audit_otlp.source.fileid import FileIdentity
 from audit_otlp.state.checkpoint import Cursor
 
@@ -45,7 +45,7 @@ class BatchLimits:
 class BatchBuilder:
     """Accumulates spans; the owner asks `fits`, `full` and `deadline`, and takes the batch with `take`."""
 
-    def __init__(self, envelope: Envelope, limits: BatchLimits) -> None:
+    def __init__(self, envelope: RequestEnvelope, limits: BatchLimits) -> None:
         self.envelope = envelope
         self.limits = limits  # sets the byte budget too
         self.spans: list[bytes] = []
@@ -62,9 +62,10 @@ class BatchBuilder:
     def limits(self, limits: BatchLimits) -> None:
         """Limits may change while running (SIGHUP); the derived budget follows them."""
         self._limits = limits
-        # Body size = envelope + spans + one comma between each two: the span-independent
-        # part of the max_bytes test, computed once (fits() runs for every span).
-        self._bytes_budget = limits.max_bytes - self.envelope.size(0, 1)
+        # Body size = envelope + spans + one comma between each two (JSON; protobuf has none):
+        # the span-independent part of the max_bytes test, computed once (fits() runs for every
+        # span). The envelope's share is taken at a full body: protobuf's length prefixes grow.
+        self._bytes_budget = 2 * limits.max_bytes - self.envelope.size(limits.max_bytes, 1)
 
     def __len__(self) -> int:
         return len(self.spans)

@@ -4,7 +4,8 @@
 retries (the file is the buffer, so retrying forever costs no memory beyond the batch).
 What each answer means (OTLP spec, with deliberate choices marked; docs/delivery.md):
 - 2xx: delivered, minus `partialSuccess.rejectedSpans` (counted as rejected, logged with the
-  errorMessage, never retried). An empty or non-JSON body (Sentry's 202) is full success.
+  errorMessage, never retried), in JSON or protobuf (`answers`). An empty or unreadable body
+  (Sentry's 202) is full success.
 - 429, 502, 503, 504, connection errors, resets, timeouts: retried with full-jitter backoff;
   a Retry-After (seconds or HTTP-date, capped at 300 s) is the minimum wait. Choice: 408 and
   every other 5xx (500 included) are retried too: a server error says nothing about the data,
@@ -27,17 +28,16 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
-import orjson
-
 from audit_otlp.config import mask_url
+from audit_otlp.delivery.answers import read_partial_success, readable_error
 from audit_otlp.delivery.batching import Batch
+from audit_otlp.delivery.encoding import RequestEnvelope
 from audit_otlp.delivery.ratelimit import LOUD_EVERY, RateLimitedLog
 from audit_otlp.delivery.records import DurableLog, append_until_written, dead_letter_record, receipt_record
 from audit_otlp.delivery.retry import Backoff
 from audit_otlp.delivery.settings import ExportSettings
 from audit_otlp.delivery.sink import Outcome
 from audit_otlp.delivery.transport import Answer, Transport
-from audit_otlp.mapping.envelope import Envelope
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
 
@@ -63,24 +63,6 @@ def classify(status: int | None) -> str:
     return "refused"
 
 
-def parse_partial_success(body: bytes) -> tuple[int, str]:
-    """(rejectedSpans, errorMessage) from an ExportTraceServiceResponse; (0, "") if absent."""
-    if not body.strip():
-        return 0, ""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return 0, ""
-    partial = doc.get("partialSuccess") if isinstance(doc, dict) else None
-    if not isinstance(partial, dict):
-        return 0, ""
-    try:
-        rejected = int(partial.get("rejectedSpans") or 0)
-    except (TypeError, ValueError):
-        rejected = 0
-    return max(rejected, 0), str(partial.get("errorMessage") or "")
-
-
 class Exporter:
     """The `Sink` that delivers: `deliver()` returns only once each span of the batch has a fate.
 
@@ -91,7 +73,7 @@ class Exporter:
     def __init__(
         self,
         settings: ExportSettings,
-        envelope: Envelope,
+        envelope: RequestEnvelope,
         metrics: Metrics,
         state: RunState,
         dead_letter: DurableLog,
@@ -187,7 +169,7 @@ class Exporter:
         return await asyncio.to_thread(gzip.compress, body, 5) if len(body) > 65536 else gzip.compress(body, 5)
 
     async def _settle_ok(self, batch: Batch, lo: int, hi: int, answer: Answer) -> Outcome:
-        rejected, message = parse_partial_success(answer.body)
+        rejected, message = read_partial_success(answer.body, answer.content_type, self.settings.protocol)
         rejected = min(rejected, hi - lo)
         delivered = hi - lo - rejected
         if rejected or message:
@@ -206,7 +188,8 @@ class Exporter:
 
     async def _dead_letter(self, batch: Batch, index: int, answer: Answer, reason: str) -> Outcome:
         source = batch.sources[index]
-        await self._write_durably(self.dead_letter, dead_letter_record(source, self._host, answer.status, answer.body, reason))
+        response = readable_error(answer.body, answer.content_type, self.settings.protocol)
+        await self._write_durably(self.dead_letter, dead_letter_record(source, self._host, answer.status, response, reason))
         self.state.dead_lettered_spans += 1
         log.error(
             "collector refused a span for good (%s, HTTP %s); row at %s offset %d written to the dead-letter file %s",

@@ -13,6 +13,7 @@ class ExportSettings:
     vendor_headers: Mapping[str, str] = field(repr=False)  # already filtered to the vendor's own origin
     timeout: float = 10.0
     compression: str = "none"
+    protocol: str = "http/json"  # or http/protobuf: the body's encoding and Content-Type
     max_in_flight: int = 4
     initial_backoff: float = 0.5
     max_backoff: float = 30.0

@@ -16,6 +16,7 @@ import httpx
 
 from audit_otlp import __version__
 from audit_otlp.config import ConfigError
+from audit_otlp.delivery.encoding import CONTENT_TYPES, PROTOBUF
 from audit_otlp.delivery.retry import parse_retry_after
 from audit_otlp.delivery.settings import ExportSettings
 
@@ -30,6 +31,7 @@ class Answer(NamedTuple):
     retry_after: float | None
     error: str  # why there was no answer
     tls_rejected: bool = False  # the server's certificate did not verify: a configuration problem
+    content_type: str = ""  # of the answer's body: which decoder reads it
 
 
 def build_ssl_context(settings: ExportSettings) -> ssl.SSLContext | bool:
@@ -59,9 +61,10 @@ class Transport:
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
+        protobuf = self.settings.protocol == PROTOBUF
         headers = {
-            "Content-Type": "application/json",
-            "User-Agent": f"audit-otlp/{__version__} OTel-OTLP-Exporter-Python-JSON",
+            "Content-Type": CONTENT_TYPES[self.settings.protocol],
+            "User-Agent": f"audit-otlp/{__version__} OTel-OTLP-Exporter-Python-{'Protobuf' if protobuf else 'JSON'}",
             **self.settings.headers,
             **self.settings.vendor_headers,
         }
@@ -104,6 +107,7 @@ class Transport:
                     b"".join(chunks)[:RESPONSE_LIMIT],
                     parse_retry_after(response.headers.get("retry-after")),
                     "",
+                    content_type=response.headers.get("content-type", ""),
                 )
             return answer  # the response is closed (its connection back in the pool) here
         except httpx.TimeoutException as exc:

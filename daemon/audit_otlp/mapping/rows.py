@@ -9,7 +9,8 @@ tells identical lines apart, and the line count. The per-row work is the pure fu
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Protocol
 
 from audit_otlp.mapping.chain import BREAK, FORK, RESTART, ChainHasher, ChainJudge, ChainState, ChainVerdict, unparsed_link
 from audit_otlp.mapping.envelope import encode_span
@@ -49,7 +50,9 @@ class RowMapper:
         events: RowEvents,
         line_number: int = 0,
         identity: IdentityWindow | None = None,
+        encode: Callable[[Mapping[str, Any]], bytes] = encode_span,
     ) -> None:
+        self.encode = encode  # span dict -> request bytes: OTLP/JSON, or protobuf (export.protocol)
         self.options = options
         self.hasher = hasher  # None: chain verification is off (or was suspended: keyed chain, no key)
         self.chain = chain_state
@@ -60,6 +63,7 @@ class RowMapper:
 
     def map_line(self, line: Line, observed_ns: int) -> MappedLine:
         self.line_number += 1
+        encode = self.encode
         data = line.data
         if data is None:  # longer than source.max_line_bytes: its link cannot be hashed
             digest = line.digest
@@ -69,7 +73,7 @@ class RowMapper:
                 self.chain.last_hash = None  # the next line is checked against nothing we know
             return MappedLine(
                 [
-                    encode_span(
+                    encode(
                         malformed_span(
                             offset=line.offset,
                             length=line.length,
@@ -97,7 +101,7 @@ class RowMapper:
             )
             return MappedLine(
                 [
-                    encode_span(
+                    encode(
                         malformed_span(
                             offset=line.offset,
                             length=len(data),
@@ -119,11 +123,11 @@ class RowMapper:
         span = row_span(
             row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict, occurrence=occurrence
         )
-        spans = [encode_span(span)]
+        spans = [encode(span)]
         if verdict is not None and verdict.verdict == BREAK:
             self.events.chain_break(verdict, line.offset, self.line_number)
             spans.append(
-                encode_span(
+                encode(
                     chain_broken_span(
                         verdict=verdict,
                         offset=line.offset,

@@ -14,6 +14,7 @@ import orjson
 from audit_otlp.mapping.chain import ChainVerdict
 from audit_otlp.mapping.evidence import add_chain_attributes
 from audit_otlp.mapping.ids import MappingOptions, span_id_for, trace_id_for
+from audit_otlp.mapping.openinference import add_openinference
 from audit_otlp.mapping.parse import UINT64_MAX, parse_timestamp_ns
 
 SPAN_KIND_INTERNAL = 1
@@ -184,6 +185,7 @@ def row_span(
     agent_name = get("agent_name")
     if agent_name is not None:
         add({"key": "gen_ai.agent.name", "value": {"stringValue": _text(agent_name)}})
+    add_openinference(add, row, outcome, _text)  # Phoenix: span kind, tool arguments and result
 
     # Status: ERROR with a low-cardinality error.type for error rows and blocked actions,
     # OK otherwise (README, "Spans"); the free-text error, when there is one, is the message.

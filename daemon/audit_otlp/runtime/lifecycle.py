@@ -53,7 +53,8 @@ class Daemon:
         self.state = RunState()
         self.metrics = Metrics(self.state)
         self.notifier = notifier or Notifier()
-        self.envelope = wiring.build_envelope(config)
+        self.encoding = wiring.build_encoding(config, options)
+        self.envelope = self.encoding.envelope
         self.sink = wiring.build_sink(config, options, self.envelope, self.metrics, self.state)
         self.tailer = wiring.build_tailer(config, SourceObserver(self.metrics))
         self.stopping = asyncio.Event()
@@ -107,7 +108,7 @@ class Daemon:
         self.state.delivered_before = checkpoint.delivered_spans
         self.state.chain_breaks_before = checkpoint.chain_breaks
         keeper = wiring.build_keeper(self.config, self.options, checkpoint, self.metrics, self.state)
-        mapper = wiring.build_mapper(self.config, checkpoint, RowObserver(self.metrics, self.state))
+        mapper = wiring.build_mapper(self.config, checkpoint, RowObserver(self.metrics, self.state), self.encoding)
         pipeline = self.pipeline = Pipeline(
             self.tailer,
             mapper,

@@ -19,9 +19,9 @@ import time
 
 from audit_otlp.config import RetrySection
 from audit_otlp.delivery.batching import Batch, BatchBuilder, BatchLimits, SpanSource
+from audit_otlp.delivery.encoding import RequestEnvelope
 from audit_otlp.delivery.retry import Backoff
 from audit_otlp.delivery.sink import Outcome, Sink
-from audit_otlp.mapping.envelope import Envelope
 from audit_otlp.mapping.rows import RowMapper
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.lines import Line
@@ -40,7 +40,7 @@ class Pipeline:
         mapper: RowMapper,
         sink: Sink,
         keeper: CheckpointKeeper,
-        envelope: Envelope,
+        envelope: RequestEnvelope,
         limits: BatchLimits,
         retry: RetrySection,
         window: int,

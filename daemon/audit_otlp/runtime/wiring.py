@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from audit_otlp.config import Config
 from audit_otlp.delivery.batching import BatchLimits
+from audit_otlp.delivery.encoding import JSON, Encoding, RequestEnvelope, encoding_for
 from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.records import DurableLog
 from audit_otlp.delivery.settings import ExportSettings
@@ -46,6 +47,11 @@ def build_envelope(config: Config) -> Envelope:
     return make_envelope(resource_attributes(service_name, resource.attributes, config.mapping.dd_llmobs_enabled))
 
 
+def build_encoding(config: Config, options: RunOptions) -> Encoding:
+    """export.protocol's span encoder and envelope; --dry-run prints OTLP/JSON whatever it is."""
+    return encoding_for(JSON if options.dry_run else config.export.protocol, build_envelope(config))
+
+
 def build_export_settings(config: Config) -> ExportSettings:
     export, retry = config.export, config.retry
     return ExportSettings(
@@ -54,6 +60,7 @@ def build_export_settings(config: Config) -> ExportSettings:
         vendor_headers=config.vendor.headers_for(export.endpoint) if config.vendor else {},
         timeout=export.timeout,
         compression=export.compression,
+        protocol=export.protocol,
         max_in_flight=export.max_in_flight,
         initial_backoff=retry.initial_backoff,
         max_backoff=retry.max_backoff,
@@ -66,9 +73,9 @@ def build_export_settings(config: Config) -> ExportSettings:
     )
 
 
-def build_sink(config: Config, options: RunOptions, envelope: Envelope, metrics: Metrics, state: RunState) -> Sink:
+def build_sink(config: Config, options: RunOptions, envelope: RequestEnvelope, metrics: Metrics, state: RunState) -> Sink:
     if options.dry_run:
-        return DryRunSink(envelope)
+        return DryRunSink(build_envelope(config))
     receipts = config.delivery.receipts_path
     return Exporter(
         build_export_settings(config),
@@ -102,12 +109,14 @@ def build_keeper(
     return CheckpointKeeper(store, checkpoint, config.checkpoint.interval, metrics, state, enabled=not options.dry_run)
 
 
-def build_mapper(config: Config, checkpoint: Checkpoint, events: RowEvents) -> RowMapper:
+def build_mapper(config: Config, checkpoint: Checkpoint, events: RowEvents, encoding: Encoding) -> RowMapper:
     hasher = ChainHasher(config.chain_key) if config.chain.verify else None
     cursor = checkpoint.cursor
     chain = ChainState.resumed(cursor.chain_last_hash, cursor.chain_recent, cursor.chain_seen or None)
     identity = IdentityWindow(bytes.fromhex(d) for d in cursor.recent_digests)
-    return RowMapper(MappingOptions(config.mapping.trace_id_from), hasher, chain, events, identity=identity)
+    return RowMapper(
+        MappingOptions(config.mapping.trace_id_from), hasher, chain, events, identity=identity, encode=encoding.encode_span
+    )
 
 
 def load_checkpoint(config: Config, options: RunOptions) -> Checkpoint:

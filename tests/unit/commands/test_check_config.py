@@ -81,7 +81,12 @@ def test_every_key_is_shown_with_its_origin(tmp_path: Path, audit_cli: str) -> N
         "--file",
         "/from/option.jsonl",
         "--json",
-        env={"AUDIT_OTLP_LOG_LEVEL": "debug", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318"},
+        env={
+            "AUDIT_OTLP_LOG_LEVEL": "debug",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        },
     )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
@@ -95,10 +100,15 @@ def test_every_key_is_shown_with_its_origin(tmp_path: Path, audit_cli: str) -> N
         and doc["values"]["export.endpoint"] == "http://otel:4318/v1/traces"
     )
     assert origin["batch.max_wait"] == "default"
+    assert (
+        doc["values"]["export.protocol"] == "http/protobuf"
+        and origin["export.protocol"] == "env:OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+    )
     assert doc["config_file"] == str(tmp_path / "c.toml")
 
     text = check_config(audit_cli, "--config", str(tmp_path / "c.toml"), env={}).stdout
     assert any(line.startswith("batch.max_spans") and line.endswith("# file") for line in text.splitlines()), text
+    assert any(line.startswith("export.protocol") and '"http/json"' in line for line in text.splitlines()), text
 
 
 def test_invalid_configuration_exits_2_naming_the_key_without_the_secret(tmp_path: Path, audit_cli: str) -> None:

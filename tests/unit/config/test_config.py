@@ -91,6 +91,38 @@ def test_headers_timeout_and_compression_from_the_environment() -> None:
     assert config.export.compression == "gzip"
 
 
+@pytest.mark.parametrize(
+    ("env", "toml", "expected"),
+    [
+        ({}, "", "http/json"),  # the default
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, "", "http/protobuf"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}, "", "http/protobuf"),
+        (  # the signal-specific variable wins over the general one
+            {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"},
+            "",
+            "http/protobuf",
+        ),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": ""}, "", "http/protobuf"),
+        ({}, '[export]\nprotocol = "http/protobuf"\n', "http/protobuf"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "HTTP/JSON"}, '[export]\nprotocol = "http/protobuf"\n', "http/json"),  # env > file
+    ],
+    ids=["default", "general_env", "traces_env", "traces_env_wins", "empty_traces_env_is_unset", "file", "env_beats_file"],
+)
+def test_protocol_from_file_and_environment(tmp_path: Path, env: dict[str, str], toml: str, expected: str) -> None:
+    config = load_config(write_toml(tmp_path, toml) if toml else None, {}, env)
+    assert config.export.protocol == expected
+
+
+@pytest.mark.parametrize("value", ["grpc", "http", "protobuf", "http/xml"])
+def test_an_unsupported_protocol_names_the_key_and_the_accepted_values(value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {}, {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": value})
+    message = str(err.value)
+    assert "export.protocol" in message and "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" in message
+    assert "http/json or http/protobuf" in message
+    assert ("grpc is not supported" in message) == (value == "grpc")
+
+
 def test_service_name_and_resource_attributes() -> None:
     config = load_config(
         None, {}, {"OTEL_SERVICE_NAME": "svc", "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team=sec"}

@@ -13,9 +13,14 @@ import httpx
 import orjson
 import pytest
 
-from audit_otlp.delivery.policy import classify, parse_partial_success
+from audit_otlp.delivery.answers import parse_partial_success
+from audit_otlp.delivery.encoding import CONTENT_TYPES, JSON, PROTOBUF
+from audit_otlp.delivery.policy import classify
 from tests.helpers.collector import Collector, Reply
 from tests.helpers.delivery import Sleeps, has_marker, make_batch, make_exporter, read_ndjson, sha256_hex, span_count, target_of
+
+# The tests marked BOTH run in each encoding: the collector answers a protobuf request in protobuf.
+BOTH = pytest.mark.parametrize("protocol", [JSON, PROTOBUF])
 
 
 @pytest.mark.parametrize(
@@ -64,10 +69,11 @@ def test_parse_partial_success(body: bytes, expected: tuple[int, str]) -> None:
     assert parse_partial_success(body) == expected
 
 
-async def test_202_with_empty_body_is_full_success(tmp_path: Path) -> None:
-    batch = make_batch(tmp_path, 5)
+@BOTH
+async def test_202_with_empty_body_is_full_success(tmp_path: Path, protocol: str) -> None:
+    batch = make_batch(tmp_path, 5, protocol=protocol)
     with Collector(lambda doc, n: Reply(202, b"")) as c:
-        exporter = make_exporter(tmp_path, c.endpoint)
+        exporter = make_exporter(tmp_path, c.endpoint, protocol=protocol)
         await exporter.start()
         outcome = await exporter.deliver(batch)
         await exporter.aclose()
@@ -99,11 +105,14 @@ async def test_a_delivered_request_leaves_no_reference_cycle(tmp_path: Path) -> 
     assert leaked == []
 
 
-async def test_partial_success_counts_rejected_and_logs_the_message(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    batch = make_batch(tmp_path, 10)
+@BOTH
+async def test_partial_success_counts_rejected_and_logs_the_message(
+    tmp_path: Path, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    batch = make_batch(tmp_path, 10, protocol=protocol)
     body = b'{"partialSuccess":{"rejectedSpans":"4","errorMessage":"span too old"}}'
     with Collector(lambda doc, n: Reply(200, body)) as c:
-        exporter = make_exporter(tmp_path, c.endpoint)
+        exporter = make_exporter(tmp_path, c.endpoint, protocol=protocol)
         await exporter.start()
         with caplog.at_level(logging.WARNING):
             outcome = await exporter.deliver(batch)
@@ -218,9 +227,10 @@ async def test_redirects_are_not_followed(tmp_path: Path) -> None:
         assert len(c.requests) == 2
 
 
-async def test_413_splits_down_to_one_span_and_dead_letters_a_single_too_large_span(tmp_path: Path) -> None:
-    batch = make_batch(tmp_path, 16)
-    big = make_batch(tmp_path, 1, pad=5000).spans[0]
+@BOTH
+async def test_413_splits_down_to_one_span_and_dead_letters_a_single_too_large_span(tmp_path: Path, protocol: str) -> None:
+    batch = make_batch(tmp_path, 16, protocol=protocol)
+    big = make_batch(tmp_path, 1, pad=5000, protocol=protocol).spans[0]
     batch.spans[9] = big  # one span alone is over the collector's limit
 
     def responder(doc: dict, n: int) -> Reply:
@@ -228,7 +238,7 @@ async def test_413_splits_down_to_one_span_and_dead_letters_a_single_too_large_s
         return Reply(413, b'{"message":"too large"}') if size > 4000 else Reply()
 
     with Collector(responder) as c:
-        exporter = make_exporter(tmp_path, c.endpoint)
+        exporter = make_exporter(tmp_path, c.endpoint, protocol=protocol)
         await exporter.start()
         outcome = await exporter.deliver(batch)
         await exporter.aclose()
@@ -240,11 +250,12 @@ async def test_413_splits_down_to_one_span_and_dead_letters_a_single_too_large_s
     assert record["offset"] == batch.sources[9].offset and record["line"] == batch.sources[9].line.decode()
 
 
-async def test_400_bisects_and_dead_letters_exactly_the_poison_rows(tmp_path: Path) -> None:
+@BOTH
+async def test_400_bisects_and_dead_letters_exactly_the_poison_rows(tmp_path: Path, protocol: str) -> None:
     poison = frozenset({3, 17, 18, 40})
-    batch = make_batch(tmp_path, 50, marker_seqs=poison)
+    batch = make_batch(tmp_path, 50, marker_seqs=poison, protocol=protocol)
     with Collector(lambda doc, n: Reply(400, b'{"code":3,"message":"poison"}') if has_marker(doc) else Reply()) as c:
-        exporter = make_exporter(tmp_path, c.endpoint)
+        exporter = make_exporter(tmp_path, c.endpoint, protocol=protocol)
         await exporter.start()
         outcome = await exporter.deliver(batch)
         await exporter.aclose()
@@ -271,13 +282,14 @@ async def test_dead_letter_response_body_is_truncated(tmp_path: Path) -> None:
     assert len(record["response"]) < 4200 and record["response"].endswith("[truncated]")
 
 
-async def test_body_over_max_request_bytes_is_split_before_sending(tmp_path: Path) -> None:
-    batch = make_batch(tmp_path, 8, pad=300)
+@BOTH
+async def test_body_over_max_request_bytes_is_split_before_sending(tmp_path: Path, protocol: str) -> None:
+    batch = make_batch(tmp_path, 8, pad=300, protocol=protocol)
     with Collector() as c:
-        exporter = make_exporter(tmp_path, c.endpoint, max_request_bytes=2500)
+        exporter = make_exporter(tmp_path, c.endpoint, protocol=protocol, max_request_bytes=2500)
         await exporter.start()
         outcome = await exporter.deliver(batch)
-        lone = make_batch(tmp_path, 1, pad=4000)
+        lone = make_batch(tmp_path, 1, pad=4000, protocol=protocol)
         lone_outcome = await exporter.deliver(lone)
         await exporter.aclose()
         sizes = [len(orjson.dumps(r.doc)) for r in c.requests]
@@ -286,11 +298,12 @@ async def test_body_over_max_request_bytes_is_split_before_sending(tmp_path: Pat
     assert read_ndjson(tmp_path / "dead-letter.jsonl")[0]["reason"].startswith("larger than export.max_request_bytes")
 
 
-async def test_receipt_per_2xx_proves_what_was_delivered(tmp_path: Path) -> None:
-    batch = make_batch(tmp_path, 12, marker_seqs=frozenset({12}))
+@BOTH
+async def test_receipt_per_2xx_proves_what_was_delivered(tmp_path: Path, protocol: str) -> None:
+    batch = make_batch(tmp_path, 12, marker_seqs=frozenset({12}), protocol=protocol)
     partial = b'{"partialSuccess":{"rejectedSpans":"1","errorMessage":"meh"}}'
     with Collector(lambda doc, n: Reply(400) if has_marker(doc) else Reply(200, partial)) as c:
-        exporter = make_exporter(tmp_path, c.endpoint, receipts=True)
+        exporter = make_exporter(tmp_path, c.endpoint, protocol=protocol, receipts=True)
         await exporter.start()
         await exporter.deliver(batch)
         await exporter.aclose()
@@ -309,15 +322,18 @@ async def test_receipt_per_2xx_proves_what_was_delivered(tmp_path: Path) -> None
     assert first["time"].endswith("Z")
 
 
-async def test_gzip_and_custom_headers(tmp_path: Path) -> None:
+@BOTH
+async def test_gzip_and_custom_headers(tmp_path: Path, protocol: str) -> None:
     with Collector() as c:
-        exporter = make_exporter(tmp_path, c.endpoint, compression="gzip", headers={"x-team": "audit", "api-key": "k1"})
+        exporter = make_exporter(
+            tmp_path, c.endpoint, protocol=protocol, compression="gzip", headers={"x-team": "audit", "api-key": "k1"}
+        )
         await exporter.start()
-        await exporter.deliver(make_batch(tmp_path, 30))
+        await exporter.deliver(make_batch(tmp_path, 30, protocol=protocol))
         await exporter.aclose()
         [req] = c.requests
     assert req.headers["content-encoding"] == "gzip"
-    assert req.headers["content-type"] == "application/json"
+    assert req.headers["content-type"] == CONTENT_TYPES[protocol] and req.protobuf == (protocol == PROTOBUF)
     assert req.headers["x-team"] == "audit" and req.headers["api-key"] == "k1"
     assert span_count(req.doc) == 30  # the collector gunzipped and parsed it as valid OTLP
 

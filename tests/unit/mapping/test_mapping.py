@@ -239,7 +239,7 @@ def test_interface_attributes_and_types() -> None:
 
 def test_missing_fields_are_omitted() -> None:
     a = attrs(span_of({"event": "session_start", "ts": "2026-04-15T14:23:00Z"}))
-    assert set(a) == {"audit.event", "gen_ai.operation.name", "sentry.op", "audit.offset"}
+    assert set(a) == {"audit.event", "gen_ai.operation.name", "sentry.op", "openinference.span.kind", "audit.offset"}
 
 
 def test_agent_id_prefers_agent_id_and_outcome_falls_back() -> None:
