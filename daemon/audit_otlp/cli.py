@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("paths", metavar="FILE", nargs="+")
     verify.add_argument("--config", metavar="PATH")
     verify.add_argument("--json", action="store_true", help="machine-readable report")
+    verify.add_argument("--strict", action="store_true", help="also fail (exit 1) on forks, not only on breaks")
 
     check = sub.add_parser("check-config", help="print the effective configuration, secrets masked")
     _add_source_options(check)

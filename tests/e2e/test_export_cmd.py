@@ -49,8 +49,10 @@ def test_every_line_is_a_request_the_collector_accepts(tmp_path: Path, audit_cli
         spans = collector.accepted_spans()
     names = [s["name"] for s in spans]
     assert names.count("audit.malformed_line") == 1
-    assert names.count("audit.chain_broken") == 2  # the two GENESIS restarts
-    assert len(spans) == 1300 + 1 + 5 + 1 + 2
+    assert names.count("audit.chain_broken") == 0  # GENESIS restarts are verdicts, not alarms
+    verdicts = [attrs(s)["audit.chain.verdict"] for s in spans]
+    assert verdicts.count("restart") == 2 and verdicts.count("break") == 0
+    assert len(spans) == 1300 + 1 + 5 + 1
     for body in bodies:  # one resourceSpans / scopeSpans per request, with the resource
         doc = orjson.loads(body)
         assert len(doc["resourceSpans"]) == 1 and len(doc["resourceSpans"][0]["scopeSpans"]) == 1

@@ -66,7 +66,12 @@ def test_backlog_is_exact_after_delivery_and_appends(tmp_path: Path, audit_cli: 
     assert status["delivered_spans"] == 10
     assert status["last_success"] is not None
     assert "503" in status["last_error"]
-    assert status["chain"] == {"verify": True, "last_hash": delivered.hasher.row_hash(_row(tmp_path, 10)), "breaks": 0}
+    assert status["chain"] == {
+        "verify": True,
+        "key_source": "none",
+        "last_hash": delivered.hasher.row_hash(_row(tmp_path, 10)),
+        "breaks": 0,
+    }
     assert status["rotated_files_held"] == [] and status["resume_gap"] is False
 
     text = run(audit_cli, "status", "--file", str(tmp_path / "audit.jsonl"), "--checkpoint", str(tmp_path / "cp.json")).stdout

@@ -17,7 +17,7 @@ def edited(line: bytes, **changes: Any) -> bytes:
 
 
 # Each tampering, with the 1-based line `verify` must name: the first line whose prev_hash
-# does not match the row before it.
+# names no line it has seen (a break).
 def tamper_edit(lines: list[bytes]) -> int:
     lines[9] = edited(lines[9], target="/etc/shadow")  # line 10 edited, its prev_hash intact
     return 11
@@ -29,8 +29,8 @@ def tamper_delete(lines: list[bytes]) -> int:
 
 
 def tamper_insert(lines: list[bytes]) -> int:
-    lines.insert(9, edited(lines[9], target="injected", seq=999))  # a copy of line 10's links
-    return 11  # the inserted row carries a valid prev_hash; the row after it breaks
+    lines.insert(9, edited(lines[9], target="injected", seq=999, prev_hash="AAAA"))  # a row with a made-up link
+    return 10
 
 
 def tamper_reorder(lines: list[bytes]) -> int:
@@ -39,8 +39,8 @@ def tamper_reorder(lines: list[bytes]) -> int:
 
 
 def tamper_genesis(lines: list[bytes]) -> int:
-    lines[9] = edited(lines[9], prev_hash=GENESIS)
-    return 10
+    lines[9] = edited(lines[9], prev_hash=GENESIS)  # line 10 restarts the chain (not a break)...
+    return 11  # ...but it is no longer the row line 11 names
 
 
 TAMPERINGS = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
 import orjson
@@ -18,10 +17,8 @@ def main(args: argparse.Namespace, config: Config) -> int:
     masked = config.masked()
     origin = dict(config.origin)
     # Values that are not keys of their own: where the chain key and vendor preset came from.
-    if config.chain_key:
-        origin["chain.key"] = "env:AUDIT_OTLP_CHAIN_KEY" if os.environ.get("AUDIT_OTLP_CHAIN_KEY") else "file:chain.key_file"
-    else:
-        origin["chain.key"] = "default"
+    origin["chain.key"] = config.chain_key_source
+    origin["chain.key_source"] = "derived"
     if config.vendor:
         origin["vendor"] = f"env:{config.vendor.env_name}"
     if args.json:

@@ -36,6 +36,12 @@ class _CountingEvents:
     def chain_break(self, verdict: ChainVerdict, offset: int, line_number: int) -> None:
         self.breaks += 1
 
+    def chain_fork(self) -> None:
+        pass
+
+    def chain_note(self, message: str) -> None:
+        print(f"audit-otlp export: {message}", file=sys.stderr)
+
 
 def export_requests(
     path: Path, envelope: Envelope, limits: BatchLimits, options: MappingOptions, hasher: ChainHasher | None, max_line_bytes: int

@@ -79,14 +79,19 @@ def collect_status(config: Config) -> dict[str, Any]:
         status["delivered_spans"] = checkpoint.delivered_spans
         status["last_success"] = _iso(checkpoint.last_success_unix)
         status["last_error"] = checkpoint.last_error
-        status["chain"] = {"verify": config.chain.verify, "last_hash": cursor.chain_last_hash, "breaks": checkpoint.chain_breaks}
+        status["chain"] = {
+            "verify": config.chain.verify,
+            "key_source": config.chain_key_source,
+            "last_hash": cursor.chain_last_hash,
+            "breaks": checkpoint.chain_breaks,
+        }
         if checkpoint.endpoint is not None:  # what the last run used (an --endpoint option included)
             status["endpoint"] = checkpoint.endpoint
     else:
         status["delivered_spans"] = 0
         status["last_success"] = None
         status["last_error"] = None
-        status["chain"] = {"verify": config.chain.verify, "last_hash": None, "breaks": 0}
+        status["chain"] = {"verify": config.chain.verify, "key_source": config.chain_key_source, "last_hash": None, "breaks": 0}
     receipts = config.delivery.receipts_path
     status["last_receipt"] = DurableLog(receipts).last_record() if receipts else None
     return status
@@ -102,8 +107,9 @@ def format_status(status: dict[str, Any]) -> str:
         chain_text = "not verified"
     else:
         chain_text = counted(chain["breaks"], "break") if chain["breaks"] else "intact"
+        chain_text += f"; key: {chain['key_source']}"
     if chain["last_hash"]:
-        chain_text += f", last hash {chain['last_hash']}"
+        chain_text += f"; last hash {chain['last_hash']}"
     lines = [
         f"file:            {status['file']} ({_size(status['file_size'])})",
         f"checkpoint:      {status['checkpoint_path']}" + ("" if status["checkpoint"] else " (none yet)"),

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from audit_otlp.config.chain_key import ChainKeyError, find_chain_key
 from audit_otlp.config.keys import DEFAULT_ENDPOINT, KEYS, KEYS_BY_NAME, OPTION_KEYS, ConfigError, Key
 from audit_otlp.config.model import Config
 from audit_otlp.delivery import vendors
@@ -149,16 +150,11 @@ def load_config(
             "(OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY)"
         )
 
-    chain_key: bytes | None = None
-    if "AUDIT_OTLP_CHAIN_KEY" in env:
-        chain_key = env["AUDIT_OTLP_CHAIN_KEY"].encode("utf-8")
-    elif values["chain.key_file"] is not None:
-        try:
-            chain_key = values["chain.key_file"].read_bytes().rstrip(b"\r\n")
-        except OSError as exc:
-            raise ConfigError(f"chain.key_file: cannot read {values['chain.key_file']}: {exc.strerror}") from None
-        if not chain_key:
-            raise ConfigError("chain.key_file: the key file is empty; accepted: a file holding the HMAC key")
+    try:
+        found_key = find_chain_key(env, values["chain.key_file"], values["source.path"])
+    except ChainKeyError as exc:
+        raise ConfigError(str(exc)) from None
+    chain_key = found_key.key
 
     secrets = [v for v in values["export.headers"].values() if v]
     secrets.extend(vendor_secrets)  # redacted even when the preset is not used
@@ -182,4 +178,6 @@ def load_config(
         else None,
         secrets=tuple(s for s in secrets if len(s) >= 4),
         config_file=config_file,
+        chain_key_source=found_key.source,
+        chain_key_problem=found_key.problem,
     )

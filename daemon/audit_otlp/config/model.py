@@ -137,6 +137,8 @@ class Config:
     vendor: VendorPreset | None = field(default=None, repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)
     config_file: Path | None = None
+    chain_key_source: str = "none"  # where the chain key came from (config/chain_key.py), never the key
+    chain_key_problem: str | None = None  # a key that exists but cannot be used: said at start-up
     source: SourceSection = field(init=False, repr=False)
     checkpoint: CheckpointSection = field(init=False, repr=False)
     export: ExportSection = field(init=False, repr=False)
@@ -170,6 +172,7 @@ class Config:
             else:
                 out[name] = value
         out["chain.key"] = "***" if self.chain_key else None
+        out["chain.key_source"] = self.chain_key_source
         if self.vendor:
             out["vendor"] = self.vendor.name
         return out

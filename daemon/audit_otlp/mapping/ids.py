@@ -1,12 +1,20 @@
 """Span and trace ids derived from content, never from time or randomness: the same row always
-gives the same ids, so a span delivered twice after a crash is recognisably the same span."""
+gives the same ids, so a span delivered twice after a crash is recognisably the same span.
+
+Byte-identical lines (two identical parallel tool calls in one second) must still get distinct
+span ids, or a backend that de-duplicates on ids drops all but one: a line's span id comes from
+its digest and how many identical lines precede it among the last IDENTICAL_WINDOW lines. That
+count is the same on every replay, restart and rotation as long as the window is carried over
+(the checkpoint keeps it), and is 0 for a line without twins, whose id is then what it always was.
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import re
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +36,54 @@ def line_digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def span_id_for(digest: bytes) -> str:
+# Identical lines share a second (and a parent, when they have one), so they are close together;
+# rows without prev_hash (egress-shield's) written in a burst can be a few hundred lines apart.
+IDENTICAL_WINDOW = 1000
+CARRIED_DIGEST_BYTES = 8  # of each line digest, kept and carried in the checkpoint: enough to tell 1000 lines apart
+
+
+class IdentityWindow:
+    """The digests of the last IDENTICAL_WINDOW lines, to count a line's identical predecessors."""
+
+    def __init__(self, carried: Iterable[bytes] = ()) -> None:
+        self._order: deque[tuple[int, bytes]] = deque()  # (line count, digest prefix)
+        self._counts: Counter[bytes] = Counter()
+        self.pushed = 0  # lines counted so far
+        for key in carried:
+            self._push(key[:CARRIED_DIGEST_BYTES])
+
+    def _push(self, key: bytes) -> None:
+        self.pushed += 1
+        self._order.append((self.pushed, key))
+        self._counts[key] += 1
+        if len(self._order) > IDENTICAL_WINDOW:
+            _, old = self._order.popleft()
+            left = self._counts[old] - 1
+            if left:
+                self._counts[old] = left
+            else:
+                del self._counts[old]
+
+    def occurrence(self, digest: bytes) -> int:
+        """How many lines identical to this one came just before it; then count this one."""
+        key = digest[:CARRIED_DIGEST_BYTES]
+        seen = self._counts.get(key, 0)
+        self._push(key)
+        return seen
+
+    def carried(self, upto: int | None = None) -> tuple[str, ...]:
+        """The window as it stood after line `upto` (counted by `pushed`), hex, for the checkpoint."""
+        limit = self.pushed if upto is None else upto
+        return tuple(key.hex() for count, key in self._order if count <= limit)
+
+
+def span_id_for(digest: bytes, occurrence: int = 0) -> str:
+    if occurrence:
+        return nonzero_hex(hashlib.sha256(b"occurrence:%d:" % occurrence + digest).digest()[:8])
     return nonzero_hex(digest[:8])
 
 
-def trace_id_for(row: Mapping[str, Any], digest: bytes, options: MappingOptions) -> str:
+def trace_id_for(row: Mapping[str, Any], digest: bytes, options: MappingOptions, own_hash: str | None = None) -> str:
     own = row.get("trace_id")
     if isinstance(own, str) and _HEX32.match(own) and own.strip("0"):
         return own.lower()
@@ -41,6 +92,11 @@ def trace_id_for(row: Mapping[str, Any], digest: bytes, options: MappingOptions)
         if isinstance(session, str) and session:
             return _session_trace_id(session)
     prev = row.get("prev_hash")
+    if prev == "GENESIS":
+        # Every chain starts with GENESIS: a trace of its own, from the row's own hash (keyed,
+        # when the chain is), not one shared by every chain's first row on every host.
+        seed = own_hash.encode("ascii") if own_hash else digest
+        return nonzero_hex(hashlib.sha256(b"genesis:" + seed).digest()[:16])
     if isinstance(prev, str) and prev:
         return nonzero_hex(hashlib.sha256(b"prev_hash:" + prev.encode("utf-8", "replace")).digest()[:16])
     return nonzero_hex(digest[8:24])

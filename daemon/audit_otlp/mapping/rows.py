@@ -1,8 +1,9 @@
 """The mapping stage: lines of the audit log -> encoded spans, in file order.
 
 It owns the state that follows the stream rather than one row: the hash chain (carried across
-rotations and, through the checkpoint, across restarts) and the line count. The per-row work
-is the pure functions of `mapping` and `chain`.
+rotations and, through the checkpoint, across restarts), the window of recent line digests that
+tells identical lines apart, and the line count. The per-row work is the pure functions of
+`spans`, `evidence` and `chain`.
 """
 
 from __future__ import annotations
@@ -11,19 +12,28 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
-from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict, verify_row
+from audit_otlp.mapping.chain import BREAK, FORK, RESTART, ChainHasher, ChainJudge, ChainState, ChainVerdict, unparsed_link
 from audit_otlp.mapping.envelope import encode_span
-from audit_otlp.mapping.ids import MappingOptions
+from audit_otlp.mapping.evidence import chain_broken_span, malformed_span
+from audit_otlp.mapping.ids import IdentityWindow, MappingOptions
 from audit_otlp.mapping.parse import parse_line
-from audit_otlp.mapping.spans import chain_broken_span, malformed_span, row_span
+from audit_otlp.mapping.spans import row_span
 from audit_otlp.source.lines import Line
 
 log = logging.getLogger(__name__)
+
+KEYED_NOTE = (
+    "this chain looks keyed; no key configured: its links do not match plain SHA-256, so it cannot be "
+    "verified (give the key with AUDIT_OTLP_CHAIN_KEY or chain.key_file, or let the daemon read the "
+    "producer's hmac-key.bin beside the audit log); shipping continues without chain verification"
+)
 
 
 class RowEvents(Protocol):
     def malformed_line(self, reason: str) -> None: ...
     def chain_break(self, verdict: ChainVerdict, offset: int, line_number: int) -> None: ...
+    def chain_fork(self) -> None: ...
+    def chain_note(self, message: str) -> None: ...
 
 
 class MappedLine(NamedTuple):  # one per line: a NamedTuple is the cheapest record to build
@@ -39,27 +49,38 @@ class RowMapper:
         chain_state: ChainState,
         events: RowEvents,
         line_number: int = 0,
+        identity: IdentityWindow | None = None,
         encode: Callable[[Mapping[str, Any]], bytes] = encode_span,
     ) -> None:
         self.encode = encode  # span dict -> request bytes: OTLP/JSON, or protobuf (export.protocol)
         self.options = options
-        self.hasher = hasher  # None: chain verification is off
+        self.hasher = hasher  # None: chain verification is off (or was suspended: keyed chain, no key)
         self.chain = chain_state
         self.events = events
         self.line_number = line_number
+        self.identity = identity or IdentityWindow()
+        self.judge = ChainJudge(chain_state, hasher) if hasher is not None else None
 
     def map_line(self, line: Line, observed_ns: int) -> MappedLine:
         self.line_number += 1
         encode = self.encode
         data = line.data
-        if data is None:  # longer than source.max_line_bytes
+        if data is None:  # longer than source.max_line_bytes: its link cannot be hashed
             digest = line.digest
             self.events.malformed_line("line_too_long")
+            occurrence = self.identity.occurrence(digest)
+            if self.hasher is not None:
+                self.chain.last_hash = None  # the next line is checked against nothing we know
             return MappedLine(
                 [
                     encode(
                         malformed_span(
-                            offset=line.offset, length=line.length, digest=digest, reason="line_too_long", observed_ns=observed_ns
+                            offset=line.offset,
+                            length=line.length,
+                            digest=digest,
+                            reason="line_too_long",
+                            observed_ns=observed_ns,
+                            occurrence=occurrence,
                         )
                     )
                 ],
@@ -68,24 +89,42 @@ class RowMapper:
         digest = line.digest  # hashed once, by the splitter
         if not data.strip():
             return MappedLine([], digest)
+        occurrence = self.identity.occurrence(digest)
         row, reason = parse_line(data)
         if row is None:
             assert reason is not None
             self.events.malformed_line(reason)
+            verdict = (
+                self._judge(None, unparsed_link(self.hasher, data, reason == "too_deep"), line.offset, data)
+                if self.hasher
+                else None
+            )
             return MappedLine(
                 [
                     encode(
                         malformed_span(
-                            offset=line.offset, length=len(data), digest=digest, reason=reason, observed_ns=observed_ns
+                            offset=line.offset,
+                            length=len(data),
+                            digest=digest,
+                            reason=reason,
+                            observed_ns=observed_ns,
+                            chain=verdict,
+                            occurrence=occurrence,
                         )
                     )
                 ],
                 digest,
             )
-        verdict = verify_row(self.chain, row, self.hasher, data) if self.hasher is not None else None
-        span = row_span(row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict)
+        verdict = (
+            self._judge(row.get("prev_hash"), self.hasher.line_hash(data, row), line.offset, data)
+            if self.hasher is not None
+            else None
+        )
+        span = row_span(
+            row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict, occurrence=occurrence
+        )
         spans = [encode(span)]
-        if verdict is not None and (verdict.broken or verdict.restart):
+        if verdict is not None and verdict.verdict == BREAK:
             self.events.chain_break(verdict, line.offset, self.line_number)
             spans.append(
                 encode(
@@ -95,7 +134,24 @@ class RowMapper:
                         line_number=self.line_number,
                         digest=digest,
                         start_ns=int(span["startTimeUnixNano"]),
+                        occurrence=occurrence,
                     )
                 )
             )
+        elif verdict is not None and verdict.verdict == RESTART:
+            self.events.chain_note(
+                f"HASH CHAIN RESTARTS WITH GENESIS at line {self.line_number} (offset {line.offset}): "
+                "a new chain begins (the producer lost its file, or another one writes here)"
+            )
         return MappedLine(spans, digest)
+
+    def _judge(self, found: object, link_hash: str, offset: int, data: bytes) -> ChainVerdict | None:
+        assert self.judge is not None
+        verdict = self.judge.judge(found, link_hash, offset, data)
+        if verdict.verdict == FORK:
+            self.events.chain_fork()
+        if self.judge.looks_keyed:
+            self.hasher = self.judge = None  # one warning, then no chain attributes at all
+            self.events.chain_note(KEYED_NOTE)
+            return None
+        return verdict

@@ -4,7 +4,6 @@ lines and chain breaks. `envelope.encode_span` turns a dict into the bytes a req
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -13,7 +12,8 @@ from typing import Any
 import orjson
 
 from audit_otlp.mapping.chain import ChainVerdict
-from audit_otlp.mapping.ids import MappingOptions, nonzero_hex, span_id_for, trace_id_for
+from audit_otlp.mapping.evidence import add_chain_attributes
+from audit_otlp.mapping.ids import MappingOptions, span_id_for, trace_id_for
 from audit_otlp.mapping.openinference import add_openinference
 from audit_otlp.mapping.parse import UINT64_MAX, parse_timestamp_ns
 
@@ -22,8 +22,10 @@ STATUS_OK = 1
 STATUS_ERROR = 2
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
-# Events that record a guardrail decision rather than a tool call.
-GUARDRAIL_EVENTS = frozenset({"secret_detected", "action_blocked", "policy_violation", "policy_decision"})
+# Events that record a guardrail decision rather than a tool call (even when they name the tool
+# the decision was about, as secret-scanner's and egress-shield's rows do).
+GUARDRAIL_EVENTS = frozenset({"secret_detected", "action_blocked", "policy_blocked", "policy_violation", "policy_decision"})
+BLOCKED_EVENTS = frozenset({"action_blocked", "policy_blocked"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,8 +86,6 @@ _TOOL_TYPE_FUNCTION = kv("gen_ai.tool.type", "function")
 _TOOL_TYPE_EXTENSION = kv("gen_ai.tool.type", "extension")
 _OP_WORKFLOW = kv("gen_ai.operation.name", "invoke_workflow")
 _SENTRY_OP_WORKFLOW = kv("sentry.op", "gen_ai.invoke_workflow")
-_VERIFIED_TRUE = kv("audit.chain.verified", True)
-_VERIFIED_FALSE = kv("audit.chain.verified", False)
 _TS_INVALID = kv("audit.ts_invalid", True)
 _STATUS_OK = {"code": STATUS_OK}
 
@@ -115,8 +115,10 @@ def row_span(
     observed_ns: int,
     options: MappingOptions,
     chain: ChainVerdict | None = None,
+    occurrence: int = 0,
 ) -> dict[str, Any]:
-    """The span for one audit row (README, "Spans")."""
+    """The span for one audit row (README, "Spans"); `occurrence` counts the identical lines
+    just before it (see ids.IdentityWindow)."""
     attributes: list[dict[str, Any]] = []
     add = attributes.append
     get = row.get
@@ -135,28 +137,36 @@ def row_span(
         value = get(source)
         if value is not None:  # strings inline: most values are, and a call per attribute counts
             add({"key": attribute, "value": {"stringValue": value} if type(value) is str else any_value(value)})
+    if get("target") is None and get("file") is not None:  # secret-scanner names the file
+        add(kv("audit.target", get("file")))
+    if get("dest_host") is None and get("host") is not None:  # egress-shield names the host
+        add(kv("network.dest_host", get("host")))
+    if get("pattern_id") is not None:
+        add(kv("audit.pattern_id", get("pattern_id")))
     outcome = get("policy_outcome")
     if outcome is None:
         outcome = get("outcome")
     if outcome is not None:
         add(kv("policy.outcome", outcome))
+    blocked = event_name in BLOCKED_EVENTS or outcome == "blocked"
 
     # GenAI identity: every span gets one, because Datadog LLM Observability drops spans
-    # without a gen_ai.* attribute. A row naming a tool is an execute_tool span of that tool
-    # (a blocked call included: ERROR below); a guardrail event without a tool is an
-    # execute_tool span of the guardrail ("guardrail.secret_detected"); anything else is a
-    # workflow step. Sentry reads the op only from sentry.op.
-    if tool_name is not None:
-        genai_tool: str | None = tool_name
-    elif event_name in GUARDRAIL_EVENTS:
-        genai_tool = f"guardrail.{event_name}"
+    # without a gen_ai.* attribute. A guardrail decision (a guardrail event, or any blocked
+    # row) is an execute_tool span of the guardrail ("guardrail.secret_detected"), the tool it
+    # was about staying in tool.name; another row naming a tool is an execute_tool span of that
+    # tool; anything else is a workflow step. Sentry reads the op only from sentry.op.
+    if event_name in GUARDRAIL_EVENTS:
+        genai_tool: str | None = f"guardrail.{event_name}"
+    elif blocked:
+        genai_tool = "guardrail.policy_blocked"
     else:
-        genai_tool = None
+        genai_tool = tool_name
+    guardrail = genai_tool is not None and genai_tool is not tool_name
     if genai_tool is not None:
         name = f"execute_tool {genai_tool}"
         add(_OP_EXECUTE_TOOL)
         add({"key": "gen_ai.tool.name", "value": {"stringValue": genai_tool}})
-        add(_TOOL_TYPE_FUNCTION if tool_name is not None else _TOOL_TYPE_EXTENSION)
+        add(_TOOL_TYPE_EXTENSION if guardrail else _TOOL_TYPE_FUNCTION)
         add(_SENTRY_OP_TOOL)
         for field in _TOOL_CALL_ID_FIELDS:
             call_id = get(field)
@@ -189,22 +199,16 @@ def row_span(
         add(kv("error.type", _error_type(error_type if error_type is not None else error)))
         message = error if type(error) is str and error else "error"
         status: dict[str, Any] = {"code": STATUS_ERROR, "message": message[:_MAX_STATUS_MESSAGE]}
-    elif event_name == "action_blocked":
-        add(kv("error.type", "action_blocked"))
-        reason = get("reason")
-        message = reason if type(reason) is str and reason else "action blocked"
+    elif blocked:
+        add(kv("error.type", event_name if event_name in BLOCKED_EVENTS else "policy_blocked"))
+        reason = _first_text(row, "reason", "description", "host", "dest_host")
+        message = reason or ("action blocked" if event_name == "action_blocked" else "blocked by policy")
         status = {"code": STATUS_ERROR, "message": message[:_MAX_STATUS_MESSAGE]}
     else:
         status = _STATUS_OK
 
     if chain is not None:
-        if chain.verified is not None:
-            add(_VERIFIED_TRUE if chain.verified else _VERIFIED_FALSE)
-        add({"key": "audit.hash", "value": {"stringValue": chain.row_hash}})
-        if chain.restart:
-            add(kv("audit.chain.restart", True))
-        if chain.anchor:
-            add(kv("audit.chain.anchor", True))  # first row seen: its prev_hash is unchecked
+        add_chain_attributes(add, chain)
     add({"key": "audit.offset", "value": {"intValue": str(offset)}})
 
     start = parse_timestamp_ns(get("ts"))
@@ -218,8 +222,8 @@ def row_span(
             end = min(start + int(duration * 1_000_000), UINT64_MAX)
 
     return {
-        "traceId": trace_id_for(row, digest, options),
-        "spanId": span_id_for(digest),
+        "traceId": trace_id_for(row, digest, options, chain.row_hash if chain is not None else None),
+        "spanId": span_id_for(digest, occurrence),
         "name": name,
         "kind": SPAN_KIND_INTERNAL,
         "startTimeUnixNano": str(start),
@@ -229,56 +233,9 @@ def row_span(
     }
 
 
-def malformed_span(*, offset: int, length: int, digest: bytes, reason: str, observed_ns: int) -> dict[str, Any]:
-    """An ERROR span for a line that is not a JSON object: where it is, never what it says."""
-    return {
-        "traceId": nonzero_hex(digest[8:24]),
-        "spanId": span_id_for(digest),
-        "name": "audit.malformed_line",
-        "kind": SPAN_KIND_INTERNAL,
-        "startTimeUnixNano": str(observed_ns),
-        "endTimeUnixNano": str(observed_ns),
-        "attributes": [
-            kv("audit.event", "audit.malformed_line"),
-            _OP_EXECUTE_TOOL,
-            kv("gen_ai.tool.name", "guardrail.malformed_line"),
-            _TOOL_TYPE_EXTENSION,
-            _SENTRY_OP_TOOL,
-            kv("error.type", reason),
-            kv("audit.offset", offset),
-            kv("audit.length", length),
-            kv("audit.line_sha256", digest.hex()),
-        ],
-        "status": {"code": STATUS_ERROR, "message": reason},
-    }
-
-
-def chain_broken_span(*, verdict: ChainVerdict, offset: int, line_number: int, digest: bytes, start_ns: int) -> dict[str, Any]:
-    """The evidence span for a row whose prev_hash does not match the row before it (or that
-    restarts the chain with GENESIS in mid-stream). Its ids derive from the row's line, so a
-    re-delivery after a crash repeats the same span."""
-    marker = hashlib.sha256(b"chain_broken:" + digest).digest()
-    kind = "chain_restart" if verdict.restart else "chain_broken"
-    attributes = [
-        kv("audit.event", "audit.chain_broken"),
-        _OP_EXECUTE_TOOL,
-        kv("gen_ai.tool.name", "guardrail.chain_integrity"),
-        _TOOL_TYPE_EXTENSION,
-        _SENTRY_OP_TOOL,
-        kv("error.type", kind),
-        kv("audit.offset", offset),
-        kv("audit.line_number", line_number),
-        kv("audit.chain.expected", verdict.expected or ""),
-        kv("audit.chain.found", verdict.found or ""),
-        kv("audit.hash", verdict.row_hash),
-    ]
-    return {
-        "traceId": nonzero_hex(marker[:16]),
-        "spanId": nonzero_hex(marker[16:24]),
-        "name": "audit.chain_broken",
-        "kind": SPAN_KIND_INTERNAL,
-        "startTimeUnixNano": str(start_ns),
-        "endTimeUnixNano": str(start_ns),
-        "attributes": attributes,
-        "status": {"code": STATUS_ERROR, "message": "chain restarts with GENESIS" if verdict.restart else "prev_hash mismatch"},
-    }
+def _first_text(row: Mapping[str, Any], *fields: str) -> str | None:
+    for name in fields:
+        value = row.get(name)
+        if type(value) is str and value:
+            return value
+    return None

@@ -40,12 +40,17 @@ class RowObserver:
 
     def chain_break(self, verdict: ChainVerdict, offset: int, line_number: int) -> None:
         self.state.chain_breaks += 1
-        what = "restarts with GENESIS" if verdict.restart else "breaks"
         log.error(
-            "HASH CHAIN %s at line %d (offset %d): expected prev_hash %s, found %s; shipping continues",
-            what.upper(),
+            "HASH CHAIN BREAKS at line %d (offset %d): prev_hash %s names no line we know (the line before "
+            "hashes to %s); shipping continues",
             line_number,
             offset,
-            verdict.expected,
             verdict.found,
+            verdict.expected,
         )
+
+    def chain_fork(self) -> None:
+        self.state.chain_forks += 1
+
+    def chain_note(self, message: str) -> None:
+        log.warning("%s", message)

@@ -52,7 +52,7 @@ class ForegroundView:
             last_error=state.last_error if state.failing_since is not None else None,
             dead_lettered=state.dead_lettered_spans,
             chain_verified=self.config.chain.verify,
-            chain={"break": state.all_time_chain_breaks()},
+            chain={"break": state.chain_breaks, "fork": state.chain_forks},  # this run, as `delivered`
         )
 
     def _rows_for(self, backlog_bytes: int) -> int | None:

@@ -169,6 +169,10 @@ class Daemon:
             "stdout (dry run)" if self.options.dry_run else mask_url(self.config.export.endpoint),
             self.config.checkpoint.path,
         )
+        if self.config.chain.verify:
+            log.info("chain key: %s", self.config.chain_key_source if self.config.chain_key else "none (plain SHA-256)")
+            if self.config.chain_key_problem:
+                log.warning("%s", self.config.chain_key_problem)
         exit_code = EXIT_OK
         try:
             if self.options.once:

@@ -64,7 +64,8 @@ class _RunStateCounts(Collector):
             ("spans_rejected", "Spans a collector reported as rejected in partialSuccess.", state.rejected_spans),
             ("spans_dead_lettered", "Spans refused for good and written to the dead-letter file.", state.dead_lettered_spans),
             ("lines_read", "Lines read from the audit log.", state.rows_read),
-            ("chain_breaks", "Rows whose prev_hash does not match the row before them.", state.chain_breaks),
+            ("chain_breaks", "Rows whose prev_hash names no line we know (verdict break).", state.chain_breaks),
+            ("chain_forks", "Rows whose prev_hash names an earlier line, not the one before (verdict fork).", state.chain_forks),
         ):
             yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
         yield GaugeMetricFamily(

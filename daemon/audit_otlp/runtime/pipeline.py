@@ -106,12 +106,15 @@ class Pipeline:
         # Counted as backlog from the moment the tailer hands the lines over: _flush below may wait
         # a long time for a free export worker, and those bytes are not delivered meanwhile.
         self._unsettled_source_bytes += consumed
-        done: tuple[Line, bytes, str | None, int] | None = None  # (line, digest, chain hash, line number)
+        # (line, digest, chain hash, line number, lines counted by the identity window)
+        done: tuple[Line, bytes, str | None, int, int] | None = None
 
         def cursor_after() -> Cursor:
             if done is None:
                 return cursor
-            line, digest, chain_hash, line_number = done
+            line, digest, chain_hash, line_number, counted = done
+            # The chain's recent links may include the line being mapped now: a superset, which
+            # only ever turns a break into a fork after a restart; the digests must be exact.
             return Cursor(
                 path_str,
                 identity,
@@ -120,6 +123,9 @@ class Pipeline:
                 line.length if line.data is not None else None,
                 chain_hash,
                 line_number,
+                tuple(chain.carried()),
+                chain.seen,
+                mapper.identity.carried(counted),
             )
 
         for line in chunk.lines:
@@ -133,7 +139,7 @@ class Pipeline:
                     builder.add(span, SpanSource(path, identity, line.offset, line.data, sha, line.end))
             else:
                 builder.touch()
-            done = (line, mapped.digest, chain.last_hash, mapper.line_number)
+            done = (line, mapped.digest, chain.last_hash, mapper.line_number, mapper.identity.pushed)
             if builder.full:
                 await self._flush(cursor_after())
         cursor = cursor_after()

@@ -52,7 +52,16 @@ def plan_reload(current: Config, fresh: Config) -> ReloadPlan:
     values.update(keep)
     origin = dict(fresh.origin)
     origin.update({k: current.origin[k] for k in keep if k in current.origin})
-    config = Config(values, origin, current.chain_key, current.vendor, current.secrets, current.config_file)
+    config = Config(
+        values,
+        origin,
+        current.chain_key,
+        current.vendor,
+        current.secrets,
+        current.config_file,
+        current.chain_key_source,
+        current.chain_key_problem,
+    )
     return ReloadPlan(config, applied, needs_restart)
 
 

@@ -16,6 +16,7 @@ class RunState:
     dead_lettered_spans: int = 0
     rows_read: int = 0
     chain_breaks: int = 0  # this run
+    chain_forks: int = 0  # this run
     # All-time counts up to this run, from the checkpoint (which stores all-time counts).
     delivered_before: int = 0
     chain_breaks_before: int = 0

@@ -30,7 +30,7 @@ class Progress:
     last_error: str | None = None  # set while exports are failing
     dead_lettered: int = 0
     chain_verified: bool = True  # False: chain.verify is off
-    chain: Mapping[str, int] = field(default_factory=dict)  # verdict -> rows, only the ones to report
+    chain: Mapping[str, int] = field(default_factory=dict)  # verdict ("break", "fork") -> rows this run
 
 
 def format_status_line(p: Progress, spans_per_s: float, now: float | None = None, width: int = 200, colour: bool = False) -> str:
@@ -56,7 +56,10 @@ def _chain(p: Progress) -> tuple[str, str]:
     if not p.chain_verified:
         return "chain not verified", DIM
     counts = [counted(n, verdict) for verdict, n in p.chain.items() if n]
-    return ("chain " + ", ".join(counts), RED) if counts else ("chain intact", GREEN)
+    if not counts:
+        return "chain intact", GREEN
+    # A break is evidence of tampering or loss; forks are what parallel tool calls of the producer write.
+    return "chain " + ", ".join(counts), RED if p.chain.get("break") else YELLOW
 
 
 def _ago(unix: float | None, now: float | None) -> str:

@@ -15,7 +15,7 @@ from audit_otlp.delivery.settings import ExportSettings
 from audit_otlp.delivery.sink import DryRunSink, Sink
 from audit_otlp.mapping.chain import ChainHasher, ChainState
 from audit_otlp.mapping.envelope import Envelope, make_envelope, resource_attributes
-from audit_otlp.mapping.ids import MappingOptions
+from audit_otlp.mapping.ids import IdentityWindow, MappingOptions
 from audit_otlp.mapping.rows import RowEvents, RowMapper
 from audit_otlp.runtime.exits import FatalError
 from audit_otlp.runtime.metrics import Metrics
@@ -111,8 +111,12 @@ def build_keeper(
 
 def build_mapper(config: Config, checkpoint: Checkpoint, events: RowEvents, encoding: Encoding) -> RowMapper:
     hasher = ChainHasher(config.chain_key) if config.chain.verify else None
-    chain = ChainState(last_hash=checkpoint.cursor.chain_last_hash)
-    return RowMapper(MappingOptions(config.mapping.trace_id_from), hasher, chain, events, encode=encoding.encode_span)
+    cursor = checkpoint.cursor
+    chain = ChainState.resumed(cursor.chain_last_hash, cursor.chain_recent, cursor.chain_seen or None)
+    identity = IdentityWindow(bytes.fromhex(d) for d in cursor.recent_digests)
+    return RowMapper(
+        MappingOptions(config.mapping.trace_id_from), hasher, chain, events, identity=identity, encode=encoding.encode_span
+    )
 
 
 def load_checkpoint(config: Config, options: RunOptions) -> Checkpoint:

@@ -161,6 +161,10 @@ class RecentLines:
     def __contains__(self, digest: bytes) -> bool:
         return digest[:16] in self._counts
 
+    def keys(self) -> list[bytes]:
+        """The digest prefixes, oldest first."""
+        return list(self._order)
+
     def __len__(self) -> int:
         return len(self._order)
 
@@ -179,15 +183,29 @@ def scan_lines(fd: int, max_line_bytes: int, start: int = 0, end: int | None = N
 
 
 def overlap_end(fd: int, max_line_bytes: int, recent: RecentLines) -> tuple[int, int]:
-    """(offset, lines) just after the leading lines already read: 0 when the file is new."""
-    offset, count = 0, 0
-    if not len(recent):
+    """(offset, lines) just after the leading lines already read: 0 when the file is new.
+
+    The leading lines must repeat, in order, a run of the lines last read (a tail-rewrite copies
+    the old file's last lines). Membership alone is not enough: the hydra producer writes
+    byte-identical lines for identical parallel calls, and a new line identical to one just read
+    would be skipped, and lost."""
+    order = recent.keys()
+    if not order:
         return 0, 0
-    for line in scan_lines(fd, max_line_bytes):
-        if line.digest not in recent:
+    alive: list[int] = []  # start positions in `order` still matching the file's leading lines
+    ends: list[int] = []  # ends[i]: the offset after the file's line i
+    best = 0
+    for index, line in enumerate(scan_lines(fd, max_line_bytes)):
+        key = line.digest[:16]
+        if index == 0:
+            alive = [j for j, k in enumerate(order) if k == key]
+        else:
+            alive = [j for j in alive if j + index < len(order) and order[j + index] == key]
+        if not alive:
             break
-        offset, count = line.end, count + 1
-    return offset, count
+        ends.append(line.end)
+        best = index + 1
+    return (ends[best - 1], best) if best else (0, 0)
 
 
 def prime(fd: int, max_line_bytes: int, until: int, recent: RecentLines) -> int:

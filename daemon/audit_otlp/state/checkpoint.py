@@ -31,6 +31,12 @@ class Cursor:
     last_line_length: int | None = None
     chain_last_hash: str | None = None  # hash of the last row, which the next row's prev_hash must equal
     line_number: int = 0  # rows read from this file before `offset` (0 when unknown)
+    # What the mapping stage needs to judge and name the next lines as it would have without a
+    # restart: recent link hashes (forks) and the history length (mapping/chain.py), and the
+    # recent line digests, hex, that tell identical lines apart (mapping/ids.py).
+    chain_recent: tuple[str, ...] = ()
+    chain_seen: int = 0
+    recent_digests: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,13 @@ class Checkpoint:
             "last_line_sha256": cursor.pop("last_line_sha256"),
             "last_line_length": cursor.pop("last_line_length"),
             "line_number": cursor.pop("line_number"),
-            "chain": {"last_hash": cursor.pop("chain_last_hash"), "breaks": self.chain_breaks},
+            "chain": {
+                "last_hash": cursor.pop("chain_last_hash"),
+                "breaks": self.chain_breaks,
+                "recent": cursor.pop("chain_recent"),
+                "seen": cursor.pop("chain_seen"),
+            },
+            "recent_digests": cursor.pop("recent_digests"),
             "delivered_spans": self.delivered_spans,
             "last_success_unix": self.last_success_unix,
             "last_error": self.last_error,
@@ -82,6 +94,10 @@ class Checkpoint:
             last_line_length=doc.get("last_line_length"),
             chain_last_hash=chain.get("last_hash"),
             line_number=int(doc.get("line_number") or 0),
+            # Absent from checkpoints written before forks and identical lines were told apart.
+            chain_recent=tuple(str(h) for h in chain.get("recent") or ()),
+            chain_seen=int(chain.get("seen") or 0),
+            recent_digests=tuple(str(d) for d in doc.get("recent_digests") or ()),
         )
         return cls(
             cursor=cursor,

@@ -39,7 +39,7 @@ def test_intact_file_exits_0(tmp_path: Path, audit_cli: str) -> None:
     path = write(tmp_path / "audit.jsonl", chained_lines(tmp_path, 50))
     result = run_verify(audit_cli, str(path))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "intact: 50 chained rows" in result.stdout
+    assert "intact: 50 lines in 1 file(s): ok 50, fork 0, unchained 0, restart 0, gap 0, break 0" in result.stdout
 
 
 @pytest.mark.parametrize("kind", sorted(TAMPERINGS))
@@ -59,19 +59,30 @@ def test_tampering_is_reported_at_the_right_line(tmp_path: Path, audit_cli: str,
     # expected = the hash of the row now before the reported one, in base64 as in the file
     assert first["expected"] == ChainHasher().row_hash(orjson.loads(lines[expected_line - 2]))
     assert first["expected"] in result.stdout and first["found"] in result.stdout
-    assert report["break_count"] <= 2  # no cascade: the verifier re-anchors after a break
-    if kind in ("edit", "delete", "insert"):
-        assert report["break_count"] == 1
-    if kind == "genesis":  # reported as a restart; rewriting its prev_hash also changed the row's hash
-        assert first["kind"] == "restart" and "GENESIS" in result.stdout
+    assert report["break_count"] == 1  # no cascade: the rows after a break are judged against it
+    assert first["kind"] == "break" and report["verdicts"]["break"] == 1
+    if kind == "genesis":
+        assert report["verdicts"]["restart"] == 1
     assert hashes  # (the untampered hashes, for debugging a failure)
+
+
+def test_a_row_inserted_with_a_copied_prev_hash_is_a_fork_only_strict_fails(tmp_path: Path, audit_cli: str) -> None:
+    """The documented limit: it names a real earlier line, exactly as a parallel writer's row does."""
+    lines = chained_lines(tmp_path, 30)
+    lines.insert(9, edited(lines[9], target="injected", seq=999))  # a copy of line 10's prev_hash
+    path = write(tmp_path / "audit.jsonl", lines)
+    result = run_verify(audit_cli, str(path))
+    assert result.returncode == 0 and "fork 1" in result.stdout and "break 0" in result.stdout
+    strict = run_verify(audit_cli, "--strict", str(path))
+    assert strict.returncode == 1 and "line 11:" in strict.stdout and "names an earlier line" in strict.stdout
 
 
 def test_insert_with_a_bogus_prev_hash_is_one_break_at_the_inserted_row(tmp_path: Path) -> None:
     lines = chained_lines(tmp_path, 30)
     lines.insert(9, edited(lines[9], prev_hash="AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="))
     report = verify_files([write(tmp_path / "a.jsonl", lines)], ChainHasher())
-    assert [b.line for b in report.breaks] == [10] and report.break_count == 1
+    assert [b.line for b in report.findings] == [10] and report.break_count == 1
+    assert report.verdicts["fork"] == 1  # the row after it names the row before it
 
 
 def test_unreadable_file_exits_2(tmp_path: Path, audit_cli: str) -> None:
@@ -88,16 +99,38 @@ def test_json_report_of_an_intact_file(tmp_path: Path, audit_cli: str) -> None:
     result = run_verify(audit_cli, "--json", str(path))
     report = orjson.loads(result.stdout)
     assert result.returncode == 0
-    assert report["intact"] is True and report["rows"] == 20 and report["unchained_rows"] == 1
+    assert report["intact"] is True and report["lines"] == 21
+    # The row after the note names the row before the note: a fork, as the note is a link too.
+    assert report["verdicts"] == {"ok": 19, "fork": 1, "unchained": 1, "restart": 0, "gap": 0, "break": 0}
     assert report["breaks"] == [] and report["first_break"] is None and report["anchored"] is False
     assert report["last_hash"] == ChainHasher().row_hash(orjson.loads(lines[-1]))
 
 
-def test_malformed_line_is_reported(tmp_path: Path) -> None:
+def relinked(lines: list[bytes]) -> list[bytes]:
+    """Every row's prev_hash set as the producer sets it: the hash of the line before, whatever it is."""
+    out: list[bytes] = []
+    hasher = ChainHasher()
+    for line in lines:
+        if out and line.startswith(b"{") and b'"prev_hash"' in line:
+            before = out[-1]
+            try:
+                link = hasher.row_hash(orjson.loads(before))
+            except orjson.JSONDecodeError:
+                link = hasher.hash_canonical(before)
+            line = edited(line, prev_hash=link)
+        out.append(line)
+    return out
+
+
+def test_a_line_that_is_not_json_is_a_link_hashed_as_its_bytes(tmp_path: Path) -> None:
     lines = chained_lines(tmp_path, 10)
-    lines[4] = b'{"event": "tool_use", "truncated'
+    lines.insert(5, b'{"event": "tool_use", "truncated')
+    lines = relinked(lines)
     report = verify_files([write(tmp_path / "a.jsonl", lines)], ChainHasher())
-    assert not report.intact and report.breaks[0].line == 5 and report.breaks[0].kind == "malformed"
+    assert report.intact and report.malformed_lines == 1
+    assert report.counts() == {"ok": 10, "fork": 0, "unchained": 1, "restart": 0, "gap": 0, "break": 0}
+    lines[6] = edited(lines[6], prev_hash=ChainHasher().row_hash(orjson.loads(lines[4])))  # skips it
+    assert verify_files([write(tmp_path / "b.jsonl", lines)], ChainHasher()).counts()["fork"] == 1
 
 
 def test_last_line_without_newline_is_checked(tmp_path: Path) -> None:
@@ -106,7 +139,7 @@ def test_last_line_without_newline_is_checked(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     path.write_bytes(b"\n".join(lines))
     report = verify_files([path], ChainHasher())
-    assert [b.line for b in report.breaks] == [5]
+    assert [b.line for b in report.findings] == [5]
 
 
 def test_files_in_rotation_order_continue_one_chain(tmp_path: Path, audit_cli: str) -> None:
@@ -117,10 +150,11 @@ def test_files_in_rotation_order_continue_one_chain(tmp_path: Path, audit_cli: s
     )
     result = run_verify(audit_cli, str(old), str(mid), str(new))
     assert result.returncode == 0, result.stdout
-    # out of order, the seam breaks
+    # out of order: the oldest file restarts the chain, and the newest names a line seen earlier
     result = run_verify(audit_cli, "--json", str(mid), str(old), str(new))
     report = orjson.loads(result.stdout)
-    assert result.returncode == 1 and report["first_break"]["file"] == str(old) and report["first_break"]["line"] == 1
+    assert report["verdicts"]["restart"] == 1 and report["verdicts"]["fork"] == 1
+    assert run_verify(audit_cli, "--strict", str(mid), str(old), str(new)).returncode == 1
     # the newest file alone starts mid-chain: intact, with its first link unchecked
     alone = run_verify(audit_cli, "--json", str(new))
     assert alone.returncode == 0 and orjson.loads(alone.stdout)["anchored"] is True
@@ -133,7 +167,7 @@ def test_tail_rewrite_overlap_is_recognised(tmp_path: Path) -> None:
     new = write(tmp_path / "audit.jsonl", lines[150:])  # rows 151..200 repeated
     report = verify_files([old, new], ChainHasher())
     assert report.intact, report.to_json()
-    assert report.overlap_rows == 50 and report.rows == 300
+    assert report.overlap_rows == 50 and report.lines == 300
 
 
 def test_tail_rewrite_overlap_that_differs_is_a_break(tmp_path: Path) -> None:
@@ -144,7 +178,8 @@ def test_tail_rewrite_overlap_that_differs_is_a_break(tmp_path: Path) -> None:
     new = write(tmp_path / "audit.jsonl", rewritten)
     report = verify_files([old, new], ChainHasher())
     assert not report.intact
-    assert (report.breaks[0].file, report.breaks[0].line, report.breaks[0].kind) == (str(new), 21, "overlap_mismatch")
+    first = report.findings[0]
+    assert (first.file, first.line, first.kind) == (str(new), 21, "overlap_mismatch")
 
 
 def test_hmac_key_from_the_environment(tmp_path: Path, audit_cli: str) -> None:
@@ -153,7 +188,8 @@ def test_hmac_key_from_the_environment(tmp_path: Path, audit_cli: str) -> None:
     wrong = run_verify(audit_cli, str(path), env={"AUDIT_OTLP_CHAIN_KEY": "other"})
     assert wrong.returncode == 1 and "line 2:" in wrong.stdout
     assert "sécret" not in wrong.stdout + wrong.stderr
-    assert run_verify(audit_cli, str(path)).returncode == 1  # plain SHA-256 does not verify it
+    unkeyed = run_verify(audit_cli, str(path))  # plain SHA-256 does not verify it: no key anywhere
+    assert unkeyed.returncode == 2 and "looks keyed; no key configured" in unkeyed.stderr
 
 
 def test_hmac_key_file(tmp_path: Path, audit_cli: str) -> None:
@@ -175,7 +211,7 @@ def test_hmac_key_file(tmp_path: Path, audit_cli: str) -> None:
     )
 )
 def test_verify_and_the_daemon_agree_on_any_tampering(tmp_path: Path, ops: list[tuple[str, int]]) -> None:
-    """`verify`'s inline fast path and the daemon's RowMapper report the same lines."""
+    """`verify` and the daemon's RowMapper report the same breaks and the same forks."""
     from audit_otlp.mapping.chain import ChainState
     from audit_otlp.mapping.ids import MappingOptions
     from audit_otlp.mapping.rows import RowMapper
@@ -208,11 +244,17 @@ def test_verify_and_the_daemon_agree_on_any_tampering(tmp_path: Path, ops: list[
     class Events:
         def __init__(self) -> None:
             self.lines: list[int] = []
+            self.forks = 0
 
         def malformed_line(self, reason: str) -> None: ...
 
         def chain_break(self, verdict: Any, offset: int, line_number: int) -> None:
             self.lines.append(line_number)
+
+        def chain_fork(self) -> None:
+            self.forks += 1
+
+        def chain_note(self, message: str) -> None: ...
 
     events = Events()
     mapper = RowMapper(MappingOptions(), ChainHasher(), ChainState(), events)
@@ -220,5 +262,5 @@ def test_verify_and_the_daemon_agree_on_any_tampering(tmp_path: Path, ops: list[
     for line in lines:
         mapper.map_line(Line(offset, offset + len(line) + 1, line, None), 1)
         offset += len(line) + 1
-    assert [b.line for b in report.breaks] == events.lines
-    assert report.break_count == len(events.lines)
+    assert [b.line for b in report.findings] == events.lines
+    assert report.break_count == len(events.lines) and report.counts()["fork"] == events.forks

@@ -24,9 +24,10 @@ from audit_otlp.delivery.protobuf import ProtobufEnvelope, ProtobufError, encode
 from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row
 from audit_otlp.mapping.envelope import encode_span as encode_span_as_json
 from audit_otlp.mapping.envelope import make_envelope, resource_attributes
+from audit_otlp.mapping.evidence import chain_broken_span, malformed_span
 from audit_otlp.mapping.ids import MappingOptions, line_digest
 from audit_otlp.mapping.parse import parse_line
-from audit_otlp.mapping.spans import chain_broken_span, malformed_span, row_span
+from audit_otlp.mapping.spans import row_span
 
 Request = trace_service_pb2.ExportTraceServiceRequest
 OBSERVED = 1_700_000_000_000_000_000
@@ -136,7 +137,7 @@ def mapped(lines: list[bytes], options: MappingOptions | None = None) -> list[di
             chain=verdict,
         )
         spans.append(span)
-        if verdict.broken or verdict.restart:
+        if verdict.broken:
             spans.append(
                 chain_broken_span(
                     verdict=verdict,

@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row
 from audit_otlp.mapping.envelope import encode_span, make_envelope, resource_attributes
+from audit_otlp.mapping.evidence import chain_broken_span, malformed_span
 from audit_otlp.mapping.ids import MappingOptions, line_digest
 from audit_otlp.mapping.parse import parse_line, parse_timestamp_ns
-from audit_otlp.mapping.spans import chain_broken_span, malformed_span, row_span
+from audit_otlp.mapping.spans import row_span
 from tests.helpers.collector import attrs, to_proto
 
 OBSERVED = 1_700_000_000_000_000_000
@@ -284,9 +285,80 @@ def test_action_blocked_is_an_error_with_a_low_cardinality_type() -> None:
     a = attrs(span)
     assert span["name"] == "execute_tool guardrail.action_blocked"
     assert span["status"]["code"] == 2 and a["error.type"] == "action_blocked"
-    with_tool = span_of({**row, "tool": "Bash"})
-    assert with_tool["name"] == "execute_tool Bash" and with_tool["status"]["code"] == 2
-    assert attrs(with_tool)["error.type"] == "action_blocked" and attrs(with_tool)["gen_ai.tool.name"] == "Bash"
+    with_tool = span_of({**row, "tool": "Bash"})  # a guardrail's decision about a tool: still the guardrail's span
+    assert with_tool["name"] == "execute_tool guardrail.action_blocked" and with_tool["status"]["code"] == 2
+    assert attrs(with_tool)["error.type"] == "action_blocked" and attrs(with_tool)["tool.name"] == "Bash"
+
+
+@pytest.mark.parametrize(
+    "name, row, span_name, error_type, extra",
+    [
+        (
+            "egress-shield's policy_blocked row",
+            {
+                "ts": "2026-05-14T10:00:03Z",
+                "event": "policy_blocked",
+                "shield": "egress-shield",
+                "tool": "WebFetch",
+                "host": "evil.example",
+                "allowlist_size": 3,
+            },
+            "execute_tool guardrail.policy_blocked",
+            "policy_blocked",
+            {"network.dest_host": "evil.example", "tool.name": "WebFetch", "gen_ai.tool.type": "extension"},
+        ),
+        (
+            "a tool call whose policy_outcome is blocked",
+            {
+                "event": "tool_use",
+                "ts": "2026-05-14T10:00:03Z",
+                "tool": "WebFetch",
+                "dest_host": "x.test",
+                "policy_outcome": "blocked",
+            },
+            "execute_tool guardrail.policy_blocked",
+            "policy_blocked",
+            {"network.dest_host": "x.test", "policy.outcome": "blocked"},
+        ),
+        (
+            "a row whose outcome is blocked",
+            {"event": "tool_use", "ts": "2026-05-14T10:00:03Z", "tool": "Bash", "outcome": "blocked"},
+            "execute_tool guardrail.policy_blocked",
+            "policy_blocked",
+            {"tool.name": "Bash"},
+        ),
+        (
+            "secret-scanner's secret_detected row",
+            {
+                "event": "secret_detected",
+                "ts": "2026-05-14T10:00:04Z",
+                "file": "cfg/.env",
+                "line": 12,
+                "pattern_id": "aws-access-key-id",
+                "severity": "critical",
+                "masked": "AKIA...MPLE",
+                "tool": "Write",
+                "is_test": False,
+            },
+            "execute_tool guardrail.secret_detected",
+            None,
+            {
+                "audit.target": "cfg/.env",
+                "audit.pattern_id": "aws-access-key-id",
+                "audit.severity": "critical",
+                "tool.name": "Write",
+            },
+        ),
+    ],
+)
+def test_the_producers_guardrail_rows(
+    name: str, row: dict[str, Any], span_name: str, error_type: str | None, extra: dict[str, Any]
+) -> None:
+    span = span_of(row)
+    a = attrs(span)
+    assert span["name"] == span_name and a["gen_ai.tool.name"] == span_name.split(" ")[1]
+    assert span["status"]["code"] == (2 if error_type else 1) and a.get("error.type") == error_type
+    assert {k: a.get(k) for k in extra} == extra
 
 
 @pytest.mark.parametrize(
@@ -334,9 +406,10 @@ def test_every_span_has_a_gen_ai_identity() -> None:
 
 def test_chain_attributes() -> None:
     a = attrs(span_of({**TOOL_ROW, "prev_hash": "GENESIS"}, chain=True))
-    assert a["audit.chain.verified"] is True and len(a["audit.hash"]) == 44
+    assert a["audit.chain.verified"] is True and a["audit.chain.verdict"] == "ok" and len(a["audit.hash"]) == 44
     unchained = attrs(span_of({k: v for k, v in TOOL_ROW.items() if k != "prev_hash"}, chain=True))
-    assert "audit.chain.verified" not in unchained and "audit.hash" in unchained
+    assert unchained["audit.chain.verified"] is False and unchained["audit.chain.verdict"] == "unchained"
+    assert "audit.hash" in unchained
     assert "audit.chain.verified" not in attrs(span_of(TOOL_ROW))  # verification off
 
 

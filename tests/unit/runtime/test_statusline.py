@@ -42,6 +42,11 @@ SCENARIOS = [
         "delivered 0 (41/s) · backlog 0 rows, 0 B · last 2xx never · retrying 0 · dead-lettered 0 · chain 1 break",
     ),
     (
+        "forks of parallel tool calls, no break",
+        Progress(0, 0, 0, backlog_rows=0, chain={"break": 0, "fork": 13}),
+        "delivered 0 (41/s) · backlog 0 rows, 0 B · last 2xx never · retrying 0 · dead-lettered 0 · chain 13 forks",
+    ),
+    (
         "verification off",
         Progress(0, 0, 0, backlog_rows=0, chain_verified=False, chain={"break": 3}),
         "delivered 0 (41/s) · backlog 0 rows, 0 B · last 2xx never · retrying 0 · dead-lettered 0 · chain not verified",
@@ -62,6 +67,8 @@ def test_colour_only_when_asked_and_the_words_stay_the_same() -> None:
     assert ANSI.sub("", coloured) == plain
     assert "\x1b[31mchain 2 breaks" in coloured and "\x1b[31mdead-lettered 1" in coloured and "\x1b[33mretrying 1" in coloured
     assert "\x1b[32mchain intact" in format_status_line(HEALTHY, 0, NOW, width=300, colour=True)
+    forks = Progress(0, 0, 0, chain={"break": 0, "fork": 2})
+    assert "\x1b[33mchain 2 forks" in format_status_line(forks, 0, NOW, width=300, colour=True)  # not alarming red
 
 
 @pytest.mark.parametrize("width", [200, 100, 60, 40, 20, 5])
