@@ -250,19 +250,13 @@ class Scenario:
     def kill(self) -> None:
         assert self.daemon is not None
         with self.producer.lock:
-            acked = set(self.collector.accepted_seqs())
-            self.kills.append(
-                Kill(
-                    acked,
-                    len(self.collector.requests),
-                    self.producer.written - len(acked),
-                )
-            )
             self.daemon.kill()
+            # A request sent just before the kill may still be answered: let the collector finish
+            # it, so what it acknowledged is settled before the world changes (mood, files).
+            wait_until(lambda: self.collector.handling == 0, 10)
+            acked = set(self.collector.accepted_seqs())
+            self.kills.append(Kill(acked, len(self.collector.requests), self.producer.written - len(acked)))
             self._stopped()
-        # A request sent just before the kill may still be answered: let the collector finish it, so
-        # what it acknowledged is settled before the world changes (mood, files).
-        wait_until(lambda: self.collector.handling == 0, 10)
 
     def metric(self, name: str) -> float:
         assert self.daemon is not None
