@@ -20,20 +20,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from e2e.durable import Scenario  # noqa: E402
-from torture.harness import fault_pause  # noqa: E402
+from e2e.durable import Scenario
+from torture.harness import fault_pause
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument("--rate", type=int, default=2000, help="rows per second written")
-    parser.add_argument("--slow", type=float, default=0.0, help="collector delay per request (s); 0: up")
+    parser.add_argument(
+        "--rate", type=int, default=2000, help="rows per second written"
+    )
+    parser.add_argument(
+        "--slow", type=float, default=0.0, help="collector delay per request (s); 0: up"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cli", default="audit-otlp")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    with tempfile.TemporaryDirectory() as tmp, Scenario(args.cli, Path(tmp), "kill_repeats", slow=args.slow) as s:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Scenario(args.cli, Path(tmp), "kill_repeats", slow=args.slow) as s,
+    ):
         s.mood.mode = "slow" if args.slow else "up"
         s.producer.append(100)
         s.start()
@@ -54,12 +63,22 @@ def main() -> None:
         writer.join()
         outcome = s.finish(timeout=120)
     per_kill = outcome.repeated_per_kill
-    print(json.dumps({
-        "kills": outcome.kills, "rate": args.rate, "slow": args.slow, "written": outcome.written,
-        "lost": outcome.lost, "repeated_per_kill": per_kill,
-        "mean": round(statistics.mean(per_kill), 1) if per_kill else 0, "max": max(per_kill, default=0),
-        "bound": s.repeat_bound, "violations": outcome.violations,
-    }))
+    print(
+        json.dumps(
+            {
+                "kills": outcome.kills,
+                "rate": args.rate,
+                "slow": args.slow,
+                "written": outcome.written,
+                "lost": outcome.lost,
+                "repeated_per_kill": per_kill,
+                "mean": round(statistics.mean(per_kill), 1) if per_kill else 0,
+                "max": max(per_kill, default=0),
+                "bound": s.repeat_bound,
+                "violations": outcome.violations,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -255,7 +255,13 @@ class Scenario:
             # it, so what it acknowledged is settled before the world changes (mood, files).
             wait_until(lambda: self.collector.handling == 0, 10)
             acked = set(self.collector.accepted_seqs())
-            self.kills.append(Kill(acked, len(self.collector.requests), self.producer.written - len(acked)))
+            self.kills.append(
+                Kill(
+                    acked,
+                    len(self.collector.requests),
+                    self.producer.written - len(acked),
+                )
+            )
             self._stopped()
 
     def metric(self, name: str) -> float:
