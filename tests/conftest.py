@@ -1,13 +1,8 @@
 from __future__ import annotations
 
-import os
-import shutil
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from tests.helpers.daemon import installed_cli
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,7 +21,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def audit_cli() -> str:
     """The installed console script (end-to-end tests run it as a subprocess)."""
-    exe = shutil.which("audit-otlp", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    exe = installed_cli()
     if exe is None:
         pytest.fail("audit-otlp is not installed: pip install '.[test]'")
     return exe

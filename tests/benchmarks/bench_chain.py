@@ -1,7 +1,7 @@
 """Micro-benchmarks of the per-row work (not a test): µs/row for parse, chain hash, map+encode
 and the whole RowMapper, on rows like the agent's hooks write.
 
-    python tests/benchmarks/bench_chain.py [ROWS]
+    python -m tests.benchmarks.bench_chain [ROWS]
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from audit_otlp.chain import ChainHasher, ChainState, verify_row  # noqa: E402
-from audit_otlp.lines import Line  # noqa: E402
-from audit_otlp.mapping import MappingOptions, encode_span, line_digest, parse_line, row_span  # noqa: E402
-from audit_otlp.rows import RowMapper  # noqa: E402
-from auditgen import AuditWriter  # noqa: E402
+from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row
+from audit_otlp.mapping.envelope import encode_span
+from audit_otlp.mapping.ids import MappingOptions, line_digest
+from audit_otlp.mapping.parse import parse_line
+from audit_otlp.mapping.rows import RowMapper
+from audit_otlp.mapping.spans import row_span
+from audit_otlp.source.lines import Line
+from tests.helpers.auditgen import AuditWriter
 
 
 class _Events:
@@ -45,16 +46,22 @@ def main() -> None:
     per_row("chain hash (HMAC)", n, lambda: [keyed.line_hash(line, row) for line, row in zip(lines, rows)])
     state = ChainState()
     verdicts = [verify_row(state, row, hasher, line) for line, row in zip(lines, rows)]
-    per_row("row_span + encode", n, lambda: [
-        encode_span(row_span(row, d, offset=0, observed_ns=1, options=options, chain=v))
-        for row, d, v in zip(rows, digests, verdicts)])
+    per_row(
+        "row_span + encode",
+        n,
+        lambda: [
+            encode_span(row_span(row, d, offset=0, observed_ns=1, options=options, chain=v))
+            for row, d, v in zip(rows, digests, verdicts)
+        ],
+    )
     objs, offset = [], 0
     for line in lines:
         objs.append(Line(offset, offset + len(line) + 1, line, None))
         offset += len(line) + 1
     for label, h in (("RowMapper.map_line, verify", hasher), ("RowMapper.map_line, no verify", None)):
-        per_row(label, n, lambda: [mapper.map_line(o, 1) for mapper in [RowMapper(options, h, ChainState(), _Events())]
-                                   for o in objs])
+        per_row(
+            label, n, lambda: [mapper.map_line(o, 1) for mapper in [RowMapper(options, h, ChainState(), _Events())] for o in objs]
+        )
 
 
 if __name__ == "__main__":

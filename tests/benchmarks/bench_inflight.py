@@ -1,8 +1,8 @@
 """Throughput of `audit-otlp run --once` against a loopback collector that answers every request
 after a fixed latency, for several export.max_in_flight values. Not part of the default test run.
 
-    python tests/benchmarks/bench_inflight.py                       # 20000 rows, 20 ms, in-flight 1 and 4
-    python tests/benchmarks/bench_inflight.py --rows 50000 --max-spans 100 --latency 0.02 --in-flight 1 2 4 8
+    python -m tests.benchmarks.bench_inflight                       # 20000 rows, 20 ms, in-flight 1 and 4
+    python -m tests.benchmarks.bench_inflight --rows 50000 --max-spans 100 --latency 0.02 --in-flight 1 2 4 8
 """
 
 from __future__ import annotations
@@ -12,18 +12,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import orjson
 
-import threading  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
-
-import orjson  # noqa: E402
-
-from auditgen import AuditWriter  # noqa: E402
-from deliverykit import daemon_env, write_config  # noqa: E402
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.daemon import daemon_env, write_fast_config
 
 
 class LatencyCollector:
@@ -74,14 +71,31 @@ def run(cli: str, rows: int, latency: float, in_flight: int, max_spans: int) -> 
         for _ in range(rows // 1000):
             writer.append(1000)
         writer.append(rows % 1000)
-        config = write_config(tmp / "bench.toml", f"[export]\nmax_in_flight = {in_flight}\n[batch]\nmax_spans = {max_spans}\n")
+        config = write_fast_config(
+            tmp / "bench.toml", f"[export]\nmax_in_flight = {in_flight}\n[batch]\nmax_spans = {max_spans}\n"
+        )
         collector = LatencyCollector(latency)
         try:
             started = time.monotonic()
             result = subprocess.run(
-                [cli, "run", "--once", "--deadline", "600", "--config", str(config), "--file", str(audit),
-                 "--checkpoint", str(tmp / "cp.json"), "--endpoint", collector.endpoint],
-                env=daemon_env(AUDIT_OTLP_LOG_LEVEL="warning"), capture_output=True, text=True,
+                [
+                    cli,
+                    "run",
+                    "--once",
+                    "--deadline",
+                    "600",
+                    "--config",
+                    str(config),
+                    "--file",
+                    str(audit),
+                    "--checkpoint",
+                    str(tmp / "cp.json"),
+                    "--endpoint",
+                    collector.endpoint,
+                ],
+                env=daemon_env(AUDIT_OTLP_LOG_LEVEL="warning"),
+                capture_output=True,
+                text=True,
             )
             elapsed = time.monotonic() - started
         finally:
@@ -105,8 +119,9 @@ def main() -> None:
     for n in args.in_flight:
         elapsed, spans, requests = run(cli, args.rows, args.latency, n, args.max_spans)
         assert spans == args.rows, f"collector got {spans} spans, expected {args.rows}"
-        print(f"max_in_flight={n}: {elapsed:6.2f} s  {spans / elapsed:8.0f} spans/s  ({requests} requests, "
-              f"process start included)")
+        print(
+            f"max_in_flight={n}: {elapsed:6.2f} s  {spans / elapsed:8.0f} spans/s  ({requests} requests, process start included)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Cost of one read of the audit log the ways the tailer could do it (evidence for tailer.py).
 
-    python tests/benchmarks/bench_read.py FILE [--reads 300]
+    python -m tests.benchmarks.bench_read FILE [--reads 300]
 
 aiofiles' seek + read (two hops to a worker thread), one asyncio.to_thread(os.pread), and
 os.pread on the event-loop thread (a page-cache read of a local file: tens of µs at most), for
@@ -20,8 +20,10 @@ import aiofiles
 async def main(path: str, reads: int) -> None:
     size = os.path.getsize(path)
     for chunk in (256 * 1024, 15_000, 0):
+
         def offset(i: int) -> int:
             return (i * chunk) % (size - chunk) if chunk else size  # 0: at the end of the file
+
         n = chunk or 256 * 1024
         results = []
         handle = await aiofiles.open(path, "rb")
@@ -44,8 +46,10 @@ async def main(path: str, reads: int) -> None:
         finally:
             os.close(fd)
         (a, aw), (b, bw), (c, cw) = ((cpu / reads * 1e6, wall / reads * 1e6) for cpu, wall in results)
-        print(f"read of {chunk or 'nothing (EOF)'}: CPU µs (wall): aiofiles seek+read {a:.0f} ({aw:.0f}), "
-              f"to_thread(os.pread) {b:.0f} ({bw:.0f}), os.pread on the loop {c:.0f} ({cw:.0f})")
+        print(
+            f"read of {chunk or 'nothing (EOF)'}: CPU µs (wall): aiofiles seek+read {a:.0f} ({aw:.0f}), "
+            f"to_thread(os.pread) {b:.0f} ({bw:.0f}), os.pread on the loop {c:.0f} ({cw:.0f})"
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Rows/s of `audit-otlp verify` on a generated chained file (not part of the default test run).
 
-    python tests/benchmarks/bench_verify.py                 # 1M rows, SHA-256
-    python tests/benchmarks/bench_verify.py --rows 1000000 --key k3y
+python -m tests.benchmarks.bench_verify                 # 1M rows, SHA-256
+python -m tests.benchmarks.bench_verify --rows 1000000 --key k3y
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from audit_otlp.chain import ChainHasher  # noqa: E402
-from auditgen import AuditWriter  # noqa: E402
+from audit_otlp.mapping.chain import ChainHasher
+from tests.helpers.auditgen import AuditWriter
 
 
 def main() -> None:

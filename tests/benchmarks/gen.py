@@ -1,6 +1,6 @@
 """Generate audit rows like the producer's: hash-chained through prev_hash, 250-400 bytes each.
 
-Same chain rule as tests/auditgen.py (and the daemon's verifier): prev_hash is base64(SHA-256)
+Same chain rule as tests/helpers/auditgen.py (and the daemon's verifier): prev_hash is base64(SHA-256)
 of the previous row's canonical JSON. A row's `target` can carry `@T<ns>`, its append time,
 so the counting sink can measure append-to-arrival latency without parsing anything.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from audit_otlp.chain import GENESIS, ChainHasher
+from audit_otlp.mapping.chain import GENESIS, ChainHasher
 
 TOOLS = ("Write", "Read", "Bash", "WebFetch", "Edit", "Grep")
 OUTCOMES = ("allowed", "allowed", "allowed", "denied")
@@ -80,11 +80,3 @@ def write_file(path: Path, rows: int) -> None:
             out.write(gen.lines(n))
             left -= n
     os.replace(tmp, path)
-
-
-def append(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)

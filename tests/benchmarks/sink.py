@@ -116,7 +116,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cou
                 elif path == b"/track-latency":
                     counts.track_latency = True  # type: ignore[attr-defined]
                 reply = json.dumps(counts.stats()).encode()
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(reply) + reply)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(reply) + reply
+                )
             else:
                 if headers.get(b"content-encoding") == b"gzip":
                     body = gzip.decompress(body)

@@ -1,6 +1,6 @@
 """Per-row cost of each stage of the mapping path, and of faster variants (sketches).
 
-    python tests/benchmarks/stages.py [--rows 20000]
+    python -m tests.benchmarks.stages [--rows 20000]
 
 Prints microseconds per row for what the daemon does today (parse, line digest, chain hash,
 row_span + encode, the whole RowMapper.map_line) and for the sketches below, each checked to
@@ -11,53 +11,49 @@ evidence for recommendations to mapping.py / chain.py, not code the daemon uses.
 from __future__ import annotations
 
 import argparse
-from collections import deque
 import hashlib
-import statistics
-import sys
 import time
+from collections import deque
+from collections.abc import Callable, Iterable
 from datetime import date
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from gen import RowGenerator  # noqa: E402
-
-from audit_otlp import chain, mapping  # noqa: E402
-from audit_otlp.lines import LineSplitter  # noqa: E402
-from audit_otlp.rows import RowMapper  # noqa: E402
+from audit_otlp.mapping import canonical, chain, envelope, ids, parse
+from audit_otlp.mapping import spans as span_building  # `spans` is a local name below
+from audit_otlp.mapping.rows import RowMapper
+from audit_otlp.source.lines import LineSplitter
+from tests.benchmarks.gen import RowGenerator
 
 # -- sketch 1: the chain's "can orjson print this like jq?" test, without walking every string.
 
 
 def canonical_json_fast(row: Any) -> bytes:
-    """Same bytes as chain.canonical_json. Flat rows of str/bool/None/small int (the producer's
+    """Same bytes as canonical.canonical_json. Flat rows of str/bool/None/small int (the producer's
     rows) skip the recursive walk; a DEL byte is looked for in the output (one C scan)."""
     if type(row) is dict:
         for value in row.values():
             t = type(value)
             if t is str or t is bool or value is None:
                 continue
-            if t is int and -chain._EXACT_INT_LIMIT < value < chain._EXACT_INT_LIMIT:
+            if t is int and -canonical._EXACT_INT_LIMIT < value < canonical._EXACT_INT_LIMIT:
                 continue
-            return chain.canonical_json(row)  # nested, float or big int: the careful path
+            return canonical.canonical_json(row)  # nested, float or big int: the careful path
         try:
             out = orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
         except TypeError:
-            return chain.canonical_json(row)
+            return canonical.canonical_json(row)
         if b"\x7f" not in out:
             return out
-    return chain.canonical_json(row)
+    return canonical.canonical_json(row)
 
 
 # -- sketch 2: timestamps: the date-and-minute part changes rarely, cache it.
 
 
 class TimestampParser:
-    """Same result as mapping.parse_timestamp_ns; `YYYY-MM-DDTHH:MM:SS[.fff]Z` by slicing, with
+    """Same result as parse.parse_timestamp_ns; `YYYY-MM-DDTHH:MM:SS[.fff]Z` by slicing, with
     the minute's epoch seconds cached; anything else goes to the regex path."""
 
     def __init__(self) -> None:
@@ -70,31 +66,40 @@ class TimestampParser:
             if key != self._minute_key:
                 try:
                     y, mo, d, h, mi = int(value[0:4]), int(value[5:7]), int(value[8:10]), int(value[11:13]), int(value[14:16])
-                    days = date(y, mo, d).toordinal() - mapping._EPOCH_ORDINAL
+                    days = date(y, mo, d).toordinal() - parse._EPOCH_ORDINAL
                 except ValueError:
-                    return mapping.parse_timestamp_ns(value)
+                    return parse.parse_timestamp_ns(value)
                 if h > 23 or mi > 59 or value[4] != "-" or value[7] != "-":
-                    return mapping.parse_timestamp_ns(value)
+                    return parse.parse_timestamp_ns(value)
                 self._minute_key, self._minute_s = key, days * 86400 + h * 3600 + mi * 60
             sec = value[17:19]
             frac = value[20:-1] if len(value) > 20 else ""
             if sec.isdigit() and int(sec) <= 60 and (len(value) == 20 or (value[19] in ".," and frac.isdigit())):
                 return (self._minute_s + int(sec)) * 1_000_000_000 + int(frac[:9].ljust(9, "0") if frac else 0)
-        return mapping.parse_timestamp_ns(value)
+        return parse.parse_timestamp_ns(value)
 
 
 # -- sketch 3: encode attributes straight to bytes instead of dicts + one orjson.dumps.
+
+
+def _first_present(row: dict[str, Any], *names: str) -> Any:
+    """The first of `names` the row has a non-None value for (what row_span does inline)."""
+    for name in names:
+        value = row.get(name)
+        if value is not None:
+            return value
+    return None
 
 
 def _value_bytes(value: Any) -> bytes:
     t = type(value)
     if t is str:
         return b'{"stringValue":' + orjson.dumps(value) + b"}"
-    if t is int and mapping.INT64_MIN <= value <= mapping.INT64_MAX:
+    if t is int and span_building.INT64_MIN <= value <= span_building.INT64_MAX:
         return b'{"intValue":"%d"}' % value
     if t is bool:
         return b'{"boolValue":true}' if value else b'{"boolValue":false}'
-    return orjson.dumps(mapping.any_value(value))
+    return orjson.dumps(span_building.any_value(value))
 
 
 def _kv(key: str) -> Callable[[Any], bytes]:
@@ -102,32 +107,39 @@ def _kv(key: str) -> Callable[[Any], bytes]:
     return lambda value: prefix + _value_bytes(value) + b"}"
 
 
-def row_span_bytes(row: dict[str, Any], digest: bytes, *, offset: int, observed_ns: int,
-                   options: mapping.MappingOptions, chain_verdict: chain.ChainVerdict | None,
-                   parse_ts: Callable[[Any], int | None]) -> bytes:
+def row_span_bytes(
+    row: dict[str, Any],
+    digest: bytes,
+    *,
+    offset: int,
+    observed_ns: int,
+    options: ids.MappingOptions,
+    chain_verdict: chain.ChainVerdict | None,
+    parse_ts: Callable[[Any], int | None],
+) -> bytes:
     """Same bytes as encode_span(row_span(...)) built from byte fragments (tool rows and
-    non-tool rows; the same attribute order as mapping.row_span)."""
+    non-tool rows; the same attribute order as span_building.row_span)."""
     attrs: list[bytes] = []
     add = attrs.append
     event = row.get("event")
     event_name = event if isinstance(event, str) and event else None
     tool = row.get("tool")
     tool_name = tool if isinstance(tool, str) and tool else None
-    agent = mapping._first_present(row, "agent_id", "session_id")
+    agent = _first_present(row, "agent_id", "session_id")
     if agent is not None:
         add(KV["agent.id"](agent))
-    for source, attribute in mapping._DIRECT_ATTRIBUTES:
+    for source, attribute in span_building._DIRECT_ATTRIBUTES:
         value = row.get(source)
         if value is not None:
             add(KV[attribute](value))
-    outcome = mapping._first_present(row, "policy_outcome", "outcome")
+    outcome = _first_present(row, "policy_outcome", "outcome")
     if outcome is not None:
         add(KV["policy.outcome"](outcome))
-    error = mapping._first_present(row, "error_type", "error")
+    error = _first_present(row, "error_type", "error")
     blocked = event_name == "action_blocked"
     if tool_name is not None:
         genai_tool: str | None = tool_name
-    elif event_name in mapping.GUARDRAIL_EVENTS:
+    elif event_name in span_building.GUARDRAIL_EVENTS:
         genai_tool = f"guardrail.{event_name}"
     else:
         genai_tool = None
@@ -137,7 +149,7 @@ def row_span_bytes(row: dict[str, Any], digest: bytes, *, offset: int, observed_
         add(KV["gen_ai.tool.name"](genai_tool))
         add(CONST_TOOL_TYPE_FUNCTION if tool_name is not None else CONST_TOOL_TYPE_EXTENSION)
         add(CONST_SENTRY_EXECUTE_TOOL)
-        call_id = mapping._first_present(row, *mapping._TOOL_CALL_ID_FIELDS)
+        call_id = _first_present(row, *span_building._TOOL_CALL_ID_FIELDS)
         if call_id is not None:
             add(KV["gen_ai.tool.call.id"](str(call_id)))
     else:
@@ -173,20 +185,44 @@ def row_span_bytes(row: dict[str, Any], digest: bytes, *, offset: int, observed_
     duration = row.get("duration_ms")
     if isinstance(duration, (int, float)) and not isinstance(duration, bool) and 0 <= duration < 10**12:
         end = start + int(duration * 1_000_000)
-    return b"".join((
-        b'{"traceId":"', mapping.trace_id_for(row, digest, options).encode(),
-        b'","spanId":"', mapping.span_id_for(digest).encode(),
-        b'","name":', orjson.dumps(name),
-        b',"kind":1,"startTimeUnixNano":"%d","endTimeUnixNano":"%d","attributes":[' % (start, end),
-        b",".join(attrs), b'],"status":', status, b"}",
-    ))
+    return b"".join(
+        (
+            b'{"traceId":"',
+            ids.trace_id_for(row, digest, options).encode(),
+            b'","spanId":"',
+            ids.span_id_for(digest).encode(),
+            b'","name":',
+            orjson.dumps(name),
+            b',"kind":1,"startTimeUnixNano":"%d","endTimeUnixNano":"%d","attributes":[' % (start, end),
+            b",".join(attrs),
+            b'],"status":',
+            status,
+            b"}",
+        )
+    )
 
 
-KV = {name: _kv(name) for name in (
-    "agent.id", "policy.outcome", "gen_ai.tool.name", "gen_ai.tool.call.id", "gen_ai.conversation.id",
-    "gen_ai.agent.id", "error.type", "audit.chain.verified", "audit.hash", "audit.chain.restart", "audit.offset",
-    "audit.ts_invalid", *(attribute for _, attribute in mapping._DIRECT_ATTRIBUTES))}
-CONST_EXECUTE_TOOL = KV["gen_ai.tool.name"]("x").replace(b"gen_ai.tool.name", b"gen_ai.operation.name").replace(b'"x"', b'"execute_tool"')
+KV = {
+    name: _kv(name)
+    for name in (
+        "agent.id",
+        "policy.outcome",
+        "gen_ai.tool.name",
+        "gen_ai.tool.call.id",
+        "gen_ai.conversation.id",
+        "gen_ai.agent.id",
+        "error.type",
+        "audit.chain.verified",
+        "audit.hash",
+        "audit.chain.restart",
+        "audit.offset",
+        "audit.ts_invalid",
+        *(attribute for _, attribute in span_building._DIRECT_ATTRIBUTES),
+    )
+}
+CONST_EXECUTE_TOOL = (
+    KV["gen_ai.tool.name"]("x").replace(b"gen_ai.tool.name", b"gen_ai.operation.name").replace(b'"x"', b'"execute_tool"')
+)
 CONST_INVOKE_WORKFLOW = CONST_EXECUTE_TOOL.replace(b"execute_tool", b"invoke_workflow")
 CONST_TOOL_TYPE_FUNCTION = _kv("gen_ai.tool.type")("function")
 CONST_TOOL_TYPE_EXTENSION = _kv("gen_ai.tool.type")("extension")
@@ -222,17 +258,17 @@ def main() -> None:
     raw = [line.data for line in lines]
     rows = [orjson.loads(d) for d in raw]
     digests = [hashlib.sha256(d).digest() for d in raw]
-    options = mapping.MappingOptions()
+    options = ids.MappingOptions()
     hasher = chain.ChainHasher()
     state = chain.ChainState()
     verdicts = [chain.verify_row(state, r, hasher) for r in rows]
 
     # The sketches must give today's bytes exactly.
-    assert all(canonical_json_fast(r) == chain.canonical_json(r) for r in rows)
+    assert all(canonical_json_fast(r) == canonical.canonical_json(r) for r in rows)
     ts = TimestampParser()
-    assert all(ts(r["ts"]) == mapping.parse_timestamp_ns(r["ts"]) for r in rows)
+    assert all(ts(r["ts"]) == parse.parse_timestamp_ns(r["ts"]) for r in rows)
     for r, d, v in zip(rows, digests, verdicts):
-        today = mapping.encode_span(mapping.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v))
+        today = envelope.encode_span(span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v))
         assert row_span_bytes(r, d, offset=7, observed_ns=1, options=options, chain_verdict=v, parse_ts=ts) == today
 
     def timed(label: str, fn: Callable[[], object]) -> None:
@@ -248,42 +284,67 @@ def main() -> None:
         for line in lines:
             mapper.map_line(line, 1)
 
-    print(f"{n} rows, {len(data) / n:.0f} bytes each; span {len(mapping.encode_span(mapping.row_span(rows[1], digests[1], offset=7, observed_ns=1, options=options, chain=verdicts[1])))} bytes")
+    print(
+        f"{n} rows, {len(data) / n:.0f} bytes each; span {len(envelope.encode_span(span_building.row_span(rows[1], digests[1], offset=7, observed_ns=1, options=options, chain=verdicts[1])))} bytes"
+    )
     print("-- today")
     timed("floor: orjson.loads + orjson.dumps", lambda: drain(orjson.dumps(orjson.loads(d)) for d in raw))
     timed("RowMapper.map_line (everything below)", map_all)
-    timed("mapping.parse_line", lambda: drain(mapping.parse_line(d) for d in raw))
-    timed("mapping.line_digest (sha256 of the line)", lambda: drain(mapping.line_digest(d) for d in raw))
+    timed("parse.parse_line", lambda: drain(parse.parse_line(d) for d in raw))
+    timed("ids.line_digest (sha256 of the line)", lambda: drain(ids.line_digest(d) for d in raw))
     timed("chain.verify_row", lambda: drain(chain.verify_row(chain.ChainState(), r, hasher) for r in rows))
-    timed("  chain.canonical_json", lambda: drain(chain.canonical_json(r) for r in rows))
-    timed("  chain._for_orjson (part of canonical_json)", lambda: drain(chain._for_orjson(r) for r in rows))
-    timed("mapping.row_span", lambda: drain(mapping.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v)
-                                       for r, d, v in zip(rows, digests, verdicts)))
-    timed("  mapping.parse_timestamp_ns", lambda: drain(mapping.parse_timestamp_ns(r["ts"]) for r in rows))
-    timed("  mapping.trace_id_for", lambda: drain(mapping.trace_id_for(r, d, options) for r, d in zip(rows, digests)))
-    spans = [mapping.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v) for r, d, v in zip(rows, digests, verdicts)]
-    timed("mapping.encode_span", lambda: drain(mapping.encode_span(s) for s in spans))
-    timed("row_span + encode_span", lambda: drain(
-        mapping.encode_span(mapping.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v))
-        for r, d, v in zip(rows, digests, verdicts)))
+    timed("  canonical.canonical_json", lambda: drain(canonical.canonical_json(r) for r in rows))
+    timed("  canonical._for_orjson (part of canonical_json)", lambda: drain(canonical._for_orjson(r) for r in rows))
+    timed(
+        "span_building.row_span",
+        lambda: drain(
+            span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v)
+            for r, d, v in zip(rows, digests, verdicts)
+        ),
+    )
+    timed("  parse.parse_timestamp_ns", lambda: drain(parse.parse_timestamp_ns(r["ts"]) for r in rows))
+    timed("  ids.trace_id_for", lambda: drain(ids.trace_id_for(r, d, options) for r, d in zip(rows, digests)))
+    spans = [
+        span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v)
+        for r, d, v in zip(rows, digests, verdicts)
+    ]
+    timed("envelope.encode_span", lambda: drain(envelope.encode_span(s) for s in spans))
+    timed(
+        "row_span + encode_span",
+        lambda: drain(
+            envelope.encode_span(span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v))
+            for r, d, v in zip(rows, digests, verdicts)
+        ),
+    )
     print("-- sketches (same bytes)")
     timed("whole chunk: orjson.loads(b'[' + b','.join(lines) + b']')", lambda: orjson.loads(b"[" + b",".join(raw) + b"]"))
     timed("canonical_json_fast", lambda: drain(canonical_json_fast(r) for r in rows))
     timed("TimestampParser", lambda: drain(ts(r["ts"]) for r in rows))
-    today_kv = mapping._kv
-    mapping._kv = lambda key, value: ({"key": key, "value": {"stringValue": value}} if type(value) is str
-                                      else today_kv(key, value))  # sketch 4: strings first
+    today_kv = span_building.kv
+    span_building.kv = lambda key, value: (
+        {"key": key, "value": {"stringValue": value}} if type(value) is str else today_kv(key, value)
+    )  # sketch 4: strings first
     try:
-        assert all(mapping.encode_span(mapping.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v)) == e
-                   for r, d, v, e in zip(rows, digests, verdicts, (mapping.encode_span(s) for s in spans)))
-        timed("row_span + encode_span, _kv tests `type(value) is str` first", lambda: drain(
-            mapping.encode_span(mapping.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v))
-            for r, d, v in zip(rows, digests, verdicts)))
+        assert all(
+            envelope.encode_span(span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v)) == e
+            for r, d, v, e in zip(rows, digests, verdicts, (envelope.encode_span(s) for s in spans))
+        )
+        timed(
+            "row_span + encode_span, _kv tests `type(value) is str` first",
+            lambda: drain(
+                envelope.encode_span(span_building.row_span(r, d, offset=7, observed_ns=1, options=options, chain=v))
+                for r, d, v in zip(rows, digests, verdicts)
+            ),
+        )
     finally:
-        mapping._kv = today_kv
-    timed("row_span_bytes (row_span + encode_span)", lambda: drain(
-        row_span_bytes(r, d, offset=7, observed_ns=1, options=options, chain_verdict=v, parse_ts=ts)
-        for r, d, v in zip(rows, digests, verdicts)))
+        span_building.kv = today_kv
+    timed(
+        "row_span_bytes (row_span + encode_span)",
+        lambda: drain(
+            row_span_bytes(r, d, offset=7, observed_ns=1, options=options, chain_verdict=v, parse_ts=ts)
+            for r, d, v in zip(rows, digests, verdicts)
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -1,19 +1,16 @@
-"""The torture suite's fixtures; `harness` is importable from the tests as a top-level module."""
+"""The torture suite's fixtures."""
 
 import os
-import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from tests.helpers.daemon import installed_cli
 
 
 @pytest.fixture(scope="module")
 def audit_cli_path() -> str:
     """The installed console script, for module-scoped fixtures (tests/conftest's audit_cli is per test)."""
-    exe = shutil.which("audit-otlp", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    exe = installed_cli()
     if exe is None:
         pytest.fail("audit-otlp is not installed: pip install '.[test]'")
     return exe

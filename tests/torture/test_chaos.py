@@ -18,18 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector
-from harness import (
-    ChaosResponder,
-    DaemonProcess,
-    acknowledged_seqs,
-    duplicates,
-    quiet,
-    read_checkpoint,
-    wait_until,
-    write_config,
-)
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector
+from tests.helpers.daemon import DaemonProcess, write_config
+from tests.helpers.wait import wait_until
+from tests.torture.harness import ChaosResponder, acknowledged_seqs, duplicates, quiet, read_checkpoint
 
 # Generous, so that a slow 200 (at most a tenth of it) is never mistaken for a timeout by a loaded
 # machine: a 200 the client gave up on would count as acknowledged here but not in the daemon.
@@ -90,10 +83,15 @@ def run_chaos(cli: str, tmp_path: Path, seconds: float, seed: int) -> dict[str, 
             exit_code = daemon.stop()
         counts = acknowledged_seqs(collector)
         report = {
-            "seconds": seconds, "rows": len(expected), "faults": dict(responder.counts),
-            "lost": len(expected - set(counts)), "duplicates": duplicates(counts),
-            "acked_spans": len(collector.accepted_spans()), "rejected_reported": responder.rejected,
-            "delivered_metric": metrics.get("audit_otlp_spans_delivered_total"), "checkpoint_reads": reads,
+            "seconds": seconds,
+            "rows": len(expected),
+            "faults": dict(responder.counts),
+            "lost": len(expected - set(counts)),
+            "duplicates": duplicates(counts),
+            "acked_spans": len(collector.accepted_spans()),
+            "rejected_reported": responder.rejected,
+            "delivered_metric": metrics.get("audit_otlp_spans_delivered_total"),
+            "checkpoint_reads": reads,
             # More client timeouts than "timeout" answers means a 2xx was given up on (see EXPORT_TIMEOUT).
             "daemon_timeouts": daemon.log_text().count("export failed (timeout)"),
         }

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from audit_otlp.config import KEYS, Key
-from harness import clean_env
+from tests.helpers.daemon import daemon_env
 
 TOML_CANDIDATES: tuple[Any, ...] = ("bogus-value!", -1, 0, 42, True, [1], {"a": [1]})
 ENV_CANDIDATES: tuple[str, ...] = ("bogus-value!", "-1", "0", "99999999999", "a,b")
@@ -52,14 +52,25 @@ def invalid_env_value(key: Key) -> str | None:
     return next((raw for raw in ENV_CANDIDATES if _rejects(parse, raw)), None)
 
 
-def cli(audit_cli: str, tmp_path: Path, command: str, config: Path | None, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def cli(
+    audit_cli: str, tmp_path: Path, command: str, config: Path | None, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
     argv = [audit_cli, command]
     if config is not None:
         argv += ["--config", str(config)]
     if command == "run":
-        argv += ["--once", "--deadline", "5", "--file", str(tmp_path / "audit.jsonl"),
-                 "--checkpoint", str(tmp_path / "state" / "cp.json"), "--endpoint", "http://127.0.0.1:9/v1/traces"]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=clean_env(**env))
+        argv += [
+            "--once",
+            "--deadline",
+            "5",
+            "--file",
+            str(tmp_path / "audit.jsonl"),
+            "--checkpoint",
+            str(tmp_path / "state" / "cp.json"),
+            "--endpoint",
+            "http://127.0.0.1:9/v1/traces",
+        ]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=daemon_env(**env))
 
 
 def assert_exit2_naming(done: subprocess.CompletedProcess[str], name: str, what: str) -> None:
@@ -88,11 +99,14 @@ def test_invalid_value_exits_2_naming_the_key(audit_cli: str, tmp_path: Path, ke
         assert_exit2_naming(done, name, what)
 
 
-@pytest.mark.parametrize("text, name", [
-    ("[source]\npaht = \"x\"\n", "source.paht"),
-    ("[exporter]\nendpoint = \"http://x\"\n", "exporter.endpoint"),
-    ("top_level = 1\n", "top_level"),
-])
+@pytest.mark.parametrize(
+    "text, name",
+    [
+        ('[source]\npaht = "x"\n', "source.paht"),
+        ('[exporter]\nendpoint = "http://x"\n', "exporter.endpoint"),
+        ("top_level = 1\n", "top_level"),
+    ],
+)
 def test_unknown_key_exits_2_naming_it(audit_cli: str, tmp_path: Path, text: str, name: str) -> None:
     config = tmp_path / "bad.toml"
     config.write_text(text)

@@ -18,20 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector, Reply, seq_of
-from harness import (
-    ROTATIONS,
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector, Reply, seq_of
+from tests.helpers.daemon import DaemonProcess, write_config
+from tests.helpers.rotation import STYLES, rotate
+from tests.helpers.wait import wait_until
+from tests.torture.harness import (
     ChaosResponder,
-    DaemonProcess,
     acknowledged_seqs,
-    fault_pause,
     duplicates,
+    fault_pause,
     quiet,
     read_checkpoint,
     wait_delivered_or_quiet,
-    wait_until,
-    write_config,
 )
 
 MAX_SPANS = 20
@@ -55,12 +54,21 @@ class CrashReport:
     acked_past_checkpoint: list[int] = field(default_factory=list)
 
     def summary(self) -> str:
-        return json.dumps({
-            "trials": self.trials, "rows": self.rows, "kills_by_moment": dict(self.moments),
-            "rotations": dict(self.rotations), "checkpoint_reads": self.checkpoint_reads,
-            "lost": self.lost, "duplicates": self.duplicates, "duplicate_bound": self.duplicate_bound,
-            "collector_answers": self.faults, "acked_past_checkpoint_per_kill": self.acked_past_checkpoint,
-        }, sort_keys=True)
+        return json.dumps(
+            {
+                "trials": self.trials,
+                "rows": self.rows,
+                "kills_by_moment": dict(self.moments),
+                "rotations": dict(self.rotations),
+                "checkpoint_reads": self.checkpoint_reads,
+                "lost": self.lost,
+                "duplicates": self.duplicates,
+                "duplicate_bound": self.duplicate_bound,
+                "collector_answers": self.faults,
+                "acked_past_checkpoint_per_kill": self.acked_past_checkpoint,
+            },
+            sort_keys=True,
+        )
 
 
 class Writer(threading.Thread):
@@ -80,8 +88,7 @@ class Writer(threading.Thread):
             self.halt.wait(self.rng.uniform(0.002, 0.02))  # pacing of the producer, not a synchronisation
 
 
-def kill_at(daemon: DaemonProcess, moment: str, rng: random.Random, responder: ChaosResponder,
-            writer: Writer) -> str:
+def kill_at(daemon: DaemonProcess, moment: str, rng: random.Random, responder: ChaosResponder, writer: Writer) -> str:
     """SIGKILL the daemon at the given kind of moment; returns what actually happened."""
     tmp = daemon.checkpoint.with_name(f".{daemon.checkpoint.name}.tmp")
     hit = moment
@@ -119,8 +126,9 @@ def checkpoint_in_tail(checkpoint: Path, source: Path, lines: int) -> bool:
     return doc["last_line_sha256"] in {hashlib.sha256(line).hexdigest() for line in tail}
 
 
-def run_crash_trials(cli: str, tmp_path: Path, trials: int, seed: int, rotation: str | None,
-                     checkpoint_interval: str | None = None) -> CrashReport:
+def run_crash_trials(
+    cli: str, tmp_path: Path, trials: int, seed: int, rotation: str | None, checkpoint_interval: str | None = None
+) -> CrashReport:
     rng = random.Random(seed)
     source = tmp_path / "audit.jsonl"
     checkpoint = tmp_path / "state" / "checkpoint.json"
@@ -149,9 +157,10 @@ def run_crash_trials(cli: str, tmp_path: Path, trials: int, seed: int, rotation:
                             # Fair play: rows more than 1000 lines behind are deleted from disk by this
                             # rotation, so no tailer could recover them after a crash. Let the checkpoint
                             # reach the kept tail first (the writer is paused: we hold its lock).
-                            assert wait_until(lambda: checkpoint_in_tail(checkpoint, source, 900), 60, 0.05), \
-                                daemon.log_text()[-3000:]
-                        ROTATIONS[rotation](source, trial + 1)
+                            assert wait_until(lambda: checkpoint_in_tail(checkpoint, source, 900), 60, 0.05), daemon.log_text()[
+                                -3000:
+                            ]
+                        rotate(source, rotation)
                     report.rotations[rotation] += 1
                 moment = MOMENTS[trial % len(MOMENTS)] if trials >= len(MOMENTS) else rng.choice(MOMENTS)
                 report.moments[kill_at(daemon, moment, rng, responder, writer)] += 1
@@ -219,7 +228,7 @@ def test_sigkill_repeats_only_in_flight_requests(audit_cli: str, tmp_path: Path)
     assert_duplicates_within_in_flight_window(report, windows=2)
 
 
-@pytest.mark.parametrize("rotation", ROTATIONS)
+@pytest.mark.parametrize("rotation", STYLES)
 def test_sigkill_with_rotation_loses_no_row(audit_cli: str, tmp_path: Path, rotation: str) -> None:
     report = run_crash_trials(audit_cli, tmp_path, trials=2, seed=2, rotation=rotation)
     assert report.lost == 0 and report.rotations[rotation] >= 1
@@ -227,7 +236,7 @@ def test_sigkill_with_rotation_loses_no_row(audit_cli: str, tmp_path: Path, rota
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("rotation", [None, *ROTATIONS])
+@pytest.mark.parametrize("rotation", [None, *STYLES])
 def test_sigkill_long(audit_cli: str, tmp_path: Path, rotation: str | None) -> None:
     """50 trials; no loss is asserted (duplicates are reported in CRASH-REPORT; the strict window is test_sigkill_repeats_only_in_flight_requests)."""
     seed = int(os.environ.get("TORTURE_SEED", "0")) or int(time.time())

@@ -11,15 +11,17 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector
-from harness import DaemonProcess, clean_env, read_checkpoint, wait_until, write_config
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector
+from tests.helpers.daemon import DaemonProcess, daemon_env, write_config
+from tests.helpers.wait import wait_until
+from tests.torture.harness import read_checkpoint
 
 
 def _mount(*args: str) -> subprocess.CompletedProcess[str]:
@@ -80,8 +82,7 @@ def ready(daemon: DaemonProcess) -> tuple[int, dict[str, object]]:
 
 
 @pytest.mark.parametrize("kind", ["enospc", "erofs"])
-def test_checkpoint_disk_fault_keeps_delivering_and_recovers(audit_cli: str, tmp_path: Path, small_fs: Path,
-                                                             kind: str) -> None:
+def test_checkpoint_disk_fault_keeps_delivering_and_recovers(audit_cli: str, tmp_path: Path, small_fs: Path, kind: str) -> None:
     source = tmp_path / "audit.jsonl"
     checkpoint = small_fs / "checkpoint.json"
     config = write_config(
@@ -104,20 +105,21 @@ def test_checkpoint_disk_fault_keeps_delivering_and_recovers(audit_cli: str, tmp
             # Rows keep flowing while no checkpoint can be written.
             audit.append(200)
             assert collector.wait_for_spans(300, 30), "delivery stopped while the checkpoint disk was faulty"
-            assert wait_until(lambda: daemon.metrics().get("audit_otlp_checkpoint_write_errors_total", 0) > 0, 30), \
+            assert wait_until(lambda: daemon.metrics().get("audit_otlp_checkpoint_write_errors_total", 0) > 0, 30), (
                 daemon.log_text()[-2000:]
+            )
             status, detail = ready(daemon)
             assert status == 503 and detail["checkpoint_writable"] is False, detail
             assert checkpoint.read_bytes() == before, "the previous checkpoint was not kept intact"
             read_checkpoint(checkpoint)
-            assert any("checkpoint" in line and "ERROR" in line for line in daemon.log_text().splitlines()), \
-                daemon.log_text()[-2000:]
+            assert any("checkpoint" in line and "ERROR" in line for line in daemon.log_text().splitlines()), daemon.log_text()[
+                -2000:
+            ]
 
             # Space (or writability) returns: the checkpoint catches up, readiness comes back.
             repair_fs(kind, small_fs, filler)
             size = source.stat().st_size
-            assert wait_until(lambda: (read_checkpoint(checkpoint) or {}).get("offset") == size, 30), \
-                daemon.log_text()[-2000:]
+            assert wait_until(lambda: (read_checkpoint(checkpoint) or {}).get("offset") == size, 30), daemon.log_text()[-2000:]
             assert wait_until(lambda: ready(daemon)[0] == 200, 30), ready(daemon)
             assert "checkpoint writes work again" in daemon.log_text()
         finally:
@@ -129,9 +131,23 @@ def _run_once(audit_cli: str, tmp_path: Path, checkpoint: Path) -> subprocess.Co
     source = tmp_path / "audit.jsonl"
     AuditWriter(source).append(3)
     return subprocess.run(
-        [audit_cli, "run", "--once", "--deadline", "20", "--file", str(source), "--checkpoint", str(checkpoint),
-         "--endpoint", "http://127.0.0.1:9/v1/traces"],
-        capture_output=True, text=True, timeout=60, env=clean_env(),
+        [
+            audit_cli,
+            "run",
+            "--once",
+            "--deadline",
+            "20",
+            "--file",
+            str(source),
+            "--checkpoint",
+            str(checkpoint),
+            "--endpoint",
+            "http://127.0.0.1:9/v1/traces",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=daemon_env(),
     )
 
 

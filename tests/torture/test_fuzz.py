@@ -23,14 +23,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audit_otlp.chain import ChainHasher, ChainState, canonical_json, verify_row
 from audit_otlp.config import KEYS, ConfigError, load_config
-from audit_otlp.lines import LineSplitter
-from audit_otlp.lines import Line
-from audit_otlp.mapping import MappingOptions, make_envelope, parse_line, resource_attributes
-from audit_otlp.rows import RowMapper
-from collector import Collector, to_proto
-from harness import clean_env
+from audit_otlp.mapping.canonical import canonical_json
+from audit_otlp.mapping.chain import ChainHasher, ChainState, verify_row
+from audit_otlp.mapping.envelope import make_envelope, resource_attributes
+from audit_otlp.mapping.ids import MappingOptions
+from audit_otlp.mapping.parse import parse_line
+from audit_otlp.mapping.rows import RowMapper
+from audit_otlp.source.lines import Line, LineSplitter
+from tests.helpers.collector import Collector, to_proto
+from tests.helpers.daemon import daemon_env
 
 EXAMPLES = int(os.environ.get("TORTURE_FUZZ_EXAMPLES", "80"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -51,10 +53,26 @@ def _no_newline(data: bytes) -> bytes:
 
 @st.composite
 def nasty_line(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from([
-        "bytes", "object", "value", "nul", "crlf", "bom", "deep", "huge_number", "dup_keys", "bad_utf8",
-        "surrogate", "blank", "audit_row", "long",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "bytes",
+                "object",
+                "value",
+                "nul",
+                "crlf",
+                "bom",
+                "deep",
+                "huge_number",
+                "dup_keys",
+                "bad_utf8",
+                "surrogate",
+                "blank",
+                "audit_row",
+                "long",
+            ]
+        )
+    )
     if kind == "bytes":
         return _no_newline(draw(st.binary(max_size=200)))
     if kind == "object":
@@ -66,7 +84,9 @@ def nasty_line(draw: st.DrawFn) -> bytes:
         cut = draw(st.integers(0, len(row)))
         return row[:cut] + b"\0" + row[cut:]
     if kind == "crlf":
-        return orjson.dumps({"event": "tool_use", "ts": "2026-04-15T14:23:00Z"}) + draw(st.sampled_from([b"\r", b"\r\r", b" \r\t"]))
+        return orjson.dumps({"event": "tool_use", "ts": "2026-04-15T14:23:00Z"}) + draw(
+            st.sampled_from([b"\r", b"\r\r", b" \r\t"])
+        )
     if kind == "bom":
         return b"\xef\xbb\xbf" + orjson.dumps({"event": "tool_use"})
     if kind == "deep":
@@ -88,15 +108,33 @@ def nasty_line(draw: st.DrawFn) -> bytes:
     if kind == "blank":
         return draw(st.sampled_from([b"", b" ", b"\t", b"\r", b" \r "]))
     if kind == "audit_row":
-        row = draw(st.fixed_dictionaries({}, optional={
-            "event": st.sampled_from(["tool_use", "action_blocked", "secret_detected", ""]) | json_values,
-            "ts": st.sampled_from(["2026-04-15T14:23:00Z", "1970-01-01T00:00:00Z", "2554-07-21T23:34:33Z", "9999-12-31T23:59:59.999Z", "0001-01-01T00:00:00Z",
-                                   "2026-02-30T25:61:61Z", "not a time", ""]) | json_values,
-            "duration_ms": st.integers(-(2**70), 2**70) | json_values,
-            "trace_id": st.sampled_from(["0" * 32, "F" * 32, "abc"]) | json_values,
-            "prev_hash": st.sampled_from(["GENESIS", "", "x"]) | json_values,
-            "session_id": json_values, "tool": json_values, "error": json_values,
-        }))
+        row = draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "event": st.sampled_from(["tool_use", "action_blocked", "secret_detected", ""]) | json_values,
+                    "ts": st.sampled_from(
+                        [
+                            "2026-04-15T14:23:00Z",
+                            "1970-01-01T00:00:00Z",
+                            "2554-07-21T23:34:33Z",
+                            "9999-12-31T23:59:59.999Z",
+                            "0001-01-01T00:00:00Z",
+                            "2026-02-30T25:61:61Z",
+                            "not a time",
+                            "",
+                        ]
+                    )
+                    | json_values,
+                    "duration_ms": st.integers(-(2**70), 2**70) | json_values,
+                    "trace_id": st.sampled_from(["0" * 32, "F" * 32, "abc"]) | json_values,
+                    "prev_hash": st.sampled_from(["GENESIS", "", "x"]) | json_values,
+                    "session_id": json_values,
+                    "tool": json_values,
+                    "error": json_values,
+                },
+            )
+        )
         return json.dumps(row, ensure_ascii=False).encode()
     assert kind == "long"
     return b'{"event":"tool_use","target":"' + b"a" * draw(st.integers(100, 5000)) + b'"}'
@@ -129,7 +167,9 @@ def _check_ids(span: dict[str, Any]) -> None:
 
 @FUZZ
 @given(
-    data=st.lists(st.sampled_from([b"\n", b"a", b"bc", b"\r", b"\0", b"\xff", b"\n\n", b"xyzxyzxyz"]), max_size=200).map(b"".join),
+    data=st.lists(st.sampled_from([b"\n", b"a", b"bc", b"\r", b"\0", b"\xff", b"\n\n", b"xyzxyzxyz"]), max_size=200).map(
+        b"".join
+    ),
     cuts=st.lists(st.integers(0, 10_000), max_size=30),
     limit=st.integers(1, 40),
     start=st.integers(0, 10**12),
@@ -190,8 +230,6 @@ def test_huge_integer_row_hashes_without_crash(digits: int) -> None:
         assert len(mapped.spans) == 1
 
 
-
-
 @pytest.mark.parametrize("field", ["target", "event", "tool", "session_id"])
 def test_lone_surrogate_escape_maps_without_crash(field: str) -> None:
     data = b'{"%s":"a\\ud800b","prev_hash":"GENESIS"}' % field.encode()
@@ -201,12 +239,15 @@ def test_lone_surrogate_escape_maps_without_crash(field: str) -> None:
     to_proto(orjson.loads(ENVELOPE.body(mapped.spans)))
 
 
-
-
-@pytest.mark.parametrize("ts, duration_ms", [
-    ("9999-12-31T23:59:59.999Z", 5), ("1900-01-01T00:00:00Z", 5), ("0001-01-01T00:00:00Z", 5),
-    ("2554-07-21T23:34:33Z", 710),  # a valid start, but start + duration passes 2^64 ns
-])
+@pytest.mark.parametrize(
+    "ts, duration_ms",
+    [
+        ("9999-12-31T23:59:59.999Z", 5),
+        ("1900-01-01T00:00:00Z", 5),
+        ("0001-01-01T00:00:00Z", 5),
+        ("2554-07-21T23:34:33Z", 710),  # a valid start, but start + duration passes 2^64 ns
+    ],
+)
 def test_out_of_range_timestamp_gives_valid_otlp(ts: str, duration_ms: int) -> None:
     data = orjson.dumps({"event": "tool_use", "ts": ts, "duration_ms": duration_ms})
     mapper = RowMapper(MappingOptions(), ChainHasher(), ChainState(), Recorder())
@@ -228,8 +269,11 @@ def test_deeply_nested_line_maps_without_crash(depth: int) -> None:
 
 
 @FUZZ
-@given(lines=st.lists(nasty_line(), min_size=1, max_size=12), key=st.sampled_from([None, b"k", "ключ".encode()]),
-       trace_from=st.sampled_from(["prev_hash", "session"]))
+@given(
+    lines=st.lists(nasty_line(), min_size=1, max_size=12),
+    key=st.sampled_from([None, b"k", "ключ".encode()]),
+    trace_from=st.sampled_from(["prev_hash", "session"]),
+)
 def test_mapper_accounts_for_every_line(lines: list[bytes], key: bytes | None, trace_from: str) -> None:
     events = Recorder()
     mapper = RowMapper(MappingOptions(trace_from), ChainHasher(key), ChainState(), events)
@@ -288,8 +332,11 @@ def test_chain_canonical_json_of_any_parsed_row(line: bytes) -> None:
 # Config loader.
 
 toml_scalars = (
-    st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.booleans()
-    | st.text(max_size=30) | st.sampled_from(["", "0", "-1", "1e99", "200ms", "5s", "x", "GENESIS", "http://", "::"])
+    st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.booleans()
+    | st.text(max_size=30)
+    | st.sampled_from(["", "0", "-1", "1e99", "200ms", "5s", "x", "GENESIS", "http://", "::"])
 )
 
 
@@ -305,21 +352,34 @@ def toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
-toml_values = toml_scalars | st.lists(toml_scalars, max_size=3) | st.dictionaries(st.text(min_size=1, max_size=5), toml_scalars, max_size=3)
+toml_values = (
+    toml_scalars | st.lists(toml_scalars, max_size=3) | st.dictionaries(st.text(min_size=1, max_size=5), toml_scalars, max_size=3)
+)
 KEY_NAMES = [k.name for k in KEYS] + ["chain.key", "nope.key", "source"]
-ENV_NAMES = sorted({e for k in KEYS for e in k.env} | {
-    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "SENTRY_DSN", "DD_API_KEY", "DD_SITE",
-    "AUDIT_OTLP_CHAIN_KEY", "STATE_DIRECTORY", "AUDIT_OTLP_CONFIG",
-})
+ENV_NAMES = sorted(
+    {e for k in KEYS for e in k.env}
+    | {
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "SENTRY_DSN",
+        "DD_API_KEY",
+        "DD_SITE",
+        "AUDIT_OTLP_CHAIN_KEY",
+        "STATE_DIRECTORY",
+        "AUDIT_OTLP_CONFIG",
+    }
+)
 env_text = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=40) | st.sampled_from(
     ["", "0", "-5", "abc", "a=b", "=", ",", "https://key@o1.ingest.sentry.io/42", "http://[::1", "gzip", "json"]
 )
 
 
 @FUZZ
-@given(entries=st.dictionaries(st.sampled_from(KEY_NAMES), toml_values, max_size=6),
-       env=st.dictionaries(st.sampled_from(ENV_NAMES), env_text, max_size=5),
-       garbage=st.sampled_from(["", "[", "x = ", "\0", "a.b.c = 1\na.b = 2"]))
+@given(
+    entries=st.dictionaries(st.sampled_from(KEY_NAMES), toml_values, max_size=6),
+    env=st.dictionaries(st.sampled_from(ENV_NAMES), env_text, max_size=5),
+    garbage=st.sampled_from(["", "[", "x = ", "\0", "a.b.c = 1\na.b = 2"]),
+)
 def test_config_loader_only_raises_config_error(entries: dict[str, Any], env: dict[str, str], garbage: str) -> None:
     text = "\n".join(f"{name} = {toml_value(value)}" for name, value in entries.items()) + "\n" + garbage
     env = {k: v for k, v in env.items() if k != "AUDIT_OTLP_CONFIG"}
@@ -343,11 +403,31 @@ def test_config_loader_only_raises_config_error(entries: dict[str, Any], env: di
 def test_run_once_over_nasty_file_emits_one_span_per_nonblank_line(audit_cli: str, tmp_path: Path) -> None:
     rng = random.Random(8)
     lines: list[bytes] = [
-        b"\xef\xbb\xbf" + orjson.dumps({"event": "tool_use"}), b"\0\0\0", b'{"event":"a\0b"}', b'{"event":"x"}\r',
-        b"\r", b"", b" \t ", b"{" * 50_000, b'{"a":' + b"9" * 300 + b"}", b'{"a":-' + b"9" * 5000 + b"}",
-        b'{"a":1e999}', b'{"event":"a","event":"b","prev_hash":"GENESIS","prev_hash":7}', b"\xff\xfe{}",
-        b'{"target":"\xc3"}', deep_line(200), b"[]", b"null", b"42", b'"str"', b"NaN", b'{"a":NaN}',
-        b'{"ts":"2026-02-30T25:61:61Z","duration_ms":-1}', b'{"target":"\\ud800"}', b'{"ts":"9999-12-31T23:59:59Z"}', b'{"trace_id":"00000000000000000000000000000000"}',
+        b"\xef\xbb\xbf" + orjson.dumps({"event": "tool_use"}),
+        b"\0\0\0",
+        b'{"event":"a\0b"}',
+        b'{"event":"x"}\r',
+        b"\r",
+        b"",
+        b" \t ",
+        b"{" * 50_000,
+        b'{"a":' + b"9" * 300 + b"}",
+        b'{"a":-' + b"9" * 5000 + b"}",
+        b'{"a":1e999}',
+        b'{"event":"a","event":"b","prev_hash":"GENESIS","prev_hash":7}',
+        b"\xff\xfe{}",
+        b'{"target":"\xc3"}',
+        deep_line(200),
+        b"[]",
+        b"null",
+        b"42",
+        b'"str"',
+        b"NaN",
+        b'{"a":NaN}',
+        b'{"ts":"2026-02-30T25:61:61Z","duration_ms":-1}',
+        b'{"target":"\\ud800"}',
+        b'{"ts":"9999-12-31T23:59:59Z"}',
+        b'{"trace_id":"00000000000000000000000000000000"}',
         b'{"event":"tool_use","target":"' + b"x" * 3_000_000 + b'"}',  # over the 1 MiB line limit
     ]
     lines += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 80))).replace(b"\n", b"") for _ in range(200)]
@@ -356,9 +436,23 @@ def test_run_once_over_nasty_file_emits_one_span_per_nonblank_line(audit_cli: st
     nonblank = sum(1 for line in lines if line.strip())
     with Collector() as collector:
         done = subprocess.run(
-            [audit_cli, "run", "--once", "--deadline", "60", "--file", str(source),
-             "--checkpoint", str(tmp_path / "state" / "cp.json"), "--endpoint", collector.endpoint],
-            capture_output=True, text=True, timeout=120, env=clean_env(),
+            [
+                audit_cli,
+                "run",
+                "--once",
+                "--deadline",
+                "60",
+                "--file",
+                str(source),
+                "--checkpoint",
+                str(tmp_path / "state" / "cp.json"),
+                "--endpoint",
+                collector.endpoint,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=daemon_env(),
         )
         assert done.returncode == 0, done.stderr[-3000:]
         spans = collector.accepted_spans()
@@ -375,9 +469,23 @@ def test_deeply_nested_line_does_not_stop_the_daemon(audit_cli: str, tmp_path: P
     source.write_bytes(b'{"event":"before"}\n' + deep_line(600) + b'\n{"event":"after"}\n')
     with Collector() as collector:
         done = subprocess.run(
-            [audit_cli, "run", "--once", "--deadline", "30", "--file", str(source),
-             "--checkpoint", str(tmp_path / "state" / "cp.json"), "--endpoint", collector.endpoint],
-            capture_output=True, text=True, timeout=60, env=clean_env(),
+            [
+                audit_cli,
+                "run",
+                "--once",
+                "--deadline",
+                "30",
+                "--file",
+                str(source),
+                "--checkpoint",
+                str(tmp_path / "state" / "cp.json"),
+                "--endpoint",
+                collector.endpoint,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=daemon_env(),
         )
         assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
         assert len(collector.accepted_spans()) == 3
@@ -385,7 +493,9 @@ def test_deeply_nested_line_does_not_stop_the_daemon(audit_cli: str, tmp_path: P
 
 def test_verify_reports_a_too_deep_line_as_malformed(audit_cli: str, tmp_path: Path) -> None:
     source = tmp_path / "audit.jsonl"
-    source.write_bytes(b'{"event":"before"}\n' + deep_line(600) + b'\n')
-    done = subprocess.run([audit_cli, "verify", "--json", str(source)], capture_output=True, text=True, timeout=60, env=clean_env())
+    source.write_bytes(b'{"event":"before"}\n' + deep_line(600) + b"\n")
+    done = subprocess.run(
+        [audit_cli, "verify", "--json", str(source)], capture_output=True, text=True, timeout=60, env=daemon_env()
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert orjson.loads(done.stdout)["first_break"]["kind"] == "malformed"

@@ -19,9 +19,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from auditgen import AuditWriter
-from collector import Collector, Reply
-from harness import DaemonProcess, clean_env, wait_until, write_config
+from tests.helpers.auditgen import AuditWriter
+from tests.helpers.collector import Collector, Reply
+from tests.helpers.daemon import DaemonProcess, daemon_env, write_config
+from tests.helpers.wait import wait_until
 
 HEADER_SECRET = "HDRsecret-7f3a91c2"
 BEARER_SECRET = "BEARERsecret-55e0d1"
@@ -44,7 +45,7 @@ def forbidden_forms() -> list[bytes]:
 
 
 def secret_env() -> dict[str, str]:
-    return clean_env(
+    return daemon_env(
         OTEL_EXPORTER_OTLP_HEADERS=f"x-api-key={HEADER_SECRET},authorization=Bearer%20{BEARER_SECRET}",
         SENTRY_DSN=f"https://{SENTRY_KEY}@o4501.ingest.sentry.io/4242",
         DD_API_KEY=DD_KEY,
@@ -100,9 +101,25 @@ def workspace(tmp_path: Path, name: str, log_format: str = "text") -> tuple[Path
 
 def run_once(cli: str, work: Path, config: Path, endpoint: str, deadline: str = "3") -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [cli, "run", "--once", "-v", "--deadline", deadline, "--config", str(config), "--file", str(work / "audit.jsonl"),
-         "--checkpoint", str(work / "state" / "checkpoint.json"), "--endpoint", endpoint],
-        capture_output=True, timeout=90, env=secret_env(),
+        [
+            cli,
+            "run",
+            "--once",
+            "-v",
+            "--deadline",
+            deadline,
+            "--config",
+            str(config),
+            "--file",
+            str(work / "audit.jsonl"),
+            "--checkpoint",
+            str(work / "state" / "checkpoint.json"),
+            "--endpoint",
+            endpoint,
+        ],
+        capture_output=True,
+        timeout=90,
+        env=secret_env(),
     )
 
 
@@ -110,8 +127,16 @@ def commands(cli: str, targets: list[tuple[Path, Path, str, bool]], out: Outputs
     """status (text, --json) in each workspace; check-config (text, --json) where asked; all at once."""
     jobs: list[tuple[str, list[str]]] = []
     for work, config, endpoint, check_config in targets:
-        common = ["--config", str(config), "--file", str(work / "audit.jsonl"),
-                  "--checkpoint", str(work / "state" / "checkpoint.json"), "--endpoint", endpoint]
+        common = [
+            "--config",
+            str(config),
+            "--file",
+            str(work / "audit.jsonl"),
+            "--checkpoint",
+            str(work / "state" / "checkpoint.json"),
+            "--endpoint",
+            endpoint,
+        ]
         argvs = [["status"], ["status", "--json"]] + ([["check-config"], ["check-config", "--json"]] if check_config else [])
         jobs += [(f"{' '.join(argv)} ({work.name})", [cli, *argv, *common]) for argv in argvs]
     with ThreadPoolExecutor(6) as pool:
@@ -124,8 +149,12 @@ def commands(cli: str, targets: list[tuple[Path, Path, str, bool]], out: Outputs
 def test_no_secret_in_any_output(audit_cli: str, tmp_path: Path) -> None:
     out = Outputs()
     sent: list[tuple[str, bytes]] = []  # what collectors received: (where, body or headers)
-    answers = {"ok": Reply(200), "401": Reply(401, b'{"message":"unauthorized"}'),
-               "503": Reply(503, b"{}"), "400": Reply(400, b'{"message":"bad span"}')}
+    answers = {
+        "ok": Reply(200),
+        "401": Reply(401, b'{"message":"unauthorized"}'),
+        "503": Reply(503, b"{}"),
+        "400": Reply(400, b'{"message":"bad span"}'),
+    }
     collectors = {name: Collector(lambda doc, n, r=reply: r) for name, reply in answers.items()}
     for c in collectors.values():
         c.__enter__()
@@ -135,6 +164,7 @@ def test_no_secret_in_any_output(audit_cli: str, tmp_path: Path) -> None:
         # Each path with text logs, the main two also with json logs, all at once (most wait out a deadline).
         formats = {name: ("text", "json") if name in ("ok", "401") else ("text",) for name in endpoints}
         works = {f"{name}-{fmt}": workspace(tmp_path, f"{name}-{fmt}", fmt) for name in endpoints for fmt in formats[name]}
+
         def run(name: str) -> subprocess.CompletedProcess[bytes]:
             kind = name.split("-")[0]
             return run_once(audit_cli, *works[name], endpoints[kind], "30" if kind in ("ok", "400") else "3")
@@ -155,8 +185,15 @@ def test_no_secret_in_any_output(audit_cli: str, tmp_path: Path) -> None:
         # The daemon with its health endpoints, after delivering.
         work, config = works["ok-json"]
         AuditWriter(work / "audit2.jsonl").append(5)
-        daemon = DaemonProcess(audit_cli, work / "audit2.jsonl", work / "state" / "cp2.json", endpoints["ok"],
-                               work / "daemon.log", config, env=secret_env())
+        daemon = DaemonProcess(
+            audit_cli,
+            work / "audit2.jsonl",
+            work / "state" / "cp2.json",
+            endpoints["ok"],
+            work / "daemon.log",
+            config,
+            env=secret_env(),
+        )
         daemon.start()
         try:
             assert wait_until(lambda: daemon.metrics().get("audit_otlp_spans_delivered_total", 0) >= 5, 30)
@@ -184,8 +221,11 @@ def test_no_secret_in_any_output(audit_cli: str, tmp_path: Path) -> None:
         if where.endswith("body"):
             leaks += find_leaks(where, data)
         else:
-            leaks += [f"{where}: vendor credential sent to a non-vendor host"
-                      for s in (SENTRY_KEY, DD_KEY, CHAIN_KEY) if s.encode() in data]
+            leaks += [
+                f"{where}: vendor credential sent to a non-vendor host"
+                for s in (SENTRY_KEY, DD_KEY, CHAIN_KEY)
+                if s.encode() in data
+            ]
     assert not leaks, "\n".join(leaks[:30])
     # And the endpoint's own credentials were really configured (so the searches above mean something).
     assert any(HEADER_SECRET.encode() in data for where, data in sent if where.endswith("headers"))
@@ -195,11 +235,27 @@ def test_datadog_key_only_goes_to_datadog(audit_cli: str, tmp_path: Path) -> Non
     """With DD_API_KEY alone and an explicit endpoint elsewhere, the key is not sent."""
     work, config = workspace(tmp_path, "dd")
     with Collector() as collector:
-        env = clean_env(DD_API_KEY=DD_KEY, AUDIT_OTLP_LOG_LEVEL="debug")
+        env = daemon_env(DD_API_KEY=DD_KEY, AUDIT_OTLP_LOG_LEVEL="debug")
         done = subprocess.run(
-            [audit_cli, "run", "--once", "-v", "--deadline", "20", "--config", str(config), "--file", str(work / "audit.jsonl"),
-             "--checkpoint", str(work / "state" / "checkpoint.json"), "--endpoint", collector.endpoint],
-            capture_output=True, timeout=60, env=env,
+            [
+                audit_cli,
+                "run",
+                "--once",
+                "-v",
+                "--deadline",
+                "20",
+                "--config",
+                str(config),
+                "--file",
+                str(work / "audit.jsonl"),
+                "--checkpoint",
+                str(work / "state" / "checkpoint.json"),
+                "--endpoint",
+                collector.endpoint,
+            ],
+            capture_output=True,
+            timeout=60,
+            env=env,
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert collector.requests
@@ -208,17 +264,23 @@ def test_datadog_key_only_goes_to_datadog(audit_cli: str, tmp_path: Path) -> Non
     assert DD_KEY.encode() not in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("env_name, value", [
-    ("OTEL_EXPORTER_OTLP_HEADERS", f"{HEADER_SECRET}-without-equals"),
-    ("SENTRY_DSN", f"https://{SENTRY_KEY}@sentry.example/not-a-project"),
-    ("DD_SITE", f"{DD_KEY}.example"),
-])
+@pytest.mark.parametrize(
+    "env_name, value",
+    [
+        ("OTEL_EXPORTER_OTLP_HEADERS", f"{HEADER_SECRET}-without-equals"),
+        ("SENTRY_DSN", f"https://{SENTRY_KEY}@sentry.example/not-a-project"),
+        ("DD_SITE", f"{DD_KEY}.example"),
+    ],
+)
 def test_bad_config_error_does_not_echo_secrets(audit_cli: str, tmp_path: Path, env_name: str, value: str) -> None:
     env = secret_env()
     env[env_name] = value
     if env_name == "DD_SITE":
         del env["SENTRY_DSN"]  # Sentry wins over Datadog: let DD_SITE be read
-    for argv in (["check-config"], ["run", "--once", "--file", str(tmp_path / "a.jsonl"), "--checkpoint", str(tmp_path / "cp.json")]):
+    for argv in (
+        ["check-config"],
+        ["run", "--once", "--file", str(tmp_path / "a.jsonl"), "--checkpoint", str(tmp_path / "cp.json")],
+    ):
         done = subprocess.run([audit_cli, *argv], capture_output=True, timeout=60, env=env)
         assert done.returncode == 2, done.stderr
         leaks = find_leaks(" ".join(argv), done.stdout + done.stderr)

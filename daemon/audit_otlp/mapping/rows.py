@@ -1,0 +1,97 @@
+"""The mapping stage: lines of the audit log -> encoded spans, in file order.
+
+It owns the state that follows the stream rather than one row: the hash chain (carried across
+rotations and, through the checkpoint, across restarts) and the line count. The per-row work
+is the pure functions of `mapping` and `chain`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple, Protocol
+
+from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict, verify_row
+from audit_otlp.mapping.envelope import encode_span
+from audit_otlp.mapping.ids import MappingOptions
+from audit_otlp.mapping.parse import parse_line
+from audit_otlp.mapping.spans import chain_broken_span, malformed_span, row_span
+from audit_otlp.source.lines import Line
+
+log = logging.getLogger(__name__)
+
+
+class RowEvents(Protocol):
+    def malformed_line(self, reason: str) -> None: ...
+    def chain_break(self, verdict: ChainVerdict, offset: int, line_number: int) -> None: ...
+
+
+class MappedLine(NamedTuple):  # one per line: a NamedTuple is the cheapest record to build
+    spans: list[bytes]  # usually one; a chain break adds its evidence span; blank lines none
+    digest: bytes  # SHA-256 of the line
+
+
+class RowMapper:
+    def __init__(
+        self,
+        options: MappingOptions,
+        hasher: ChainHasher | None,
+        chain_state: ChainState,
+        events: RowEvents,
+        line_number: int = 0,
+    ) -> None:
+        self.options = options
+        self.hasher = hasher  # None: chain verification is off
+        self.chain = chain_state
+        self.events = events
+        self.line_number = line_number
+
+    def map_line(self, line: Line, observed_ns: int) -> MappedLine:
+        self.line_number += 1
+        data = line.data
+        if data is None:  # longer than source.max_line_bytes
+            digest = line.digest
+            self.events.malformed_line("line_too_long")
+            return MappedLine(
+                [
+                    encode_span(
+                        malformed_span(
+                            offset=line.offset, length=line.length, digest=digest, reason="line_too_long", observed_ns=observed_ns
+                        )
+                    )
+                ],
+                digest,
+            )
+        digest = line.digest  # hashed once, by the splitter
+        if not data.strip():
+            return MappedLine([], digest)
+        row, reason = parse_line(data)
+        if row is None:
+            assert reason is not None
+            self.events.malformed_line(reason)
+            return MappedLine(
+                [
+                    encode_span(
+                        malformed_span(
+                            offset=line.offset, length=len(data), digest=digest, reason=reason, observed_ns=observed_ns
+                        )
+                    )
+                ],
+                digest,
+            )
+        verdict = verify_row(self.chain, row, self.hasher, data) if self.hasher is not None else None
+        span = row_span(row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict)
+        spans = [encode_span(span)]
+        if verdict is not None and (verdict.broken or verdict.restart):
+            self.events.chain_break(verdict, line.offset, self.line_number)
+            spans.append(
+                encode_span(
+                    chain_broken_span(
+                        verdict=verdict,
+                        offset=line.offset,
+                        line_number=self.line_number,
+                        digest=digest,
+                        start_ns=int(span["startTimeUnixNano"]),
+                    )
+                )
+            )
+        return MappedLine(spans, digest)

@@ -1,0 +1,205 @@
+"""The running pipeline: the read loop (lines -> mapped spans -> batches), the window of unsettled
+batches, the export workers, and the acknowledgement that moves the checkpoint (docs/design.md,
+"One cycle").
+
+    Tailer --lines--> RowMapper + BatchBuilder --Batch--> bounded queue --> N export workers
+                                                                               |
+    CheckpointKeeper <--frontier-- AckTracker <--settled batch (delivered / dead-lettered)
+
+At most `export.max_in_flight` batches are unsettled and one more waits in the queue, so memory
+is bounded however far the collector falls behind: when it is away, reading simply stops and the
+file is the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from audit_otlp.config import RetrySection
+from audit_otlp.delivery.batching import Batch, BatchBuilder, BatchLimits, SpanSource
+from audit_otlp.delivery.retry import Backoff
+from audit_otlp.delivery.sink import Outcome, Sink
+from audit_otlp.mapping.envelope import Envelope
+from audit_otlp.mapping.rows import RowMapper
+from audit_otlp.runtime.runstate import RunState
+from audit_otlp.source.lines import Line
+from audit_otlp.source.tailer import LineChunk, Tailer
+from audit_otlp.state.acks import AckTracker
+from audit_otlp.state.checkpoint import Cursor
+from audit_otlp.state.keeper import CheckpointKeeper
+
+log = logging.getLogger("audit_otlp")
+
+
+class Pipeline:
+    def __init__(
+        self,
+        tailer: Tailer,
+        mapper: RowMapper,
+        sink: Sink,
+        keeper: CheckpointKeeper,
+        envelope: Envelope,
+        limits: BatchLimits,
+        retry: RetrySection,
+        window: int,
+        state: RunState,
+    ) -> None:
+        self.tailer = tailer
+        self.mapper = mapper
+        self.sink = sink
+        self.keeper = keeper
+        self.retry = retry  # replaced on SIGHUP
+        self.state = state
+        self.builder = BatchBuilder(envelope, limits)
+        self.acks = AckTracker()
+        # One batch waiting is enough to keep every worker busy (the reader refills it while they
+        # send); each extra one would cost ~1 MB of RSS for nothing.
+        self.queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
+        self._window = window
+        # Notified whenever a batch is settled: --once waits on it, and so does the reader while
+        # the window of unsettled batches is full.
+        self._settled = asyncio.Condition()
+        self._busy_workers = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.settled_spans = 0  # this run, delivered or dead-lettered (for rates)
+        self.settled_bytes = 0
+        self._unsettled_source_bytes = 0  # bytes of lines read but not yet settled
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def read_loop(self, stopping: asyncio.Event, once: bool) -> None:
+        builder = self.builder
+        complete_cursor = self.keeper.current.cursor  # the end of the last line whose spans are all in `builder`
+        while not stopping.is_set():
+            deadline = builder.deadline()
+            timeout = 0.0 if once else (None if deadline is None else max(deadline - time.monotonic(), 0.0))
+            chunk = await self.tailer.read(timeout)
+            self.state.file_reachable = self.tailer.current is not None or bool(self.tailer.draining)
+            if chunk is not None:
+                complete_cursor = await self._consume(chunk, complete_cursor)
+            deadline = builder.deadline()
+            if deadline is not None and (builder.full or time.monotonic() >= deadline or (once and chunk is None)):
+                await self._flush(complete_cursor)
+            if once and chunk is None and self.tailer.at_end:
+                if builder.opened_at is not None:
+                    await self._flush(complete_cursor)
+                return
+
+    async def _consume(self, chunk: LineChunk, cursor: Cursor) -> Cursor:
+        """Map a chunk's lines into the batch; returns the cursor after its last line.
+
+        The hot loop of a catch-up: per line it only maps and appends. A Cursor (a frozen
+        dataclass, ~1 µs to build) is made only when a batch is handed over and at the end of
+        the chunk, from `done`: what the cursor after the last fully added line needs.
+        """
+        observed_ns = time.time_ns()
+        builder, mapper = self.builder, self.mapper
+        chain = mapper.chain
+        path, identity = chunk.path, chunk.identity
+        path_str = str(path)
+        mapper.line_number = chunk.first_line_number - 1
+        consumed = chunk.lines[-1].end - chunk.lines[0].offset
+        # Counted as backlog from the moment the tailer hands the lines over: _flush below may wait
+        # a long time for a free export worker, and those bytes are not delivered meanwhile.
+        self._unsettled_source_bytes += consumed
+        done: tuple[Line, bytes, str | None, int] | None = None  # (line, digest, chain hash, line number)
+
+        def cursor_after() -> Cursor:
+            if done is None:
+                return cursor
+            line, digest, chain_hash, line_number = done
+            return Cursor(
+                path_str,
+                identity,
+                line.end,
+                digest.hex(),
+                line.length if line.data is not None else None,
+                chain_hash,
+                line_number,
+            )
+
+        for line in chunk.lines:
+            mapped = mapper.map_line(line, observed_ns)
+            spans = mapped.spans
+            if spans:
+                sha = mapped.digest.hex()
+                for span in spans:
+                    if not builder.fits(span):
+                        await self._flush(cursor_after())
+                    builder.add(span, SpanSource(path, identity, line.offset, line.data, sha, line.end))
+            else:
+                builder.touch()
+            done = (line, mapped.digest, chain.last_hash, mapper.line_number)
+            if builder.full:
+                await self._flush(cursor_after())
+        cursor = cursor_after()
+        builder.source_bytes += consumed
+        self.state.rows_read += len(chunk.lines)
+        return cursor
+
+    async def _flush(self, end: Cursor) -> None:
+        """Hand the pending spans to the export workers.
+
+        At most `export.max_in_flight` batches may be unsettled or settled-but-behind-the-frontier
+        at once: when the oldest request is stuck in retries, the reader waits instead of letting
+        newer batches pile up behind it, so a crash repeats at most the requests in flight."""
+        async with self._settled:
+            await self._settled.wait_for(lambda: self.acks.unsettled < self._window)
+        seq = self.acks.register(end)
+        batch = self.builder.take(seq, end)
+        await self.queue.put(batch)
+
+    async def wait_all_settled(self) -> None:
+        async with self._settled:
+            await self._settled.wait_for(lambda: not self.acks.unsettled)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def export_worker(self) -> None:
+        while True:
+            batch = await self.queue.get()
+            self._busy_workers += 1
+            self._idle.clear()
+            try:
+                await self._deliver_until_settled(batch)
+                frontier = self.acks.settle(batch.seq)
+                self.keeper.advance(frontier)
+                self._unsettled_source_bytes -= batch.source_bytes
+                self.settled_spans += len(batch.spans)
+                self.settled_bytes += batch.source_bytes
+                async with self._settled:
+                    self._settled.notify_all()
+            finally:
+                self._busy_workers -= 1
+                if self._busy_workers == 0:
+                    self._idle.set()
+                self.queue.task_done()
+
+    async def _deliver_until_settled(self, batch: Batch) -> Outcome:
+        """The sink retries every failure it knows; an unexpected error must not kill the worker
+        (the batch would never settle and the checkpoint would stall), so log it and try again."""
+        backoff = Backoff(self.retry.initial_backoff, self.retry.max_backoff)
+        while True:
+            try:
+                return await self.sink.deliver(batch)
+            except Exception:  # noqa: BLE001 - any bug in a sink must cost time, never rows
+                log.exception("unexpected error while delivering a batch of %d spans; retrying it", len(batch))
+                await asyncio.sleep(backoff.next_delay())
+
+    async def drain_in_flight(self, grace: float) -> None:
+        """Let requests already being sent finish within the grace period; abandon the rest."""
+        if self._busy_workers == 0:
+            return
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=grace)
+        except TimeoutError:
+            log.warning("grace period over: abandoning %d in-flight requests (they will be sent again)", self._busy_workers)
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def backlog_bytes(self) -> int:
+        """Not yet delivered = not yet read + read but not yet settled."""
+        return self.tailer.backlog_bytes() + self._unsettled_source_bytes

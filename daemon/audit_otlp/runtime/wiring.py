@@ -1,0 +1,104 @@
+"""Typed configuration -> the daemon's components: the only place that knows which settings go
+to which stage (the request envelope, the sink, the tailer, the checkpoint keeper, the mapper)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from audit_otlp.config import Config
+from audit_otlp.delivery.batching import BatchLimits
+from audit_otlp.delivery.policy import Exporter
+from audit_otlp.delivery.records import DurableLog
+from audit_otlp.delivery.settings import ExportSettings
+from audit_otlp.delivery.sink import DryRunSink, Sink
+from audit_otlp.mapping.chain import ChainHasher, ChainState
+from audit_otlp.mapping.envelope import Envelope, make_envelope, resource_attributes
+from audit_otlp.mapping.ids import MappingOptions
+from audit_otlp.mapping.rows import RowEvents, RowMapper
+from audit_otlp.runtime.metrics import Metrics
+from audit_otlp.runtime.runstate import RunState
+from audit_otlp.source.events import SourceEvents
+from audit_otlp.source.tailer import Tailer
+from audit_otlp.state.checkpoint import Checkpoint
+from audit_otlp.state.keeper import CheckpointKeeper
+from audit_otlp.state.store import CheckpointStore
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    once: bool = False
+    deadline: float | None = None
+    dry_run: bool = False
+    foreground: bool = False
+
+
+def build_envelope(config: Config) -> Envelope:
+    # The OpenTelemetry rule: OTEL_SERVICE_NAME (or our own key) wins; otherwise a service.name
+    # given in OTEL_RESOURCE_ATTRIBUTES applies; the embedded default comes last.
+    resource = config.resource
+    service_name = resource.service_name
+    if config.origin["resource.service_name"] == "default":
+        service_name = resource.attributes.get("service.name", service_name)
+    return make_envelope(resource_attributes(service_name, resource.attributes, config.mapping.dd_llmobs_enabled))
+
+
+def build_export_settings(config: Config) -> ExportSettings:
+    export, retry = config.export, config.retry
+    return ExportSettings(
+        endpoint=export.endpoint,
+        headers=export.headers,
+        vendor_headers=config.vendor.headers_for(export.endpoint) if config.vendor else {},
+        timeout=export.timeout,
+        compression=export.compression,
+        max_in_flight=export.max_in_flight,
+        initial_backoff=retry.initial_backoff,
+        max_backoff=retry.max_backoff,
+        auth_backoff=retry.auth_backoff,
+        max_request_bytes=export.max_request_bytes,
+        certificate=str(export.certificate) if export.certificate else None,
+        client_certificate=str(export.client_certificate) if export.client_certificate else None,
+        client_key=str(export.client_key) if export.client_key else None,
+        insecure=export.insecure,
+    )
+
+
+def build_sink(config: Config, options: RunOptions, envelope: Envelope, metrics: Metrics, state: RunState) -> Sink:
+    if options.dry_run:
+        return DryRunSink(envelope)
+    receipts = config.delivery.receipts_path
+    return Exporter(
+        build_export_settings(config),
+        envelope,
+        metrics,
+        state,
+        DurableLog(config.dead_letter.path),
+        DurableLog(receipts) if receipts else None,
+    )
+
+
+def build_tailer(config: Config, events: SourceEvents) -> Tailer:
+    source = config.source
+    return Tailer(
+        source.path,
+        max_line_bytes=source.max_line_bytes,
+        poll_interval=source.poll_interval,
+        rotated_glob=source.rotated_glob,
+        events=events,
+    )
+
+
+def batch_limits(config: Config) -> BatchLimits:
+    return BatchLimits(config.batch.max_spans, config.batch.max_bytes, config.batch.max_wait)
+
+
+def build_keeper(
+    config: Config, options: RunOptions, checkpoint: Checkpoint, metrics: Metrics, state: RunState
+) -> CheckpointKeeper:
+    store = CheckpointStore(config.checkpoint.path)
+    return CheckpointKeeper(store, checkpoint, config.checkpoint.interval, metrics, state, enabled=not options.dry_run)
+
+
+def build_mapper(config: Config, checkpoint: Checkpoint, events: RowEvents) -> RowMapper:
+    hasher = ChainHasher(config.chain_key) if config.chain.verify else None
+    chain = ChainState(last_hash=checkpoint.cursor.chain_last_hash)
+    return RowMapper(MappingOptions(config.mapping.trace_id_from), hasher, chain, events)

@@ -1,0 +1,236 @@
+"""One open, read-only handle on a version of the audit log, and the scans the tailer runs on it.
+
+A `FollowedFile` is the unit the tailer queues: the file at the path, a rotated-away file still
+being drained, or a rotated copy that holds rows a copytruncate cut off. The handle stays valid
+whatever happens to the name (rename, delete, symlink switch), which is what lets the tailer
+finish a rotated file before it moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from audit_otlp.source.fileid import FileIdentity, fingerprint_matches, identify_fd
+from audit_otlp.source.lines import Line, LineSplitter
+
+CHUNK_BYTES = 256 * 1024
+MARKER_BYTES = 128  # bytes just before the read offset, re-checked to see a file rewritten under us
+RECENT_LINES = 4096  # digests kept to recognise a tail-rewrite's repeated lines (the producer keeps 1000)
+
+
+@dataclass
+class FollowedFile:
+    path: Path  # the name it was opened under; a rotated file keeps it (its new name is unknown)
+    fd: int
+    identity: FileIdentity
+    splitter: LineSplitter
+    read_offset: int
+    start_known: bool = True  # False: may begin with lines already read; resolved when reached
+    lines_before: int = 0  # complete lines before the read position (handed out or skipped)
+    marker: bytes = b""  # the last <= MARKER_BYTES bytes before read_offset
+    seen_size: int = 0  # the largest size observed: a smaller one later means a truncation
+    seen_mtime_ns: int = 0  # modification time at the last look
+    unread_at_truncation: bool = False  # set on a truncated file's successor when rows may be lost
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def pending_bytes(self) -> int:
+        try:
+            return max(self.size() - self.read_offset, 0) + self.splitter.pending_bytes
+        except OSError:
+            return 0
+
+    async def read_chunk(self, max_bytes: int = CHUNK_BYTES) -> bytes:
+        return await asyncio.to_thread(os.pread, self.fd, max_bytes, self.read_offset)
+
+    def accept(self, data: bytes) -> list[Line]:
+        """Take a chunk read at read_offset (after `unchanged()` vouched for it)."""
+        self.marker = (self.marker + data)[-MARKER_BYTES:]
+        self.read_offset += len(data)
+        self.seen_size = max(self.seen_size, self.read_offset)
+        return self.splitter.feed(data)
+
+    def position_at(self, offset: int) -> None:
+        """Continue reading at `offset`, a line boundary found by a scan."""
+        self.read_offset = offset
+        self.splitter = LineSplitter(self.splitter.max_line_bytes, offset)
+        take = min(MARKER_BYTES, offset)
+        self.marker = os.pread(self.fd, take, offset - take) if take else b""
+        self.seen_size = max(self.seen_size, offset)
+
+    def unchanged(self) -> bool:
+        """Does the file still hold what we read from it? False after a truncation or a rewrite,
+        even one that regrew past our offset between two looks (fingerprint + bytes before offset)."""
+        try:
+            size = self.size()
+            if size < self.read_offset or size < self.seen_size:
+                return False
+            if not fingerprint_matches(self.fd, self.identity):
+                return False
+            if self.marker:
+                at = self.read_offset - len(self.marker)
+                if os.pread(self.fd, len(self.marker), at) != self.marker:
+                    return False
+        except OSError:
+            return False
+        self.seen_size = max(self.seen_size, size)
+        return True
+
+    @property
+    def untouched(self) -> bool:
+        """Nothing was read from it yet (so nothing identifies its old content)."""
+        return self.read_offset == 0 and self.lines_before == 0 and self.splitter.pending_bytes == 0
+
+    def refresh_identity(self) -> None:
+        """While the file is shorter than the fingerprint size its fingerprint grows with it."""
+        if self.identity.fingerprint_len < 1024:
+            self.identity = identify_fd(self.fd)
+
+    def unterminated_tail(self, successor: FollowedFile) -> Line | None:
+        """For a finished file: its held partial last line, unless `successor` continues it
+        where it starts reading (a tail-rewrite copies that line over)."""
+        if not self.splitter.pending_bytes:
+            return None
+        held = self.splitter.pending_data()
+        if held is not None and os.pread(successor.fd, len(held), successor.read_offset) == held:
+            return None
+        return self.splitter.take_unterminated()
+
+    def quiet_for(self) -> float:
+        """Seconds since the file was last written (a writer may still hold a rotated file)."""
+        try:
+            return time.time() - os.fstat(self.fd).st_mtime
+        except OSError:
+            return float("inf")
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def open_followed(path: Path, max_line_bytes: int, offset: int = 0) -> FollowedFile:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # read-only, always
+    try:
+        identity = identify_fd(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    mtime_ns = os.fstat(fd).st_mtime_ns
+    return FollowedFile(
+        path,
+        fd,
+        identity,
+        LineSplitter(max_line_bytes, offset),
+        offset,
+        seen_size=identity.fingerprint_len,
+        seen_mtime_ns=mtime_ns,
+    )
+
+
+class RecentLines:
+    """Digests of the last lines read, in bounded memory: a new file that begins with lines in
+    here is a tail-rewrite repeating what was already read."""
+
+    def __init__(self, limit: int = RECENT_LINES) -> None:
+        self._order: deque[bytes] = deque()
+        self._counts: dict[bytes, int] = {}
+        self.limit = limit
+
+    def add(self, digest: bytes) -> None:
+        key = digest[:16]
+        self._order.append(key)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        if len(self._order) > self.limit:
+            old = self._order.popleft()
+            left = self._counts[old] - 1
+            if left:
+                self._counts[old] = left
+            else:
+                del self._counts[old]
+
+    def __contains__(self, digest: bytes) -> bool:
+        return digest[:16] in self._counts
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+def scan_lines(fd: int, max_line_bytes: int, start: int = 0, end: int | None = None) -> Iterator[Line]:
+    """Complete lines of the file from `start` (blocking reads; run it in a thread)."""
+    splitter = LineSplitter(max_line_bytes, start)
+    offset = start
+    while end is None or offset < end:
+        want = CHUNK_BYTES if end is None else min(CHUNK_BYTES, end - offset)
+        chunk = os.pread(fd, want, offset)
+        if not chunk:
+            return
+        offset += len(chunk)
+        yield from splitter.feed(chunk)
+
+
+def overlap_end(fd: int, max_line_bytes: int, recent: RecentLines) -> tuple[int, int]:
+    """(offset, lines) just after the leading lines already read: 0 when the file is new."""
+    offset, count = 0, 0
+    if not len(recent):
+        return 0, 0
+    for line in scan_lines(fd, max_line_bytes):
+        if line.digest not in recent:
+            break
+        offset, count = line.end, count + 1
+    return offset, count
+
+
+def prime(fd: int, max_line_bytes: int, until: int, recent: RecentLines) -> int:
+    """Feed `recent` with the lines before `until`; return how many there are."""
+    count = 0
+    for line in scan_lines(fd, max_line_bytes, 0, until):
+        count += 1
+        recent.add(line.digest)
+    return count
+
+
+def line_ends_at(fd: int, offset: int, sha256_hex: str, length: int | None, max_line_bytes: int) -> bool:
+    """Does the line ending at `offset` (newline included) hash to `sha256_hex`?"""
+    if offset == 0:
+        return True
+    if length is not None:
+        start = offset - length - 1
+        if start < 0:
+            return False
+        data = os.pread(fd, length + 1, start)
+        return data.endswith(b"\n") and hashlib.sha256(data[:-1]).hexdigest() == sha256_hex
+    # An oversize line: only its digest is known, so walk the lines (rare).
+    for line in scan_lines(fd, max_line_bytes, 0, offset):
+        if line.end == offset:
+            return line.digest.hex() == sha256_hex
+    return False
+
+
+def find_line_end(fd: int, sha256_hex: str, max_line_bytes: int) -> tuple[int, int] | None:
+    """(offset just after, line count up to it) of the last line hashing to `sha256_hex`."""
+    wanted = bytes.fromhex(sha256_hex)
+    found = None
+    for count, line in enumerate(scan_lines(fd, max_line_bytes), start=1):
+        if line.digest == wanted:
+            found = (line.end, count)
+    return found
+
+
+def last_line_boundary(fd: int) -> int:
+    size = os.fstat(fd).st_size
+    window = min(size, 1024 * 1024)
+    data = os.pread(fd, window, size - window)
+    cut = data.rfind(b"\n")
+    if cut >= 0:
+        return size - window + cut + 1
+    return 0 if window == size else size  # one giant partial line: skip it, it is not new
