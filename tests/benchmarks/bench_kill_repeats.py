@@ -3,8 +3,8 @@ installed daemon is SIGKILLed at random moments and restarted, and every acknowl
 counted. Not part of the default test run (it measures; tests/e2e/test_durable_resume.py asserts
 the bound). Prints one JSON line: rows repeated per kill, and the bound (two in-flight windows).
 
-    python tests/benchmarks/bench_kill_repeats.py                    # 10 kills, 2000 rows/s, collector up
-    python tests/benchmarks/bench_kill_repeats.py --kills 20 --rate 4000 --slow 0.05
+    python -m tests.benchmarks.bench_kill_repeats                    # 10 kills, 2000 rows/s, collector up
+    python -m tests.benchmarks.bench_kill_repeats --kills 20 --rate 4000 --slow 0.05
 """
 
 from __future__ import annotations
@@ -13,28 +13,19 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import tempfile
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from e2e.durable import Scenario
-from torture.harness import fault_pause
+from tests.helpers.scenario import Scenario
+from tests.torture.harness import fault_pause
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument(
-        "--rate", type=int, default=2000, help="rows per second written"
-    )
-    parser.add_argument(
-        "--slow", type=float, default=0.0, help="collector delay per request (s); 0: up"
-    )
+    parser.add_argument("--rate", type=int, default=2000, help="rows per second written")
+    parser.add_argument("--slow", type=float, default=0.0, help="collector delay per request (s); 0: up")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cli", default="audit-otlp")
     args = parser.parse_args()

@@ -4,7 +4,7 @@ collector that is up, slow (300 ms per request) or down, across every rotation s
 The table covers rotation style (tail-rewrite, rename-create, copytruncate, and tail-rewrite
 then rename while stopped) x moment (while running, while stopped, between kill and restart) x
 collector (up, slow, down) x daemon lag (caught up, more than 1000 rows behind): every pair of
-values appears in some case. Each case asserts (durable.Scenario.finish): no row lost that was
+values appears in some case. Each case asserts (tests/helpers/scenario.py: Scenario.finish): no row lost that was
 on disk while the daemon could see it; duplicates only across a kill and within the bound; no
 false chain break; a gap reported exactly when rows vanished unseen (log, metric, status, span).
 Set DURABLE_REPORT=path to collect each case's figures as JSON lines.
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from torture.harness import fault_pause
 
-from .durable import Outcome, Scenario
+from tests.helpers.scenario import Outcome, Scenario
+from tests.torture.harness import fault_pause
 
 PRELUDE = 300  # delivered before anything happens
 SEEN_BEHIND = 1500  # written while the collector is slow or down, before a stop
@@ -31,9 +31,7 @@ AFTER = 500  # written after the rotation
 @dataclass(frozen=True)
 class Case:
     style: str  # tail_rewrite | rename | copytruncate | tail_rewrite+rename
-    moment: (
-        str  # running | stopped | killed (rotated between the SIGKILL and the restart)
-    )
+    moment: str  # running | stopped | killed (rotated between the SIGKILL and the restart)
     collector: str  # up | slow | down
     lag: str  # caught_up | behind
     kill_after: bool = False  # running: SIGKILL once the daemon noticed the rotation
@@ -83,9 +81,7 @@ def play(case: Case, s: Scenario) -> Outcome:
         s.producer.rotate(case.style)
         s.producer.append(AFTER)
         if case.kill_after:
-            assert s.wait_rotation_noticed(before), (
-                "the daemon did not notice the rotation"
-            )
+            assert s.wait_rotation_noticed(before), "the daemon did not notice the rotation"
             s.kill()
             s.start()
     else:
@@ -99,13 +95,9 @@ def play(case: Case, s: Scenario) -> Outcome:
         s.producer.append(AFTER)
         s.start()
     if case.lag == "behind":
-        assert s.lag_at_rotation > 1000, (
-            f"the case needs a daemon > 1000 rows behind, was {s.lag_at_rotation}"
-        )
+        assert s.lag_at_rotation > 1000, f"the case needs a daemon > 1000 rows behind, was {s.lag_at_rotation}"
     else:
-        assert s.lag_at_rotation == 0, (
-            f"the case needs a caught-up daemon, was {s.lag_at_rotation} behind"
-        )
+        assert s.lag_at_rotation == 0, f"the case needs a caught-up daemon, was {s.lag_at_rotation} behind"
     if case.collector == "down":
         assert s.wait_read(), "the restarted daemon read nothing"
     return s.finish()
@@ -116,26 +108,20 @@ def play(case: Case, s: Scenario) -> Outcome:
 def test_durable_resume_table(audit_cli: str, tmp_path: Path, case: Case) -> None:
     with Scenario(audit_cli, tmp_path, case.name) as s:
         outcome = play(case, s)
-    assert not outcome.violations, (
-        "\n".join(outcome.violations) + "\n" + outcome.summary()
-    )
+    assert not outcome.violations, "\n".join(outcome.violations) + "\n" + outcome.summary()
 
 
 # -- the two cases measured in the issue, word for word -----------------------------------------
 
 
 @pytest.mark.timeout(240)
-def test_restart_after_tail_rewrite_and_rename_while_stopped_reads_the_renamed_file(
-    audit_cli: str, tmp_path: Path
-) -> None:
+def test_restart_after_tail_rewrite_and_rename_while_stopped_reads_the_renamed_file(audit_cli: str, tmp_path: Path) -> None:
     """`run --once` ships rows 1-2000. While it is stopped the producer writes 2001-4000,
     tail-rewrites (keeps the last 1000 lines, so 2001-3000 exist nowhere any more), writes
     4001-5000, logrotate renames the file to `audit.jsonl.1`, and a new `audit.jsonl` gets
     5001-6000. The next `run --once` must ship 3001-6000 and report 2001-3000 as one gap
     (on main it shipped only 5001-6000)."""
-    with Scenario(
-        audit_cli, tmp_path, "measured_restart_after_rotations_while_stopped"
-    ) as s:
+    with Scenario(audit_cli, tmp_path, "measured_restart_after_rotations_while_stopped") as s:
         s.producer.append(2000)
         s.run_once()
         s.producer.append(2000)
@@ -146,21 +132,15 @@ def test_restart_after_tail_rewrite_and_rename_while_stopped_reads_the_renamed_f
         s.run_once()
         outcome = s.finish()
     assert s.gone == set(range(2001, 3001))
-    assert not outcome.violations, (
-        "\n".join(outcome.violations) + "\n" + outcome.summary()
-    )
+    assert not outcome.violations, "\n".join(outcome.violations) + "\n" + outcome.summary()
 
 
 @pytest.mark.timeout(240)
-def test_rows_only_in_the_held_inode_survive_a_sigkill(
-    audit_cli: str, tmp_path: Path
-) -> None:
+def test_rows_only_in_the_held_inode_survive_a_sigkill(audit_cli: str, tmp_path: Path) -> None:
     """The collector is down; 5,000 rows arrive; the producer tail-rewrites (rows 1-4000 now live
     only in the inode the daemon still has open) and appends 500; the daemon is SIGKILLed and
     restarted with the collector up: all 5,500 rows must arrive (on main 4,000 never did)."""
-    with Scenario(
-        audit_cli, tmp_path, "measured_sigkill_after_tail_rewrite_collector_down"
-    ) as s:
+    with Scenario(audit_cli, tmp_path, "measured_sigkill_after_tail_rewrite_collector_down") as s:
         s.mood.mode = "down"
         s.producer.path.touch()
         s.start()
@@ -175,9 +155,7 @@ def test_rows_only_in_the_held_inode_survive_a_sigkill(
         s.start()
         outcome = s.finish()
     assert outcome.written == 5500 and not s.gone
-    assert not outcome.violations, (
-        "\n".join(outcome.violations) + "\n" + outcome.summary()
-    )
+    assert not outcome.violations, "\n".join(outcome.violations) + "\n" + outcome.summary()
 
 
 # -- random SIGKILLs shortly after tail-rewrites, a lagging daemon and a slow collector ----------
@@ -190,16 +168,12 @@ class PacedProducer(threading.Thread):
     the daemon is up (a rotation between kill and restart is the table's business); after each
     tail-rewrite it tells the test, which may then SIGKILL the daemon."""
 
-    def __init__(
-        self, s: Scenario, rows: int, rate: int, every: tuple[int, int], seed: int
-    ) -> None:
+    def __init__(self, s: Scenario, rows: int, rate: int, every: tuple[int, int], seed: int) -> None:
         super().__init__(daemon=True)
         self.s, self.rows, self.rate, self.every = s, rows, rate, every
         self.rng = random.Random(seed)
         self.daemon_up = threading.Event()
-        self.rewrites: list[
-            float
-        ] = []  # the rotations metric just before each tail-rewrite
+        self.rewrites: list[float] = []  # the rotations metric just before each tail-rewrite
         self.rewritten = threading.Condition()
         self.rotations = 0
         self.error: BaseException | None = None
@@ -216,9 +190,7 @@ class PacedProducer(threading.Thread):
                         if self.daemon_up.is_set():
                             self._rotate()
                     until = self.rng.randint(*self.every)
-                pause.wait(
-                    burst / self.rate
-                )  # the producer's pace, not a synchronisation
+                pause.wait(burst / self.rate)  # the producer's pace, not a synchronisation
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
         finally:
@@ -228,11 +200,7 @@ class PacedProducer(threading.Thread):
     def _rotate(self) -> None:
         style = STYLES[self.rotations % len(STYLES)]
         self.rotations += 1
-        before = (
-            self.s.metric("audit_otlp_rotations_total")
-            if style == "tail_rewrite"
-            else 0.0
-        )
+        before = self.s.metric("audit_otlp_rotations_total") if style == "tail_rewrite" else 0.0
         self.s.producer.rotate(style)
         if style == "tail_rewrite":
             with self.rewritten:
@@ -254,9 +222,7 @@ def random_crash_run(
     200-400 ms per 512-span request and one request in flight (about 1,700 rows/s: the daemon
     falls behind), the default poll interval (1 s)."""
     rng = random.Random(seed)
-    with Scenario(
-        cli, tmp, name, slow=(0.2, 0.4), seed=seed, poll_interval="1s", max_in_flight=1
-    ) as s:
+    with Scenario(cli, tmp, name, slow=(0.2, 0.4), seed=seed, poll_interval="1s", max_in_flight=1) as s:
         s.mood.mode = "slow"
         s.producer.append(20)
         s.start()
@@ -267,42 +233,30 @@ def random_crash_run(
         while len(s.kills) < kills and producer.is_alive():
             with producer.rewritten:
                 producer.rewritten.wait_for(
-                    lambda seen=handled: (
-                        len(producer.rewrites) > seen or not producer.is_alive()
-                    ),
+                    lambda seen=handled: len(producer.rewrites) > seen or not producer.is_alive(),
                     60,
                 )
             if len(producer.rewrites) <= handled:
                 continue
             before = producer.rewrites[-1]
             handled = len(producer.rewrites)
-            assert s.wait_rotation_noticed(before), (
-                "the daemon did not notice the tail-rewrite"
-            )
-            fault_pause(
-                rng.uniform(0.0, 0.5)
-            )  # "shortly after": the timing is the fault
+            assert s.wait_rotation_noticed(before), "the daemon did not notice the tail-rewrite"
+            fault_pause(rng.uniform(0.0, 0.5))  # "shortly after": the timing is the fault
             with s.producer.lock:
                 producer.daemon_up.clear()
                 s.kill()
-            fault_pause(
-                rng.uniform(0.0, 0.5)
-            )  # the producer keeps writing while it is down
+            fault_pause(rng.uniform(0.0, 0.5))  # the producer keeps writing while it is down
             s.start()
             producer.daemon_up.set()
         producer.join(120)
         assert producer.error is None, producer.error
         outcome = s.finish(timeout=180)
-    print(
-        f"{name}: {producer.rotations} rotations, lag at kills {outcome.lag_at_kills}"
-    )
+    print(f"{name}: {producer.rotations} rotations, lag at kills {outcome.lag_at_kills}")
     return outcome
 
 
 @pytest.mark.timeout(400)
-def test_random_sigkills_after_tail_rewrites_lose_nothing(
-    audit_cli: str, tmp_path: Path
-) -> None:
+def test_random_sigkills_after_tail_rewrites_lose_nothing(audit_cli: str, tmp_path: Path) -> None:
     """Scaled as measured in the issue: 20,000 rows, 9 rotations, two SIGKILLs (3 of 7 such
     runs lost 1,000-2,000 rows on main)."""
     outcome = random_crash_run(
@@ -315,17 +269,13 @@ def test_random_sigkills_after_tail_rewrites_lose_nothing(
         seed=12,
     )
     assert outcome.kills == 2
-    assert not outcome.violations, (
-        "\n".join(outcome.violations) + "\n" + outcome.summary()
-    )
+    assert not outcome.violations, "\n".join(outcome.violations) + "\n" + outcome.summary()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_sigkills_after_tail_rewrites_long(
-    audit_cli: str, tmp_path: Path, seed: int
-) -> None:
+def test_random_sigkills_after_tail_rewrites_long(audit_cli: str, tmp_path: Path, seed: int) -> None:
     """Long mode: at least 20 SIGKILLs shortly after tail-rewrites, lagging daemon, slow collector."""
     outcome = random_crash_run(
         audit_cli,
@@ -337,6 +287,4 @@ def test_random_sigkills_after_tail_rewrites_long(
         seed=seed,
     )
     assert outcome.kills >= 20
-    assert not outcome.violations, (
-        "\n".join(outcome.violations) + "\n" + outcome.summary()
-    )
+    assert not outcome.violations, "\n".join(outcome.violations) + "\n" + outcome.summary()

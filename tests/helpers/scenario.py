@@ -1,4 +1,4 @@
-"""The durable-resume scenario engine (tests/e2e/test_durable_resume.py): a producer that writes
+"""The durable-resume scenario engine (tests/e2e/test_durable_resume.py, tests/benchmarks/bench_kill_repeats.py): a producer that writes
 and rotates the audit log, the installed daemon started, stopped and SIGKILLed, a collector whose
 mood the scenario sets, and the bookkeeping that says which rows must arrive.
 
@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from auditgen import AuditWriter, append_bytes
-from collector import Collector, Mood, attrs, seq_of
-from processes import daemon_env, run_cli, wait_until
-from rotating import rotate
-from torture.harness import DaemonProcess, quiet, wait_delivered_or_quiet, write_config
+from tests.helpers.auditgen import AuditWriter, append_bytes
+from tests.helpers.collector import Collector, Mood, attrs, seq_of
+from tests.helpers.daemon import DaemonProcess, daemon_env, run_cli, write_config
+from tests.helpers.rotation import rotate
+from tests.helpers.wait import wait_until
+from tests.torture.harness import quiet, wait_delivered_or_quiet
 
 MAX_SPANS = 512
 MAX_IN_FLIGHT = 4
@@ -146,9 +147,7 @@ class Scenario:
         self.kills: list[Kill] = []
         self.violations: list[str] = []
         self.lag_at_rotation: int | None = None
-        self._seen_at_stop: set[int] | None = (
-            None  # rows on disk when the daemon last stopped
-        )
+        self._seen_at_stop: set[int] | None = None  # rows on disk when the daemon last stopped
         self._written_at_stop = 0
         self._started = time.monotonic()
 
@@ -158,11 +157,7 @@ class Scenario:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if (
-            self.daemon is not None
-            and self.daemon.proc is not None
-            and self.daemon.proc.poll() is None
-        ):
+        if self.daemon is not None and self.daemon.proc is not None and self.daemon.proc.poll() is None:
             self.daemon.kill()
         self.collector.__exit__(*exc)
 
@@ -179,9 +174,7 @@ class Scenario:
         ]
 
     def status(self) -> dict[str, Any]:
-        done = run_cli(
-            self.cli, ["status", "--json", *self._cli_args()], env=daemon_env()
-        )
+        done = run_cli(self.cli, ["status", "--json", *self._cli_args()], env=daemon_env())
         assert done.returncode == 0, done.stderr
         return dict(json.loads(done.stdout))
 
@@ -198,9 +191,7 @@ class Scenario:
         committed = self.committed()
         with self.producer.lock:
             now = self.producer.on_disk()
-            stopped_rows = self._seen_at_stop | set(
-                range(self._written_at_stop + 1, self.producer.written + 1)
-            )
+            stopped_rows = self._seen_at_stop | set(range(self._written_at_stop + 1, self.producer.written + 1))
         vanished = {s for s in stopped_rows if s not in now and s > committed}
         if vanished:
             self.gone |= vanished
@@ -265,8 +256,9 @@ class Scenario:
             self._stopped()
 
     def metric(self, name: str) -> float:
+        """A metric of the running daemon, its labelled samples summed."""
         assert self.daemon is not None
-        return self.daemon.metrics().get(name, 0.0)
+        return sum(v for k, v in self.daemon.metrics().items() if k == name or k.startswith(name + "{"))
 
     # -- conditions ----------------------------------------------------------------------------
 
@@ -277,19 +269,13 @@ class Scenario:
         return set(range(1, self.producer.written + 1)) - self.gone
 
     def wait_delivered(self, timeout: float = 60) -> bool:
-        return wait_until(
-            lambda: self.expected() <= set(self.collector.accepted_seqs()), timeout, 0.1
-        )
+        return wait_until(lambda: self.expected() <= set(self.collector.accepted_seqs()), timeout, 0.1)
 
     def wait_rotation_noticed(self, before: float, timeout: float = 10) -> bool:
-        return wait_until(
-            lambda: self.metric("audit_otlp_rotations_total") > before, timeout, 0.05
-        )
+        return wait_until(lambda: self.metric("audit_otlp_rotations_total") > before, timeout, 0.05)
 
     def wait_read(self, timeout: float = 10) -> bool:
-        return wait_until(
-            lambda: self.metric("audit_otlp_lines_read_total") > 0, timeout, 0.05
-        )
+        return wait_until(lambda: self.metric("audit_otlp_lines_read_total") > 0, timeout, 0.05)
 
     # -- the verdict ---------------------------------------------------------------------------
 
@@ -297,39 +283,20 @@ class Scenario:
         """Let the collector up, wait for every row that must arrive, stop, and judge."""
         if self.mood.mode == "down":
             self.mood.mode = "up"
-        if (
-            self.daemon is not None
-            and self.daemon.proc is not None
-            and self.daemon.proc.poll() is None
-        ):
-            delivered_all = wait_delivered_or_quiet(
-                self.collector, self.daemon, self.expected(), timeout
-            )
+        if self.daemon is not None and self.daemon.proc is not None and self.daemon.proc.poll() is None:
+            delivered_all = wait_delivered_or_quiet(self.collector, self.daemon, self.expected(), timeout)
         else:
             delivered_all = self.expected() <= set(self.collector.accepted_seqs())
-        out = Outcome(
-            self.name, lag_at_rotation=self.lag_at_rotation, violations=self.violations
-        )
-        if (
-            self.daemon is not None
-            and self.daemon.proc is not None
-            and self.daemon.proc.poll() is None
-        ):
+        out = Outcome(self.name, lag_at_rotation=self.lag_at_rotation, violations=self.violations)
+        if self.daemon is not None and self.daemon.proc is not None and self.daemon.proc.poll() is None:
             gaps_metric = self.metric("audit_otlp_resume_gaps_total")
             if gaps_metric != self.gaps_at_last_start:
                 self.violations.append(
-                    f"audit_otlp_resume_gaps_total is {gaps_metric:g}, "
-                    f"expected {self.gaps_at_last_start} for the last start"
+                    f"audit_otlp_resume_gaps_total is {gaps_metric:g}, expected {self.gaps_at_last_start} for the last start"
                 )
             self.stop()
-        elif (
-            self.daemon is not None
-            and self.daemon.proc is not None
-            and self.daemon.proc.returncode not in (0, -9)
-        ):
-            self.violations.append(
-                f"the daemon died with exit code {self.daemon.proc.returncode}"
-            )
+        elif self.daemon is not None and self.daemon.proc is not None and self.daemon.proc.returncode not in (0, -9):
+            self.violations.append(f"the daemon died with exit code {self.daemon.proc.returncode}")
         self._judge(out, delivered_all)
         out.seconds = round(time.monotonic() - self._started, 1)
         print("SCENARIO", out.summary())
@@ -351,9 +318,7 @@ class Scenario:
         out.lag_at_kills = [k.lag for k in self.kills]
         v = self.violations
         if lost:
-            v.append(
-                f"LOST {len(lost)} rows that were on disk while the daemon could see them, e.g. {_ranges(lost)}"
-            )
+            v.append(f"LOST {len(lost)} rows that were on disk while the daemon could see them, e.g. {_ranges(lost)}")
         if set(counts) - written:
             v.append(f"rows nobody wrote: {sorted(set(counts) - written)[:10]}")
         # Duplicates: only those a kill explains (rows acknowledged before it, repeated after it).
@@ -370,19 +335,14 @@ class Scenario:
             out.repeated_per_kill.append(len(again))
             explained += len(again)
             if len(again) > self.repeat_bound:
-                v.append(
-                    f"a SIGKILL repeated {len(again)} rows (bound {self.repeat_bound})"
-                )
+                v.append(f"a SIGKILL repeated {len(again)} rows (bound {self.repeat_bound})")
         if out.duplicated > explained:
-            v.append(
-                f"{out.duplicated - explained} rows delivered twice without a kill to explain it"
-            )
+            v.append(f"{out.duplicated - explained} rows delivered twice without a kill to explain it")
         # No false chain break.
         breaks = [
             s
             for s in (s for r in accepted for s in r.spans)
-            if s.get("name") == "audit.chain_broken"
-            or attrs(s).get("audit.chain.verdict") == "break"
+            if s.get("name") == "audit.chain_broken" or attrs(s).get("audit.chain.verdict") == "break"
         ]
         log_text = self.log.read_text(errors="replace")
         out.chain_breaks = max(len(breaks), log_text.count("HASH CHAIN"))
@@ -392,34 +352,19 @@ class Scenario:
         if not delivered_all and not lost:
             v.append("the wait for delivery timed out")
 
-    def _judge_gaps(
-        self, out: Outcome, accepted: list[Any], expected: set[int], log_text: str
-    ) -> None:
+    def _judge_gaps(self, out: Outcome, accepted: list[Any], expected: set[int], log_text: str) -> None:
         v = self.violations
         out.gaps_expected = len(self.gaps)
         out.gaps_logged = log_text.count("RESUME GAP")
         if out.gaps_logged != out.gaps_expected:
-            v.append(
-                f"RESUME GAP logged {out.gaps_logged} times, expected {out.gaps_expected}"
-            )
-        marked = {
-            seq_of(s)
-            for r in accepted
-            for s in r.spans
-            if attrs(s).get("audit.chain.verdict") == "gap"
-        }
-        firsts = {
-            min((s for s in expected if s > last), default=None) for last in self.gaps
-        } - {None}
+            v.append(f"RESUME GAP logged {out.gaps_logged} times, expected {out.gaps_expected}")
+        marked = {seq_of(s) for r in accepted for s in r.spans if attrs(s).get("audit.chain.verdict") == "gap"}
+        firsts = {min((s for s in expected if s > last), default=None) for last in self.gaps} - {None}
         if marked != firsts:
-            v.append(
-                f"rows marked audit.chain.verdict=gap: {sorted(x for x in marked if x)[:5]}, expected {sorted(firsts)}"
-            )
+            v.append(f"rows marked audit.chain.verdict=gap: {sorted(x for x in marked if x)[:5]}, expected {sorted(firsts)}")
         reported = self.status().get("resume_gaps", 0)
         if reported != out.gaps_expected:
-            v.append(
-                f"status --json resume_gaps is {reported!r}, expected {out.gaps_expected}"
-            )
+            v.append(f"status --json resume_gaps is {reported!r}, expected {out.gaps_expected}")
 
 
 def _ranges(seqs: list[int]) -> str:
