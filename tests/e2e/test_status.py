@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers.auditgen import AuditWriter, append_bytes
 from tests.helpers.collector import Collector, Reply
+from tests.helpers.daemon import checkpoint_view
 
 
 def run(audit_cli: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -49,7 +50,10 @@ def delivered(tmp_path: Path, audit_cli: str) -> AuditWriter:
         assert len(collector.accepted_spans()) == 10
     # The daemon's own promise, checked here so that a failure below is about status, not about it.
     checkpoint = (tmp_path / "cp.json").read_text()
-    assert json.loads(checkpoint)["offset"] == (tmp_path / "audit.jsonl").stat().st_size, (checkpoint, result.stderr)
+    assert checkpoint_view(json.loads(checkpoint))["offset"] == (tmp_path / "audit.jsonl").stat().st_size, (
+        checkpoint,
+        result.stderr,
+    )
     return writer
 
 

@@ -15,8 +15,9 @@ import orjson
 from audit_otlp.config import Config, mask_url
 from audit_otlp.delivery.records import DurableLog
 from audit_otlp.runtime.lifecycle import EXIT_OK
+from audit_otlp.runtime.wiring import spool_directory
 from audit_otlp.source.backlog import find_backlog
-from audit_otlp.source.resume import ResumePoint
+from audit_otlp.source.spool import Spool
 from audit_otlp.state.checkpoint import Checkpoint
 
 
@@ -49,35 +50,52 @@ def collect_status(config: Config) -> dict[str, Any]:
         status["file_size"] = path.stat().st_size
     except OSError:
         status["file_size"] = None
-    resume = None
-    if checkpoint is not None:
-        cursor = checkpoint.cursor
-        resume = ResumePoint(cursor.identity, cursor.offset, cursor.last_line_sha256, cursor.last_line_length)
-    backlog = find_backlog(path, config.source.rotated_glob, resume, config.source.max_line_bytes)
+    source = checkpoint.source(str(path)) if checkpoint is not None else None
+    spool = Spool(spool_directory(config), config.source.spool_max_bytes)
+    backlog = find_backlog(path, config.source.rotated_glob, source, config.source.max_line_bytes, spool)
     first = backlog.files[0] if backlog.files else None
     status["reading"] = str(first.path) if first is not None else None
     status["offset"] = first.offset if first is not None else 0
     status["backlog_bytes"] = backlog.pending_bytes
     status["backlog_rows"] = backlog.pending_rows
     status["resume_gap"] = backlog.resume_gap
+    status["resume_gap_reason"] = backlog.gap
     status["rotated_files_held"] = [
-        {"path": str(f.path), "pending_bytes": f.pending_bytes, "pending_rows": f.pending_rows}
+        {"path": str(f.path), "pending_bytes": f.pending_bytes, "pending_rows": f.pending_rows, "spooled": f.spooled}
         for f in backlog.files
         if f.rotated
     ]
-    if checkpoint is not None:
-        cursor = checkpoint.cursor
+    status["resume_gaps"] = source.resume_gaps if source is not None else 0
+    status["last_resume_gap"] = (
+        {"reason": source.last_gap, "time": _iso(source.last_gap_unix)} if source is not None and source.last_gap else None
+    )
+    spooled = [v.spool for v in (source.versions if source is not None else ()) if v.spool is not None]
+    status["spool"] = {
+        "directory": str(spool.directory),
+        "files": len(spooled),
+        "bytes": sum(r.kept_bytes for r in spooled),
+        "max_bytes": config.source.spool_max_bytes,
+        "cut_bytes": source.spool_cut_bytes if source is not None else 0,
+        "cut_lines": source.spool_cut_lines if source is not None else 0,
+    }
+    if checkpoint is not None and source is not None:
+        cursor = source.position
+        status["versions_held"] = [
+            {"path": v.path, "file": v.identity.to_json(), "size": v.size, "start": v.start, "spooled": v.spool is not None}
+            for v in source.versions
+        ]
         status["checkpoint"] = {
             "offset": cursor.offset,
             "file": cursor.identity.to_json() if cursor.identity else None,
             "last_line_sha256": cursor.last_line_sha256,
             "line_number": cursor.line_number,
             "updated": _iso(checkpoint.updated_unix),
+            "format_version": checkpoint.migrated_from or 2,
         }
         status["delivered_spans"] = checkpoint.delivered_spans
         status["last_success"] = _iso(checkpoint.last_success_unix)
         status["last_error"] = checkpoint.last_error
-        status["chain"] = {"verify": config.chain.verify, "last_hash": cursor.chain_last_hash, "breaks": checkpoint.chain_breaks}
+        status["chain"] = {"verify": config.chain.verify, "last_hash": cursor.chain_last_hash, "breaks": source.chain_breaks}
     else:
         status["delivered_spans"] = 0
         status["last_success"] = None
@@ -112,7 +130,16 @@ def format_status(status: dict[str, Any]) -> str:
     if status.get("checkpoint_problem"):
         lines.append(f"CHECKPOINT:      {status['checkpoint_problem']}")
     if status.get("resume_gap"):
-        lines.append("RESUME GAP:      the last delivered line is not in the file; delivery restarts at its beginning")
+        lines.append(f"RESUME GAP:      a restart now would report rows missing: {status.get('resume_gap_reason')}")
+    if status.get("resume_gaps"):
+        last = status.get("last_resume_gap") or {}
+        lines.append(f"resume gaps:     {status['resume_gaps']} so far; the last at {last.get('time')}: {last.get('reason')}")
+    spool = status["spool"]
+    if spool["files"] or spool["cut_bytes"]:
+        lines.append(
+            f"spool:           {spool['files']} files, {spool['bytes']} bytes of {spool['max_bytes']} in {spool['directory']}"
+            + (f"; {spool['cut_bytes']} bytes ({spool['cut_lines']} lines) could not be kept" if spool["cut_bytes"] else "")
+        )
     for held in status["rotated_files_held"]:
         lines.append(f"rotated file:    {held['path']} ({held['pending_bytes']} bytes, {held['pending_rows']} rows pending)")
     if not status["rotated_files_held"]:

@@ -200,8 +200,9 @@ KEYS: tuple[Key, ...] = (
     Key("source.max_line_bytes", parse_size, 1024 * 1024),
     Key("source.rotated_glob", _string, None),  # None: "<path>.*"
     Key("source.poll_interval", parse_duration, 1.0),
+    Key("source.spool_max_bytes", parse_size, 1024**3),
     Key("checkpoint.path", _path, None, env=("AUDIT_OTLP_CHECKPOINT",)),  # None: see below
-    Key("checkpoint.interval", parse_duration, 0.25),
+    Key("checkpoint.interval", parse_duration, 0.0),  # 0: group commit
     Key("export.endpoint", parse_endpoint, None),  # None: from OTEL env / vendor / default
     Key(
         "export.headers", parse_headers, {}, env=("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"), secret=True

@@ -20,6 +20,7 @@ class SourceSection:
     max_line_bytes: int
     rotated_glob: str
     poll_interval: float
+    spool_max_bytes: int
 
 
 @dataclass(frozen=True)

@@ -62,10 +62,11 @@ class ChainVerdict(NamedTuple):
     restart: bool = False  # a GENESIS row after the chain had begun
     anchor: bool = False  # the first row seen continues a chain we have no hash for: unchecked
     resumed: bool = False  # links to the row before a broken one (which was out of chain)
+    gap: bool = False  # the rows before it vanished unseen (a resume gap): it cannot be verified
 
     @property
     def broken(self) -> bool:
-        return self.verified is False
+        return self.verified is False and not self.gap
 
     @property
     def kind(self) -> str:

@@ -44,6 +44,14 @@ class RowMapper:
         self.chain = chain_state
         self.events = events
         self.line_number = line_number
+        self.gap: str | None = None  # the next row is the first after a resume gap
+
+    def mark_gap(self, reason: str) -> None:
+        """The rows before the next one vanished unseen: it carries verdict `gap` (not a break),
+        and the chain goes on from it (nothing before it can be compared)."""
+        self.gap = reason
+        self.chain.last_hash = None
+        self.chain.last_broken = False
 
     def map_line(self, line: Line, observed_ns: int) -> MappedLine:
         self.line_number += 1
@@ -79,7 +87,10 @@ class RowMapper:
                 digest,
             )
         verdict = verify_row(self.chain, row, self.hasher, data) if self.hasher is not None else None
-        span = row_span(row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict)
+        gap, self.gap = self.gap is not None, None
+        if gap and verdict is not None:
+            verdict = verdict._replace(verified=False, gap=True, anchor=False)
+        span = row_span(row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict, gap=gap)
         spans = [encode_span(span)]
         if verdict is not None and (verdict.broken or verdict.restart):
             self.events.chain_break(verdict, line.offset, self.line_number)

@@ -85,6 +85,8 @@ _OP_WORKFLOW = kv("gen_ai.operation.name", "invoke_workflow")
 _SENTRY_OP_WORKFLOW = kv("sentry.op", "gen_ai.invoke_workflow")
 _VERIFIED_TRUE = kv("audit.chain.verified", True)
 _VERIFIED_FALSE = kv("audit.chain.verified", False)
+_VERDICT_GAP = kv("audit.chain.verdict", "gap")  # the rows before it vanished unseen
+_RESUME_GAP = kv("audit.resume_gap", True)
 _TS_INVALID = kv("audit.ts_invalid", True)
 _STATUS_OK = {"code": STATUS_OK}
 
@@ -114,8 +116,9 @@ def row_span(
     observed_ns: int,
     options: MappingOptions,
     chain: ChainVerdict | None = None,
+    gap: bool = False,
 ) -> dict[str, Any]:
-    """The span for one audit row (README, "Spans")."""
+    """The span for one audit row (README, "Spans"); `gap`: the first row after a resume gap."""
     attributes: list[dict[str, Any]] = []
     add = attributes.append
     get = row.get
@@ -203,6 +206,9 @@ def row_span(
             add(kv("audit.chain.restart", True))
         if chain.anchor:
             add(kv("audit.chain.anchor", True))  # first row seen: its prev_hash is unchecked
+    if gap:
+        add(_VERDICT_GAP)
+        add(_RESUME_GAP)
     add({"key": "audit.offset", "value": {"intValue": str(offset)}})
 
     start = parse_timestamp_ns(get("ts"))

@@ -24,8 +24,7 @@ from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine
 from audit_otlp.runtime.reload import ReloadPlan, reload_config
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.runtime.sdnotify import Notifier
-from audit_otlp.source.resume import ResumePoint
-from audit_otlp.state.checkpoint import Checkpoint, Cursor
+from audit_otlp.state.checkpoint import Checkpoint, NewerCheckpointError
 from audit_otlp.state.store import CheckpointError, CheckpointStore
 
 log = logging.getLogger("audit_otlp")
@@ -61,7 +60,8 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.envelope = wiring.build_envelope(config)
         self.sink = wiring.build_sink(config, options, self.envelope, self.metrics, self.state)
-        self.tailer = wiring.build_tailer(config, SourceObserver(self.metrics))
+        self.source_events = SourceObserver(self.metrics)
+        self.tailer = wiring.build_tailer(config, options, self.source_events)
         self.stopping = asyncio.Event()
         self.pipeline: Pipeline | None = None  # built once the checkpoint is loaded
 
@@ -108,10 +108,16 @@ class Daemon:
 
     async def _run(self) -> int:
         checkpoint = self._load_checkpoint()
+        path = str(self.config.source.path)
+        source = checkpoint.source(path)
         self.state.delivered_before = checkpoint.delivered_spans
         self.state.chain_breaks_before = checkpoint.chain_breaks
         keeper = wiring.build_keeper(self.config, self.options, checkpoint, self.metrics, self.state)
-        mapper = wiring.build_mapper(self.config, checkpoint, RowObserver(self.metrics, self.state))
+        self.source_events.keeper = keeper
+        await self.tailer.start(None if source.says_nothing else source, self.config.source.start_at)
+        position, gap = self.tailer.start_position(source.position)
+        keeper.started(position, gap, self.tailer)
+        mapper = wiring.build_mapper(self.config, position, RowObserver(self.metrics, self.state))
         pipeline = self.pipeline = Pipeline(
             self.tailer,
             mapper,
@@ -123,11 +129,6 @@ class Daemon:
             self.config.export.max_in_flight,
             self.state,
         )
-        cursor = checkpoint.cursor
-        resume = None
-        if cursor.offset or cursor.identity is not None:
-            resume = ResumePoint(cursor.identity, cursor.offset, cursor.last_line_sha256, cursor.last_line_length)
-        await self.tailer.start(resume, self.config.source.start_at)
         self.state.file_reachable = self.tailer.current is not None
         if self.tailer.current is None:
             log.info("waiting for %s to appear", self.config.source.path)
@@ -225,14 +226,19 @@ class Daemon:
                 store.ensure_writable()
             except (CheckpointError, OSError) as exc:
                 raise FatalError(str(exc)) from exc
-        checkpoint = store.load()
+        try:
+            checkpoint = store.load()
+        except NewerCheckpointError as exc:
+            raise FatalError(f"{self.config.checkpoint.path}: {exc}; upgrade audit-otlp or move the file away") from exc
         path = str(self.config.source.path)
-        if checkpoint is not None and checkpoint.cursor.path != path:
+        if checkpoint is not None and path not in checkpoint.sources:
             log.warning(
-                "the checkpoint was for %s, now following %s: matching by file identity and content", checkpoint.cursor.path, path
+                "the checkpoint was for %s, now following %s: matching by file identity and content",
+                ", ".join(checkpoint.sources),
+                path,
             )
         if checkpoint is None:
-            checkpoint = Checkpoint(Cursor(path, None, 0))
+            checkpoint = Checkpoint.empty(path)
         self.state.checkpoint_loaded = True
         return checkpoint
 

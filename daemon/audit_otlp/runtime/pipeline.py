@@ -72,7 +72,7 @@ class Pipeline:
 
     async def read_loop(self, stopping: asyncio.Event, once: bool) -> None:
         builder = self.builder
-        complete_cursor = self.keeper.current.cursor  # the end of the last line whose spans are all in `builder`
+        complete_cursor = self.keeper.position  # the end of the last line whose spans are all in `builder`
         while not stopping.is_set():
             deadline = builder.deadline()
             timeout = 0.0 if once else (None if deadline is None else max(deadline - time.monotonic(), 0.0))
@@ -98,19 +98,22 @@ class Pipeline:
         observed_ns = time.time_ns()
         builder, mapper = self.builder, self.mapper
         chain = mapper.chain
-        path, identity = chunk.path, chunk.identity
-        path_str = str(path)
+        path, identity, version = chunk.path, chunk.identity, chunk.version
+        path_str = cursor.path  # the source's name (a rotated version is still that source)
         mapper.line_number = chunk.first_line_number - 1
+        if chunk.gap is not None:
+            mapper.mark_gap(chunk.gap)
+        index = chunk.first_index  # lines handed out before the one being mapped
         consumed = chunk.lines[-1].end - chunk.lines[0].offset
         # Counted as backlog from the moment the tailer hands the lines over: _flush below may wait
         # a long time for a free export worker, and those bytes are not delivered meanwhile.
         self._unsettled_source_bytes += consumed
-        done: tuple[Line, bytes, str | None, int] | None = None  # (line, digest, chain hash, line number)
+        done: tuple[Line, bytes, str | None, int, int] | None = None  # (line, digest, chain hash, line number, index)
 
         def cursor_after() -> Cursor:
             if done is None:
                 return cursor
-            line, digest, chain_hash, line_number = done
+            line, digest, chain_hash, line_number, after = done
             return Cursor(
                 path_str,
                 identity,
@@ -119,6 +122,8 @@ class Pipeline:
                 line.length if line.data is not None else None,
                 chain_hash,
                 line_number,
+                version,
+                after,
             )
 
         for line in chunk.lines:
@@ -132,7 +137,8 @@ class Pipeline:
                     builder.add(span, SpanSource(path, identity, line.offset, line.data, sha, line.end))
             else:
                 builder.touch()
-            done = (line, mapped.digest, chain.last_hash, mapper.line_number)
+            index += 1
+            done = (line, mapped.digest, chain.last_hash, mapper.line_number, index)
             if builder.full:
                 await self._flush(cursor_after())
         cursor = cursor_after()
@@ -167,6 +173,8 @@ class Pipeline:
                 await self._deliver_until_settled(batch)
                 frontier = self.acks.settle(batch.seq)
                 self.keeper.advance(frontier)
+                if frontier is not None:
+                    self.tailer.delivered(frontier)
                 self._unsettled_source_bytes -= batch.source_bytes
                 self.settled_spans += len(batch.spans)
                 self.settled_bytes += batch.source_bytes

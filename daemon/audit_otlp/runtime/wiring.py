@@ -4,6 +4,7 @@ to which stage (the request envelope, the sink, the tailer, the checkpoint keepe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from audit_otlp.config import Config
 from audit_otlp.delivery.batching import BatchLimits
@@ -18,8 +19,10 @@ from audit_otlp.mapping.rows import RowEvents, RowMapper
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.events import SourceEvents
+from audit_otlp.source.recent import RECENT_LINES
+from audit_otlp.source.spool import Spool
 from audit_otlp.source.tailer import Tailer
-from audit_otlp.state.checkpoint import Checkpoint
+from audit_otlp.state.checkpoint import RECENT_DIGESTS, Checkpoint, Cursor
 from audit_otlp.state.keeper import CheckpointKeeper
 from audit_otlp.state.store import CheckpointStore
 
@@ -76,14 +79,26 @@ def build_sink(config: Config, options: RunOptions, envelope: Envelope, metrics:
     )
 
 
-def build_tailer(config: Config, events: SourceEvents) -> Tailer:
+def spool_directory(config: Config) -> Path:
+    """Beside the checkpoint, one per checkpoint (daemons sharing a state directory keep apart)."""
+    checkpoint = config.checkpoint.path
+    return checkpoint.with_name(checkpoint.name + ".spool")
+
+
+def build_tailer(config: Config, options: RunOptions, events: SourceEvents) -> Tailer:
     source = config.source
+    spool = None if options.dry_run else Spool(spool_directory(config), source.spool_max_bytes)
+    # The recent-lines window must reach back past every line read but not yet delivered, plus
+    # the lines the checkpoint keeps.
+    unsettled = (config.export.max_in_flight + 2) * config.batch.max_spans
     return Tailer(
         source.path,
         max_line_bytes=source.max_line_bytes,
         poll_interval=source.poll_interval,
         rotated_glob=source.rotated_glob,
         events=events,
+        spool=spool,
+        recent_limit=max(RECENT_LINES, RECENT_DIGESTS + unsettled),
     )
 
 
@@ -95,10 +110,12 @@ def build_keeper(
     config: Config, options: RunOptions, checkpoint: Checkpoint, metrics: Metrics, state: RunState
 ) -> CheckpointKeeper:
     store = CheckpointStore(config.checkpoint.path)
-    return CheckpointKeeper(store, checkpoint, config.checkpoint.interval, metrics, state, enabled=not options.dry_run)
+    return CheckpointKeeper(
+        store, checkpoint, config.checkpoint.interval, metrics, state, enabled=not options.dry_run, path=str(config.source.path)
+    )
 
 
-def build_mapper(config: Config, checkpoint: Checkpoint, events: RowEvents) -> RowMapper:
+def build_mapper(config: Config, position: Cursor, events: RowEvents) -> RowMapper:
     hasher = ChainHasher(config.chain_key) if config.chain.verify else None
-    chain = ChainState(last_hash=checkpoint.cursor.chain_last_hash)
+    chain = ChainState(last_hash=position.chain_last_hash)
     return RowMapper(MappingOptions(config.mapping.trace_id_from), hasher, chain, events)

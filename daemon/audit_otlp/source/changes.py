@@ -121,6 +121,9 @@ class PathChanges:
         copy = await asyncio.to_thread(self.copy_of, old, held)
         if copy is not None:
             copy.splitter, copy.read_offset, copy.marker = old.splitter, old.read_offset, old.marker
+            # The copy is the same version (delivery positions name it by number); no writer appends to it.
+            copy.serial, copy.start_offset, copy.appendable = old.serial, old.start_offset, False
+            copy.gap_before, copy.gap_if_new = old.gap_before, old.gap_if_new
             copy.start_known, copy.lines_before = old.start_known, old.lines_before
             files[index] = copy
             index += 1

@@ -20,6 +20,7 @@ import pytest
 from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine, format_progress
 from tests.helpers.auditgen import AuditWriter
 from tests.helpers.collector import Collector, Reply
+from tests.helpers.daemon import load_checkpoint
 from tests.helpers.wait import wait_until
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -111,7 +112,7 @@ def test_tty_shows_colour_and_progress_line_and_ctrl_c_writes_checkpoint(tmp_pat
     text = out.text()
     assert "\x1b[36mINFO" in text  # coloured level names on a TTY
     assert "\r\x1b[K" in text  # the progress line is redrawn in place
-    checkpoint = json.loads((tmp_path / "cp.json").read_text())
+    checkpoint = load_checkpoint(tmp_path / "cp.json")
     assert checkpoint["delivered_spans"] == 400
     assert checkpoint["offset"] == (tmp_path / "audit.jsonl").stat().st_size
 
