@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import orjson
@@ -59,6 +59,7 @@ class Reader:
     position: Cursor | None = None
     gap_rows: list[int] = field(default_factory=list)  # seqs of the first row after each gap
     chain_last_hash: str | None = None  # as the mapping stage keeps it
+    gap_pending: str | None = None
 
     async def start(self) -> None:
         spool = Spool(self.spool_dir, self.spool_max_bytes) if self.spool_dir is not None else None
@@ -71,9 +72,25 @@ class Reader:
             spool=spool,
         )
         await self.tailer.start(self.resume)
+        self.tailer.queue.links = self._links
         base = self.resume.position if self.resume is not None else Cursor(str(self.path), None, 0)
-        self.position, _ = self.tailer.start_position(base)
-        self.resume = self.tailer.snapshot(self.position)
+        self.position, gap = self.tailer.start_position(base)
+        self.gap_pending = gap if gap is not None else (self.resume.gap_pending if self.resume is not None else None)
+        self.resume = self._snapshot()
+
+    def _links(self, data: bytes) -> bool | None:
+        """As the mapping stage answers it (RowMapper.links)."""
+        try:
+            prev = orjson.loads(data).get("prev_hash")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        usable = isinstance(prev, str) and prev != "GENESIS" and self.chain_last_hash
+        return prev == self.chain_last_hash if usable else None
+
+    def _snapshot(self) -> SourceState:
+        """What the checkpoint would hold now (the keeper keeps a gap's mark until its row is delivered)."""
+        assert self.tailer is not None and self.position is not None
+        return replace(self.tailer.snapshot(self.position), gap_pending=self.gap_pending)
 
     async def drain(self, limit: float = 10.0) -> None:
         """Read until the tailer is at the end of everything."""
@@ -112,7 +129,8 @@ class Reader:
                 )
             assert self.position is not None
             self.tailer.delivered(self.position)
-            self.resume = self.tailer.snapshot(self.position)
+            self.gap_pending = None
+            self.resume = self._snapshot()
         raise AssertionError("the tailer did not reach the end in time")
 
     def checkpoint(self) -> None:
@@ -129,13 +147,17 @@ class Reader:
         """Lose everything but the resume point (the checkpoint), then start again."""
         assert self.tailer is not None
         if self.position is not None:
-            self.resume = self.tailer.snapshot(self.position)  # the checkpoint written last
+            self.resume = self._snapshot()  # the checkpoint written last
         await self.tailer.close()
         await self.start()
 
     async def stop(self) -> None:
+        """A graceful stop: the final checkpoint, then close."""
         if self.tailer is not None:
+            if self.position is not None:
+                self.resume = self._snapshot()
             await self.tailer.close()
+            self.tailer = None
 
 
 def sha(data: bytes) -> str:

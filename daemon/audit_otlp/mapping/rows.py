@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple, Protocol
 
-from audit_otlp.mapping.chain import ChainHasher, ChainState, ChainVerdict, verify_row
+from audit_otlp.mapping.chain import GENESIS, ChainHasher, ChainState, ChainVerdict, verify_row
 from audit_otlp.mapping.envelope import encode_span
 from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.mapping.parse import parse_line
@@ -52,6 +52,17 @@ class RowMapper:
         self.gap = reason
         self.chain.last_hash = None
         self.chain.last_broken = False
+
+    def links(self, data: bytes) -> bool | None:
+        """Does this line's prev_hash name the last row mapped? None when that cannot be told
+        (chain verification off, no row yet, no prev_hash): how the source tells a version that
+        grew and vanished while the daemon was stopped (rows missing) from one that did not."""
+        last = self.chain.last_hash
+        if self.hasher is None or last is None:
+            return None
+        row, _ = parse_line(data)
+        prev = row.get("prev_hash") if isinstance(row, dict) else None
+        return prev == last if isinstance(prev, str) and prev != GENESIS else None  # a new chain proves nothing
 
     def map_line(self, line: Line, observed_ns: int) -> MappedLine:
         self.line_number += 1

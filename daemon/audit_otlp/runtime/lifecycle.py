@@ -118,6 +118,7 @@ class Daemon:
         position, gap = self.tailer.start_position(source.position)
         keeper.started(position, gap, self.tailer)
         mapper = wiring.build_mapper(self.config, position, RowObserver(self.metrics, self.state))
+        self.tailer.queue.links = mapper.links
         pipeline = self.pipeline = Pipeline(
             self.tailer,
             mapper,

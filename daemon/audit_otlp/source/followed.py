@@ -45,6 +45,16 @@ class FollowedFile:
     gap_reported: bool = False  # that gap was already counted and logged (before a restart)
     gap_if_new: str | None = None  # a version before it vanished: no overlap with it means a gap
     gap_certain: bool = True  # ... with rows not delivered (False: it may have grown, unknown)
+    _inode: tuple[int, int] | None = None
+
+    @property
+    def inode(self) -> tuple[int, int]:
+        """(device, inode) of the file actually open: for a version read from the spool, the
+        spool file's, never the vanished original's (whose number a new file may have reused)."""
+        if self._inode is None:
+            st = os.fstat(self.fd)
+            self._inode = (st.st_dev, st.st_ino)
+        return self._inode
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -187,6 +197,14 @@ def find_line_end(fd: int, sha256_hex: str, max_line_bytes: int) -> tuple[int, i
         if line.digest == wanted:
             found = (line.end, count)
     return found
+
+
+def first_line(fd: int, max_line_bytes: int, start: int) -> bytes | None:
+    """The first complete, non-blank line from `start` (blocking); None when there is none."""
+    for line in scan_lines(fd, max_line_bytes, start):
+        if line.data is not None and line.data.strip():
+            return line.data
+    return None
 
 
 def last_line_boundary(fd: int) -> int:

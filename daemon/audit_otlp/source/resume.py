@@ -23,26 +23,18 @@ last delivered line's hash, as version 1 did.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
 from audit_otlp.source.fileid import FileIdentity, fingerprint_matches
-from audit_otlp.source.followed import FollowedFile, find_line_end, line_ends_at, open_followed, scan_lines
+from audit_otlp.source.followed import FollowedFile, first_line, line_ends_at, open_followed
 from audit_otlp.source.lines import LineSplitter
-from audit_otlp.source.recent import RecentLines, overlap_end, prime
+from audit_otlp.source.recent import RecentLines, overlap_end
+from audit_otlp.source.resume_v1 import Located, locate_v1
 from audit_otlp.source.siblings import rotated_siblings
 from audit_otlp.source.spool import Spool, SpoolRecord
 from audit_otlp.state.checkpoint import Cursor, SourceState, VersionState
-
-
-@dataclass
-class Located:
-    files: list[FollowedFile]  # the first starts at the resume point; the others at their start or after their overlap
-    how: str  # for the log line
-    gap: str | None = None  # the rows before files[0]'s first row vanished unseen (to report)
-    older: list[FileIdentity] = field(default_factory=list)  # files before the resume point: done
 
 
 def open_candidates(path: Path, pattern: str, max_line_bytes: int) -> list[FollowedFile]:
@@ -75,7 +67,7 @@ def locate(
     if state.versions:
         located = _locate_versions(path, list(candidates), state, max_line_bytes, recent, spool)
     else:
-        located = _locate_v1(path, candidates, state.position, max_line_bytes, recent)
+        located = locate_v1(path, candidates, state.position, max_line_bytes, recent)
     if located is None:
         for f in candidates:
             f.close()
@@ -109,62 +101,67 @@ def _locate_versions(
     path: Path, pool: list[FollowedFile], state: SourceState, max_line_bytes: int, recent: RecentLines, spool: Spool | None
 ) -> Located | None:
     position = state.position
-    records = {r.identity: r for r in (spool.scan() if spool is not None else [])}
+    # Spool files by inode (a small file's fingerprint may have grown since the checkpoint: the
+    # spool's own first bytes are checked against the listed identity when it is opened).
+    records = {(r.identity.dev, r.identity.ino): r for r in (spool.scan() if spool is not None else [])}
     for v in state.versions:
         if v.spool is not None and spool is not None:
             spool.adopt(v.spool)
-            records[v.identity] = v.spool
+            records[(v.identity.dev, v.identity.ino)] = v.spool
     chain: list[FollowedFile] = []
     vanished = _Vanished()
     how = ""
-    listed = {(v.identity.dev, v.identity.ino) for v in state.versions}
+    found = _find_versions(path, state, pool, records, spool, max_line_bytes)
     for i, v in enumerate(state.versions):
         at = position if i == state.position_index else None
-        found, found_how = _find_version(v, pool, records.get(v.identity), spool, at, max_line_bytes, listed)
-        if found is None:
-            start = position.offset if at is not None else (v.start if v.start is not None else 0)
-            if start < v.size:
+        if i not in found:
+            start = position.offset if at is not None else v.start
+            if start is not None and start < v.size:
                 vanished.add(f"{v.path} ({v.identity.short}, {v.size - start} bytes not delivered)", True)
-            elif i == len(state.versions) - 1:
-                vanished.add(f"{v.path} ({v.identity.short}, delivered up to its last seen size)", False)
+            elif start is None or i == len(state.versions) - 1:
+                # Not read yet (its overlap with the one before is unknown), or the newest
+                # version, delivered when last seen but maybe grown since: the chain decides.
+                vanished.add(f"{v.path} ({v.identity.short}, {v.size} bytes when last seen)", False)
             continue
-        found.start_offset = v.start
+        f, found_how = found[i]
+        if v.gap_if_new is not None:  # still undecided when the checkpoint was written
+            vanished.add(v.gap_if_new, v.gap_certain)
+        f.start_offset = v.start
         if at is not None:
-            found.position_at(position.offset)
-            found.lines_before = position.line_number
-            how = f"{found_how}: {found.path} at byte {position.offset}"
+            f.position_at(position.offset)
+            f.lines_before = position.line_number
+            how = f"{found_how}: {f.path} at byte {position.offset}"
         elif v.start is not None and not vanished.what:
-            found.position_at(v.start)
+            f.position_at(v.start)
         else:
-            found.start_known = False  # resolved against what was delivered (and read) before it
-        vanished.hand_to(found)
-        chain.append(found)
+            f.start_known = False  # resolved against what was delivered (and read) before it
+        vanished.hand_to(f)
+        chain.append(f)
     older = _add_unlisted(path, pool, state, chain, vanished)
     if not chain:
         return None
     first = chain[0]
+    at_position = bool(how)
+    if not first.start_known:  # it is the head: skip the lines it repeats now (`status` counts from here)
+        offset, skipped = overlap_end(first.fd, max_line_bytes, recent)
+        first.position_at(offset)
+        first.lines_before = skipped
+        first.start_known = True
+        if skipped:
+            first.gap_if_new = None  # it repeats the last delivered lines: nothing vanished
     gap = None
     if first.gap_if_new is not None:
-        if not first.start_known:
-            offset, skipped = overlap_end(first.fd, max_line_bytes, recent)
-            first.position_at(offset)
-            first.lines_before = skipped
-            first.start_known = True
-            if skipped:
-                first.gap_if_new = None  # it repeats the last delivered lines: nothing vanished
-        if first.gap_if_new is not None and (first.gap_certain or _breaks_chain(first, position.chain_last_hash, max_line_bytes)):
+        links = _links(first, position.chain_last_hash, max_line_bytes)
+        if is_gap(first.gap_certain, links):
             gap = f"gone with rows not delivered: {first.gap_if_new}; continuing at {first.path} byte {first.read_offset}"
             first.gap_before = gap
-        first.gap_if_new = None
-        how = f"the next surviving version, {first.path} at byte {first.read_offset}"
-    elif not how:
-        how = f"{first.path} (the position's version was read and delivered to its end)"
-    for later in chain[1:]:
-        if not later.gap_certain:
-            later.gap_if_new = None  # only a certain loss is a gap there (the chain cannot be checked yet)
-    if state.gap_pending is not None and first.gap_before is None and state.position_index is not None:
+        if first.gap_certain or links is not None:
+            first.gap_if_new = None  # decided; else its first row decides, once there is one
+    if not how:
+        how = f"{first.path} at byte {first.read_offset} (the position's version was read and delivered to its end, or is gone)"
+    if state.gap_pending is not None and first.gap_before is None and at_position:
         first.gap_before, first.gap_reported = state.gap_pending, True  # reported before a restart
-    return Located(chain, how, gap, older)
+    return Located(chain, how, gap, older, at_position)
 
 
 def _add_unlisted(
@@ -182,71 +179,118 @@ def _add_unlisted(
         if f is current:
             continue
         key = (f.identity.dev, f.identity.ino, f.identity.fingerprint)
-        if key in known or f.identity.fingerprint in copies or os.fstat(f.fd).st_mtime_ns < threshold:
+        st = os.fstat(f.fd)
+        if key in known or f.identity.fingerprint in copies or st.st_mtime_ns < threshold or st.st_size == 0:
             older.append(f.identity)
             f.close()
             continue
-        f.start_known = False  # rotated while the daemon was stopped: may repeat lines
-        vanished.hand_to(f)
+        _unseen(f, vanished)
         chain.append(f)
     if current is not None:
         if current in chain:
             chain.remove(current)  # a listed version still at the path: read last, as it was
         else:
-            current.start_known = False  # new at the path while the daemon was stopped
-            vanished.hand_to(current)
+            _unseen(current, vanished)
         chain.append(current)
     return older
 
 
-def _breaks_chain(f: FollowedFile, last_hash: str | None, max_line_bytes: int) -> bool:
-    """Does the first row from `f`'s read position name a parent other than the last delivered
-    row? (Evidence that rows were lost when only "may have grown" is known.) False when unknown."""
-    if last_hash is None:
-        return False
-    for line in scan_lines(f.fd, max_line_bytes, f.read_offset):
-        if line.data is None or not line.data.strip():
-            continue
-        try:
-            row = orjson.loads(line.data)
-        except orjson.JSONDecodeError:
-            return False
-        prev = row.get("prev_hash") if isinstance(row, dict) else None
-        return isinstance(prev, str) and prev != last_hash
-    return False
+def _unseen(f: FollowedFile, vanished: _Vanished) -> None:
+    """`f` appeared while the daemon was stopped: it may repeat lines (a tail-rewrite), and a
+    version before it that the daemon never saw may have come and gone; its first new row tells
+    (a row that does not name the last row read as its parent: rows are missing)."""
+    f.start_known = False
+    vanished.hand_to(f)
+    if f.gap_if_new is None:
+        f.gap_if_new, f.gap_certain = "a version written and replaced while the daemon was stopped", False
 
 
-def _find_version(
-    v: VersionState,
+def _links(f: FollowedFile, last_hash: str | None, max_line_bytes: int) -> bool | None:
+    """Does the first row from `f`'s read position name the last delivered row as its parent?
+    None when that cannot be told (no chain hash, no row, no prev_hash)."""
+    data = first_line(f.fd, max_line_bytes, f.read_offset) if last_hash is not None else None
+    if data is None:
+        return None
+    try:
+        row = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    prev = row.get("prev_hash") if isinstance(row, dict) else None
+    return prev == last_hash if isinstance(prev, str) and prev != "GENESIS" else None
+
+
+def is_gap(certain: bool, links: bool | None) -> bool:
+    """Rows vanished between the last one read and the next one: the chain says so when it can
+    (a row naming its true parent proves nothing is missing), else only a certain loss counts."""
+    return links is False or (links is None and certain)
+
+
+def _find_versions(
+    path: Path,
+    state: SourceState,
     pool: list[FollowedFile],
-    record: SpoolRecord | None,
+    records: dict[tuple[int, int], SpoolRecord],
     spool: Spool | None,
-    at: Cursor | None,
     max_line_bytes: int,
-    listed: set[tuple[int, int]],
-) -> tuple[FollowedFile | None, str]:
-    """The file holding version `v` (removed from `pool`), and how it was found. A copy is never
-    a file that is itself one of the `listed` versions (a tail-rewrite may start like its parent)."""
-    for f in pool:
-        if v.identity.same_inode(os.fstat(f.fd)) and _holds(f, v, at, max_line_bytes):
-            pool.remove(f)
-            return f, "same file"
-    for f in pool:
-        if (f.identity.dev, f.identity.ino) not in listed and _holds(f, v, at, max_line_bytes):
-            pool.remove(f)
-            f.appendable = False
-            return f, "a rotated copy with the same first bytes"
-    if record is not None and spool is not None and (at is None or record.start <= at.offset <= record.end):
-        try:
-            fd = spool.open(record)
-        except OSError:
-            return None, ""
-        splitter = LineSplitter(max_line_bytes, record.start)
-        followed = FollowedFile(Path(spool.directory / record.name), fd, v.identity, splitter, record.start)
-        followed.seen_size, followed.appendable, followed.spool = record.end, False, record
-        followed.position_at(record.start)
-        return followed, "its spool file"
-    return None, ""
+) -> dict[int, tuple[FollowedFile, str]]:
+    """The file holding each listed version (taken from `pool`), by index, and how it was found:
+    first the same inodes; then, newest version first (a copytruncate copies the newest), its
+    spool file or a copy. A copy is never a file that is itself a listed version (a tail-rewrite
+    may start like its parent)."""
+    position, index = state.position, state.position_index
+    listed = {(v.identity.dev, v.identity.ino) for v in state.versions}
+    last = len(state.versions) - 1
+    found: dict[int, tuple[FollowedFile, str]] = {}
+    for i, v in enumerate(state.versions):
+        at = position if i == index else None
+        if v.identity.fingerprint_len == 0:
+            continue  # empty when last seen: nothing identifies it (its inode may be another file's now)
+        # Only the newest listed version can still be the path's file: a file at the path that
+        # looks like an older one (an inode number reused, an empty file) is new.
+        usable = [f for f in pool if i == last or f.path != path]
+        same = next((f for f in usable if v.identity.same_inode(os.fstat(f.fd)) and _holds(f, v, at, max_line_bytes)), None)
+        if same is not None:
+            pool.remove(same)
+            found[i] = same, "same file"
+    for i in reversed(range(len(state.versions))):
+        if i in found or not state.versions[i].identity.fingerprint_len:
+            continue
+        v, at = state.versions[i], position if i == index else None
+        spooled = _open_spool(v, records.get((v.identity.dev, v.identity.ino)), spool, at, max_line_bytes)
+        if spooled is not None:
+            found[i] = spooled, "its spool file"
+            continue
+        copy = next(
+            (
+                f
+                for f in pool
+                if (f.identity.dev, f.identity.ino) not in listed and f.path != path and _holds(f, v, at, max_line_bytes)
+            ),
+            None,
+        )
+        if copy is not None:
+            pool.remove(copy)
+            copy.appendable = False
+            found[i] = copy, "a rotated copy with the same first bytes"
+    return found
+
+
+def _open_spool(
+    v: VersionState, record: SpoolRecord | None, spool: Spool | None, at: Cursor | None, max_line_bytes: int
+) -> FollowedFile | None:
+    if record is None or spool is None or (at is not None and not record.start <= at.offset <= record.end):
+        return None
+    try:
+        fd = spool.open(record)
+    except OSError:
+        return None
+    if not fingerprint_matches(fd, v.identity):
+        os.close(fd)  # the same inode number, another version
+        return None
+    followed = FollowedFile(Path(spool.directory / record.name), fd, v.identity, LineSplitter(max_line_bytes, record.start), 0)
+    followed.seen_size, followed.appendable, followed.spool = record.end, False, record
+    followed.position_at(record.start)
+    return followed
 
 
 def _holds(f: FollowedFile, v: VersionState, at: Cursor | None, max_line_bytes: int) -> bool:
@@ -258,66 +302,3 @@ def _holds(f: FollowedFile, v: VersionState, at: Cursor | None, max_line_bytes: 
     if at is None or at.offset == 0 or at.last_line_sha256 is None:
         return True
     return line_ends_at(f.fd, at.offset, at.last_line_sha256, at.last_line_length, max_line_bytes)
-
-
-# -- version 1: one cursor ------------------------------------------------------------------------
-
-
-def _locate_v1(
-    path: Path, candidates: list[FollowedFile], resume: Cursor, max_line_bytes: int, recent: RecentLines
-) -> Located | None:
-    index, offset, how = _find_v1(candidates, resume, max_line_bytes)
-    if index is None:
-        current = candidates[-1] if candidates and candidates[-1].path == path else None
-        older = [f.identity for f in candidates if f is not current]
-        for f in candidates:
-            if f is not current:
-                f.close()
-        if current is None:
-            return None
-        if resume.offset == 0 and resume.last_line_sha256 is None:
-            return Located([current], "the start of the current file (nothing was delivered yet)", older=older)
-        digest = (resume.last_line_sha256 or "unknown")[:16]
-        gap = f"the last delivered line (sha256 {digest}...) is in none of {path} and its rotated siblings"
-        current.gap_before = gap
-        return Located([current], "the start of the current file", gap=gap, older=older)
-    older = [f.identity for f in candidates[:index]]
-    for f in candidates[:index]:
-        f.close()
-    chain = candidates[index:]
-    first = chain[0]
-    first.lines_before = prime(first.fd, max_line_bytes, offset, recent)
-    first.position_at(offset)
-    for later in chain[1:]:
-        later.start_known = False
-    return Located(chain, f"{how}: {first.path} at byte {offset}", older=older)
-
-
-def _matches_at(f: FollowedFile, resume: Cursor, max_line_bytes: int) -> bool:
-    identity = resume.identity
-    if identity is None or identity.fingerprint_len == 0:
-        return False
-    if f.size() < resume.offset or not fingerprint_matches(f.fd, identity):
-        return False
-    if resume.offset == 0:
-        return True
-    if resume.last_line_sha256 is None:
-        return False
-    return line_ends_at(f.fd, resume.offset, resume.last_line_sha256, resume.last_line_length, max_line_bytes)
-
-
-def _find_v1(candidates: list[FollowedFile], resume: Cursor, max_line_bytes: int) -> tuple[int | None, int, str]:
-    identity = resume.identity
-    if identity is not None:
-        for i, f in enumerate(candidates):
-            if identity.same_inode(os.fstat(f.fd)) and _matches_at(f, resume, max_line_bytes):
-                return i, resume.offset, "same file"
-        for i, f in enumerate(candidates):
-            if _matches_at(f, resume, max_line_bytes):
-                return i, resume.offset, "rotated copy with the same first bytes and last line"
-    if resume.last_line_sha256 is not None:
-        for i, f in enumerate(candidates):
-            found = find_line_end(f.fd, resume.last_line_sha256, max_line_bytes)
-            if found is not None:
-                return i, found[0], "found by the last delivered line's hash"
-    return None, 0, ""

@@ -67,7 +67,7 @@ class Tailer:
     @property
     def draining(self) -> list[FollowedFile]:
         """Rotated files held open until they are read and delivered to their end."""
-        return self.queue.done + self.queue.files[:-1]
+        return self.queue.held.done + self.queue.files[:-1]
 
     async def start(self, resume: SourceState | None, start_at: str = "beginning") -> None:
         self.watcher.start()
@@ -84,8 +84,8 @@ class Tailer:
     def _start_frontier(self) -> None:
         """Delivery stands at the start of the first file to read."""
         if self.queue.files:
-            first = self.queue.held[0]
-            self.queue.frontier = (first.serial, first.read_offset)
+            first = self.queue.held.all()[0]
+            self.queue.held.frontier = (first.serial, first.read_offset)
 
     def start_position(self, position: Cursor) -> tuple[Cursor, str | None]:
         """The checkpoint's position as this run knows it (its version's number, the recent-lines
@@ -94,15 +94,10 @@ class Tailer:
         queue = self.queue
         if not queue.files:
             return position, None
-        first = queue.held[0]
+        first = queue.held.all()[0]
         gap = first.gap_before
         index = queue.recent.next_index
-        same = (
-            position.identity is not None
-            and first.identity.fingerprint == position.identity.fingerprint
-            and first.read_offset == position.offset
-        )
-        if same and gap is None:
+        if queue.at_position and gap is None:
             kept = Cursor(
                 position.path,
                 position.identity,
@@ -129,10 +124,10 @@ class Tailer:
             await asyncio.gather(self._monitor_task, return_exceptions=True)
             self._monitor_task = None
         self.watcher.close()
-        for followed in self.queue.held:
+        for followed in self.queue.held.all():
             followed.close()
         self.queue.files.clear()
-        self.queue.done.clear()
+        self.queue.held.done.clear()
 
     async def poll(self) -> None:
         """One monitor cycle: look at the path now (tests call this instead of waiting)."""
@@ -144,7 +139,8 @@ class Tailer:
         await self.queue.check_path()
         if was_empty:
             self._start_frontier()
-        await self.queue.spool_vanished()
+        if await self.queue.held.spool_vanished():
+            self.queue.report_held()
 
     async def _monitor(self) -> None:
         """Notice rotations while the reader is busy or blocked (collector down): open each new
@@ -187,13 +183,14 @@ class Tailer:
 
     def delivered(self, position: Cursor) -> None:
         """Delivery (2xx or dead letter) reached `position`: release what is behind it."""
-        self.queue.delivered(position.version, position.offset)
+        self.queue.held.delivered(position.version, position.offset)
+        self.queue.report_held()
 
     def snapshot(self, position: Cursor) -> SourceState:
-        return self.queue.snapshot(position)
+        return self.queue.held.snapshot(position, self.queue.recent)
 
     def checkpoint_saved(self, state: SourceState) -> None:
-        self.queue.checkpoint_saved(state)
+        self.queue.held.checkpoint_saved(state)
 
     def backlog_bytes(self) -> int:
         """Bytes present in the followed files that have not been read yet."""

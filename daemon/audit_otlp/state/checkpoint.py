@@ -94,6 +94,10 @@ class VersionState:
     mtime_ns: int  # last seen
     start: int | None  # where reading it starts; None: not resolved yet (it may repeat lines)
     spool: SpoolRecord | None = None  # its undelivered bytes, kept after it vanished
+    # A version before it vanished: what, and whether rows were certainly lost (else its first
+    # row decides). Kept until that is decided, across restarts.
+    gap_if_new: str | None = None
+    gap_certain: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +107,7 @@ class VersionState:
             "mtime_ns": self.mtime_ns,
             "start": self.start,
             "spool": self.spool.to_json() if self.spool else None,
+            "gap_if_new": {"what": self.gap_if_new, "certain": self.gap_certain} if self.gap_if_new else None,
         }
 
     @classmethod
@@ -110,6 +115,7 @@ class VersionState:
         identity = FileIdentity.from_json(doc["file"])
         start = doc.get("start")
         spool = doc.get("spool")
+        gap = doc.get("gap_if_new") or {}
         return cls(
             identity,
             str(doc.get("path") or ""),
@@ -117,6 +123,8 @@ class VersionState:
             int(doc.get("mtime_ns") or 0),
             None if start is None else int(start),
             SpoolRecord.from_json(identity, spool) if spool else None,
+            gap.get("what"),
+            bool(gap.get("certain", True)),
         )
 
 

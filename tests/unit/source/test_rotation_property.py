@@ -41,8 +41,10 @@ _SEQ = re.compile(rb'"seq":(\d+)')
 
 
 def on_disk(log: Path) -> set[int]:
+    """Rows in the audit log, its rotated siblings and the spool (the daemon copied those when
+    they vanished before it could deliver them: they are not gone)."""
     seqs: set[int] = set()
-    for path in [log, *log.parent.glob(log.name + ".*")]:
+    for path in [log, *log.parent.glob(log.name + ".*"), *(log.parent / "spool").glob("*.spool")]:
         if path.exists() and not path.name.endswith(".tmp"):
             seqs.update(int(m) for m in _SEQ.findall(path.read_bytes()))
     return seqs
