@@ -160,12 +160,12 @@ def _version_state(f: FollowedFile) -> VersionState:
         f.refresh_identity()
     try:
         st = os.fstat(f.fd)
-        size, mtime_ns = max(st.st_size, f.read_offset), st.st_mtime_ns
+        size, mtime_ns, linked = max(st.st_size, f.read_offset), st.st_mtime_ns, st.st_nlink > 0 and f.spool is None
     except OSError:
-        size, mtime_ns = f.read_offset, 0
+        size, mtime_ns, linked = f.read_offset, 0, False
     start = f.start_offset if f.start_offset is not None else 0
     start_or_none = start if f.start_known else None
-    return VersionState(f.identity, str(f.path), size, mtime_ns, start_or_none, f.spool, f.gap_if_new, f.gap_certain)
+    return VersionState(f.identity, str(f.path), size, mtime_ns, start_or_none, f.spool, f.gap_if_new, f.gap_certain, linked)
 
 
 def _named_inodes(path: Path, pattern: str) -> set[tuple[int, int]]:

@@ -238,13 +238,25 @@ def _find_versions(
     spool file or a copy. A copy is never a file that is itself a listed version (a tail-rewrite
     may start like its parent)."""
     position, index = state.position, state.position_index
-    listed = {(v.identity.dev, v.identity.ino) for v in state.versions}
     last = len(state.versions) - 1
+
+    def is_listed(f: FollowedFile) -> bool:
+        """`f` is itself one of the listed versions (its inode and first bytes), not a copy."""
+        return any(
+            w.linked
+            and w.identity.fingerprint_len
+            and w.identity.same_inode(os.fstat(f.fd))
+            and fingerprint_matches(f.fd, w.identity)
+            for w in state.versions
+        )
+
     found: dict[int, tuple[FollowedFile, str]] = {}
     for i, v in enumerate(state.versions):
         at = position if i == index else None
-        if v.identity.fingerprint_len == 0:
-            continue  # empty when last seen: nothing identifies it (its inode may be another file's now)
+        if v.identity.fingerprint_len == 0 or not v.linked:
+            # Empty when last seen (nothing identifies it), or no name pointed to it (an unlinked
+            # inode never comes back): a file with its inode number now is another file.
+            continue
         # Only the newest listed version can still be the path's file: a file at the path that
         # looks like an older one (an inode number reused, an empty file) is new.
         usable = [f for f in pool if i == last or f.path != path]
@@ -260,12 +272,10 @@ def _find_versions(
         if spooled is not None:
             found[i] = spooled, "its spool file"
             continue
+        if not v.linked:
+            continue  # unlinked when last seen: a copytruncate copies a file that still has a name
         copy = next(
-            (
-                f
-                for f in pool
-                if (f.identity.dev, f.identity.ino) not in listed and f.path != path and _holds(f, v, at, max_line_bytes)
-            ),
+            (f for f in pool if f.path != path and not is_listed(f) and _holds(f, v, at, max_line_bytes)),
             None,
         )
         if copy is not None:

@@ -98,6 +98,7 @@ class VersionState:
     # row decides). Kept until that is decided, across restarts.
     gap_if_new: str | None = None
     gap_certain: bool = True
+    linked: bool = True  # False: no name pointed to it any more (link count 0): only its spool can hold it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +109,7 @@ class VersionState:
             "start": self.start,
             "spool": self.spool.to_json() if self.spool else None,
             "gap_if_new": {"what": self.gap_if_new, "certain": self.gap_certain} if self.gap_if_new else None,
+            "linked": self.linked,
         }
 
     @classmethod
@@ -125,6 +127,7 @@ class VersionState:
             SpoolRecord.from_json(identity, spool) if spool else None,
             gap.get("what"),
             bool(gap.get("certain", True)),
+            bool(doc.get("linked", True)),
         )
 
 
