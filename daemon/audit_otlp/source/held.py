@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import os
+import time
 from collections import deque
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from audit_otlp.source.spool import Spool, SpoolError, SpoolRecord
 from audit_otlp.state.checkpoint import RECENT_DIGESTS, RELEASED_KEPT, Cursor, SourceState, VersionState
 
 log = logging.getLogger(__name__)
+
+SPOOL_RETRY = 5.0  # seconds between attempts to spool a version after one failed (a full disk)
 
 
 class HeldVersions:
@@ -50,7 +53,7 @@ class HeldVersions:
         self.frontier = (0, 0)  # (version, offset) delivered up to
         self.trash: list[SpoolRecord] = []  # spools of released versions: deleted once a checkpoint is durable
         self._serials = itertools.count(1)
-        self._spool_failed: set[int] = set()  # versions whose spooling failed (said once)
+        self._spool_failed: dict[int, float] = {}  # version -> when to try again (a full disk: said once)
 
     def all(self) -> list[FollowedFile]:
         """Every open version, oldest first (the path's file last), each numbered."""
@@ -139,16 +142,18 @@ class HeldVersions:
 
     async def _keep(self, f: FollowedFile, start: int) -> bool:
         assert self.spool is not None
+        if time.monotonic() < self._spool_failed.get(f.serial, 0.0):
+            return False
         try:
             f.refresh_identity()
             record = await asyncio.to_thread(self.spool.keep, f.fd, f.identity, start)
         except SpoolError as exc:
             if f.serial not in self._spool_failed:
-                self._spool_failed.add(f.serial)
                 self.events.spool_failed(f.path, str(exc))
+            self._spool_failed[f.serial] = time.monotonic() + SPOOL_RETRY
             return False
         f.spool, f.appendable = record, False
-        self._spool_failed.discard(f.serial)
+        self._spool_failed.pop(f.serial, None)
         self.events.spooled(f.path, record)
         return True
 

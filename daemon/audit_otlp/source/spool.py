@@ -8,8 +8,8 @@ under neither the path nor any sibling name), its undelivered bytes, from the ol
 row to its end, are copied here, fsynced with the directory, and recorded in the checkpoint.
 
 A spool file keeps every byte at its original offset (a sparse file holding the first bytes that
-fingerprint the version, the bytes just before the first kept row, then the rows), so reading it
-is reading the version: offsets, fingerprint and overlap checks, span ids all stay the same. Its
+fingerprint the version, the line just before the first kept row, then the rows), so reading it
+is reading the version: offsets, fingerprint and line checks, span ids all stay the same. Its
 name says which version and from where, so it is found again even if the daemon died before the
 checkpoint recorded it. Bounded by `source.spool_max_bytes`: past the bound the oldest bytes are
 kept, cut at a line end, and what could not be kept is counted exactly. A spool file is deleted
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 SUFFIX = ".spool"
 MARKER_BYTES = 128  # as source.followed: the bytes before a read offset that vouch for it
 COPY_CHUNK = 1 << 20
+LOOK_BACK = 64 * 1024
 _NAME = re.compile(r"^(\d+)-(\d+)-(\d+)-([0-9a-f]{64})-(\d+)\.spool$")
 
 
@@ -129,7 +130,7 @@ class Spool:
             out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 _copy(fd, out, 0, min(FINGERPRINT_BYTES, size))  # what fingerprints the version
-                _copy(fd, out, max(start - MARKER_BYTES, 0), end)  # what vouches for the offset, then the rows
+                _copy(fd, out, _line_start_before(fd, start), end)  # the line that vouches for the offset, then the rows
                 os.ftruncate(out, max(end, min(FINGERPRINT_BYTES, size)))
                 os.fsync(out)
             finally:
@@ -172,6 +173,16 @@ def _copy(src: int, dst: int, start: int, end: int) -> None:
             written = os.pwrite(dst, view, at)
             view, at = view[written:], at + written
         offset += len(data)
+
+
+def _line_start_before(fd: int, start: int) -> int:
+    """Where the line ending at `start` begins (a restart checks that line), looking back at most
+    64 KiB; at least MARKER_BYTES before `start` (what a reader checks before an offset)."""
+    take = min(start, LOOK_BACK)
+    data = os.pread(fd, take, start - take)
+    cut = data.rfind(b"\n", 0, max(len(data) - 1, 0))
+    begin = start - take + cut + 1 if cut >= 0 else start - take
+    return min(begin, max(start - MARKER_BYTES, 0))
 
 
 def _line_end_before(fd: int, start: int, limit: int) -> int:
