@@ -196,10 +196,14 @@ def test_disk_full_while_spooling_loses_nothing_and_says_so(audit_cli: str, tmp_
             audit.append(10_000)  # about 2 MB, far more than the state filesystem holds
             rotate(source, "tail_rewrite")
             audit.append(100)
-            assert wait_until(lambda: daemon.metrics().get("audit_otlp_spool_errors_total", 0) >= 1, 30), daemon.log_text()[-3000:]
+            assert wait_until(lambda: daemon.metrics().get("audit_otlp_spool_errors_total", 0) >= 1, 30), daemon.log_text()[
+                -3000:
+            ]
             assert "could not be spooled" in daemon.log_text()
             assert daemon.proc is not None and daemon.proc.poll() is None
-            assert not any(p.name.endswith(".tmp") for p in (small_fs / "checkpoint.json.spool").glob("*")), "a partial spool was left"
+            assert not any(p.name.endswith(".tmp") for p in (small_fs / "checkpoint.json.spool").glob("*")), (
+                "a partial spool was left"
+            )
             read_checkpoint(checkpoint)  # still whole
             mood.mode = "up"
             assert wait_until(lambda: set(range(1, 10_201)) <= set(collector.accepted_seqs()), 60), daemon.log_text()[-3000:]
