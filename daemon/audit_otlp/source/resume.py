@@ -101,13 +101,16 @@ def _locate_versions(
     path: Path, pool: list[FollowedFile], state: SourceState, max_line_bytes: int, recent: RecentLines, spool: Spool | None
 ) -> Located | None:
     position = state.position
-    # Spool files by inode (a small file's fingerprint may have grown since the checkpoint: the
-    # spool's own first bytes are checked against the listed identity when it is opened).
-    records = {(r.identity.dev, r.identity.ino): r for r in (spool.scan() if spool is not None else [])}
-    for v in state.versions:
-        if v.spool is not None and spool is not None:
-            spool.adopt(v.spool)
-            records[(v.identity.dev, v.identity.ino)] = v.spool
+    # Spool files by the vanished version's inode number (several versions may have had it, one
+    # after the other): the one whose first bytes are the listed version's is its spool (a small
+    # file's fingerprint may have grown since the checkpoint, so the bytes are compared).
+    records: dict[tuple[int, int], list[SpoolRecord]] = {}
+    listed_spools = [v.spool for v in state.versions if v.spool is not None]
+    for r in [*(spool.scan() if spool is not None else []), *listed_spools]:
+        same = records.setdefault((r.identity.dev, r.identity.ino), [])
+        same[:] = [x for x in same if x.name != r.name] + [r]  # the checkpoint's record knows the cut
+        if spool is not None and r in listed_spools:
+            spool.adopt(r)
     chain: list[FollowedFile] = []
     vanished = _Vanished()
     how = ""
@@ -229,7 +232,7 @@ def _find_versions(
     path: Path,
     state: SourceState,
     pool: list[FollowedFile],
-    records: dict[tuple[int, int], SpoolRecord],
+    records: dict[tuple[int, int], list[SpoolRecord]],
     spool: Spool | None,
     max_line_bytes: int,
 ) -> dict[int, tuple[FollowedFile, str]]:
@@ -268,7 +271,10 @@ def _find_versions(
         if i in found or not state.versions[i].identity.fingerprint_len:
             continue
         v, at = state.versions[i], position if i == index else None
-        spooled = _open_spool(v, records.get((v.identity.dev, v.identity.ino)), spool, at, max_line_bytes)
+        spooled = next(
+            (f for r in records.get((v.identity.dev, v.identity.ino), []) if (f := _open_spool(v, r, spool, at, max_line_bytes))),
+            None,
+        )
         if spooled is not None:
             found[i] = spooled, "its spool file"
             continue
