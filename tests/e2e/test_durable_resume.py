@@ -12,13 +12,18 @@ Set DURABLE_REPORT=path to collect each case's figures as JSON lines.
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.collector import Collector
+from tests.helpers.daemon import load_checkpoint, run_cli
+from tests.helpers.paths import TEST_DATA
 from tests.helpers.scenario import Outcome, Scenario
 from tests.torture.harness import fault_pause
 
@@ -288,3 +293,38 @@ def test_random_sigkills_after_tail_rewrites_long(audit_cli: str, tmp_path: Path
     )
     assert outcome.kills >= 20
     assert not outcome.violations, "\n".join(outcome.violations) + "\n" + outcome.summary()
+
+
+# -- a checkpoint written by the format-1 daemon -------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case, expected", [("mid_file", range(31, 51)), ("renamed", range(31, 41))])
+def test_a_real_version_1_checkpoint_resumes_where_it_stood(audit_cli: str, tmp_path: Path, case: str, expected: range) -> None:
+    """Files written by the format-1 daemon (tests/data/checkpoint_v1): the checkpoint is
+    migrated, not moved aside; delivery resumes after row 30, exactly once, and the checkpoint
+    is format 2 afterwards. (Its device and inode are another machine's: found by content.)"""
+    shutil.copytree(TEST_DATA / "checkpoint_v1" / case, tmp_path / "work")
+    work = tmp_path / "work"
+    (work / "state").mkdir()
+    os.replace(work / "checkpoint.json", work / "state" / "checkpoint.json")
+    with Collector() as collector:
+        done = run_cli(
+            audit_cli,
+            [
+                "run",
+                "--once",
+                "--file",
+                str(work / "audit.jsonl"),
+                "--checkpoint",
+                str(work / "state" / "checkpoint.json"),
+                "--endpoint",
+                collector.endpoint,
+            ],
+        )
+        assert done.returncode == 0, done.stderr
+        seqs = collector.accepted_seqs()
+    assert seqs == list(expected), (seqs, done.stderr[-2000:])
+    assert "CHECKPOINT CORRUPT" not in done.stderr and "RESUME GAP" not in done.stderr
+    assert not list((work / "state").glob("*corrupt*"))
+    assert load_checkpoint(work / "state" / "checkpoint.json") is not None  # format 2 now

@@ -238,8 +238,7 @@ class Daemon:
                 ", ".join(checkpoint.sources),
                 path,
             )
-        if checkpoint is None:
-            checkpoint = Checkpoint.empty(path)
+        checkpoint = Checkpoint.empty(path) if checkpoint is None else checkpoint.keyed_for(path)
         self.state.checkpoint_loaded = True
         return checkpoint
 

@@ -214,6 +214,13 @@ class Checkpoint:
             return only
         return SourceState(Cursor(path, None, 0))
 
+    def keyed_for(self, path: str) -> Checkpoint:
+        """With one source under another name (--file changed), that state under `path`."""
+        if path in self.sources or len(self.sources) != 1:
+            return self
+        (only,) = self.sources.values()
+        return replace(self, sources={path: replace(only, position=replace(only.position, path=path))})
+
     @property
     def chain_breaks(self) -> int:
         return sum(s.chain_breaks for s in self.sources.values())
