@@ -95,7 +95,7 @@ class DaemonProcess:
     /healthz and /metrics on a free port (a new one at each start) and `start` waits for them."""
 
     cli: str
-    source: Path
+    source: Path | None
     checkpoint: Path
     endpoint: str
     log_path: Path
@@ -111,8 +111,7 @@ class DaemonProcess:
         argv = [
             self.cli,
             "run",
-            "--file",
-            str(self.source),
+            *(["--file", str(self.source)] if self.source is not None else []),  # None: the config's source.paths
             "--checkpoint",
             str(self.checkpoint),
             "--endpoint",

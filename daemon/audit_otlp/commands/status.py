@@ -17,6 +17,7 @@ from audit_otlp.delivery.records import DurableLog
 from audit_otlp.runtime.lifecycle import EXIT_OK
 from audit_otlp.runtime.wiring import spool_directory
 from audit_otlp.source.backlog import find_backlog
+from audit_otlp.source.sources import expand
 from audit_otlp.source.spool import Spool
 from audit_otlp.state.checkpoint import Checkpoint
 
@@ -36,23 +37,55 @@ def read_checkpoint(path: Path) -> tuple[Checkpoint | None, str | None]:
 
 
 def collect_status(config: Config) -> dict[str, Any]:
+    """Every source's figures under "sources"; at the top, the first source's (the only one,
+    usually) with the backlog and spool summed over all of them."""
     checkpoint, checkpoint_problem = read_checkpoint(config.checkpoint.path)
-    path = config.source.path
+    paths = expand(config.source.paths) or [config.source.path]
+    several = len(config.source.paths) > 1 or len(paths) > 1
+    if checkpoint is not None and len(paths) == 1:
+        checkpoint = checkpoint.keyed_for(str(paths[0]))
+    spool = Spool(spool_directory(config), config.source.spool_max_bytes)
+    sources = [
+        _source_status(config, checkpoint, path, f"{path}.*" if several else config.source.rotated_glob, spool) for path in paths
+    ]
     status: dict[str, Any] = {
-        "file": str(path),
         "checkpoint_path": str(config.checkpoint.path),
         "endpoint": mask_url(config.export.endpoint),
-        "checkpoint": None,
+        **sources[0],
+        "backlog_bytes": sum(s["backlog_bytes"] for s in sources),
+        "backlog_rows": sum(s["backlog_rows"] for s in sources),
+        "resume_gaps": sum(s["resume_gaps"] for s in sources),
+        "spool": {
+            "directory": str(spool.directory),
+            "max_bytes": config.source.spool_max_bytes,
+            **{k: sum(s["spool"][k] for s in sources) for k in ("files", "bytes", "cut_bytes", "cut_lines")},
+        },
+        "sources": sources,
     }
     if checkpoint_problem:
         status["checkpoint_problem"] = checkpoint_problem
+    if checkpoint is not None:
+        status["delivered_spans"] = checkpoint.delivered_spans
+        status["last_success"] = _iso(checkpoint.last_success_unix)
+        status["last_error"] = checkpoint.last_error
+    else:
+        status["delivered_spans"] = 0
+        status["last_success"] = None
+        status["last_error"] = None
+    receipts = config.delivery.receipts_path
+    status["last_receipt"] = DurableLog(receipts).last_record() if receipts else None
+    return status
+
+
+def _source_status(config: Config, checkpoint: Checkpoint | None, path: Path, pattern: str, spool: Spool) -> dict[str, Any]:
+    """One audit log: where delivery stands and what a restart would read (the daemon's search)."""
+    status: dict[str, Any] = {"file": str(path), "checkpoint": None}
     try:
         status["file_size"] = path.stat().st_size
     except OSError:
         status["file_size"] = None
-    source = checkpoint.source(str(path)) if checkpoint is not None else None
-    spool = Spool(spool_directory(config), config.source.spool_max_bytes)
-    backlog = find_backlog(path, config.source.rotated_glob, source, config.source.max_line_bytes, spool)
+    source = checkpoint.sources.get(str(path)) if checkpoint is not None else None
+    backlog = find_backlog(path, pattern, source, config.source.max_line_bytes, spool)
     first = backlog.files[0] if backlog.files else None
     status["reading"] = str(first.path) if first is not None else None
     status["offset"] = first.offset if first is not None else 0
@@ -71,13 +104,12 @@ def collect_status(config: Config) -> dict[str, Any]:
     )
     spooled = [v.spool for v in (source.versions if source is not None else ()) if v.spool is not None]
     status["spool"] = {
-        "directory": str(spool.directory),
         "files": len(spooled),
         "bytes": sum(r.kept_bytes for r in spooled),
-        "max_bytes": config.source.spool_max_bytes,
         "cut_bytes": source.spool_cut_bytes if source is not None else 0,
         "cut_lines": source.spool_cut_lines if source is not None else 0,
     }
+    status["chain"] = {"verify": config.chain.verify, "last_hash": None, "breaks": 0}
     if checkpoint is not None and source is not None:
         cursor = source.position
         status["versions_held"] = [
@@ -92,17 +124,7 @@ def collect_status(config: Config) -> dict[str, Any]:
             "updated": _iso(checkpoint.updated_unix),
             "format_version": checkpoint.migrated_from or 2,
         }
-        status["delivered_spans"] = checkpoint.delivered_spans
-        status["last_success"] = _iso(checkpoint.last_success_unix)
-        status["last_error"] = checkpoint.last_error
         status["chain"] = {"verify": config.chain.verify, "last_hash": cursor.chain_last_hash, "breaks": source.chain_breaks}
-    else:
-        status["delivered_spans"] = 0
-        status["last_success"] = None
-        status["last_error"] = None
-        status["chain"] = {"verify": config.chain.verify, "last_hash": None, "breaks": 0}
-    receipts = config.delivery.receipts_path
-    status["last_receipt"] = DurableLog(receipts).last_record() if receipts else None
     return status
 
 
@@ -127,6 +149,14 @@ def format_status(status: dict[str, Any]) -> str:
         f"chain:           {chain_text}",
         f"endpoint:        {status['endpoint']}",
     ]
+    if len(status["sources"]) > 1:
+        lines[0] = f"files:           {len(status['sources'])} audit logs (backlog and spool summed below)"
+        for source in status["sources"]:
+            lines.append(
+                f"source:          {source['file']}: byte {source['offset']} of {source['reading'] or source['file']}, "
+                f"backlog {source['backlog_bytes']} bytes, {source['backlog_rows']} rows, "
+                f"{source['chain']['breaks']} chain breaks, {source['resume_gaps']} resume gaps"
+            )
     if status.get("checkpoint_problem"):
         lines.append(f"CHECKPOINT:      {status['checkpoint_problem']}")
     if status.get("resume_gap"):

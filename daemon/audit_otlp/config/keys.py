@@ -112,6 +112,12 @@ def _path(raw: Any) -> Path:
     return Path(raw)
 
 
+def _path_patterns(raw: Any) -> list[str]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(p, str) and p for p in raw):
+        raise ValueError('a list of paths or globs, such as ["state/audit.jsonl", "plugins/*/state/audit.jsonl"]')
+    return list(dict.fromkeys(raw))
+
+
 def parse_endpoint(raw: Any) -> str:
     if not isinstance(raw, str):
         raise ValueError("an http:// or https:// URL")
@@ -196,6 +202,7 @@ class Key:
 
 KEYS: tuple[Key, ...] = (
     Key("source.path", _path, Path("state/audit.jsonl"), env=("AUDIT_OTLP_FILE",)),
+    Key("source.paths", _path_patterns, None),  # None: [source.path]
     Key("source.start_at", _choice("beginning", "end"), "beginning"),
     Key("source.max_line_bytes", parse_size, 1024 * 1024),
     Key("source.rotated_glob", _string, None),  # None: "<path>.*"

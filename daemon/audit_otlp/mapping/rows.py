@@ -8,13 +8,13 @@ is the pure functions of `mapping` and `chain`.
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from audit_otlp.mapping.chain import GENESIS, ChainHasher, ChainState, ChainVerdict, verify_row
 from audit_otlp.mapping.envelope import encode_span
 from audit_otlp.mapping.ids import MappingOptions
 from audit_otlp.mapping.parse import parse_line
-from audit_otlp.mapping.spans import chain_broken_span, malformed_span, row_span
+from audit_otlp.mapping.spans import chain_broken_span, kv, malformed_span, row_span
 from audit_otlp.source.lines import Line
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class RowMapper:
         chain_state: ChainState,
         events: RowEvents,
         line_number: int = 0,
+        source: str | None = None,
     ) -> None:
         self.options = options
         self.hasher = hasher  # None: chain verification is off
@@ -45,6 +46,13 @@ class RowMapper:
         self.events = events
         self.line_number = line_number
         self.gap: str | None = None  # the next row is the first after a resume gap
+        # With several audit logs, every span names the file it came from (`audit.source`).
+        self._source = kv("audit.source", source) if source is not None else None
+
+    def _encode(self, span: dict[str, Any]) -> bytes:
+        if self._source is not None:
+            span["attributes"].append(self._source)
+        return encode_span(span)
 
     def mark_gap(self, reason: str) -> None:
         """The rows before the next one vanished unseen: it carries verdict `gap` (not a break),
@@ -72,7 +80,7 @@ class RowMapper:
             self.events.malformed_line("line_too_long")
             return MappedLine(
                 [
-                    encode_span(
+                    self._encode(
                         malformed_span(
                             offset=line.offset, length=line.length, digest=digest, reason="line_too_long", observed_ns=observed_ns
                         )
@@ -89,7 +97,7 @@ class RowMapper:
             self.events.malformed_line(reason)
             return MappedLine(
                 [
-                    encode_span(
+                    self._encode(
                         malformed_span(
                             offset=line.offset, length=len(data), digest=digest, reason=reason, observed_ns=observed_ns
                         )
@@ -102,11 +110,11 @@ class RowMapper:
         if gap and verdict is not None:
             verdict = verdict._replace(verified=False, gap=True, anchor=False)
         span = row_span(row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict, gap=gap)
-        spans = [encode_span(span)]
+        spans = [self._encode(span)]
         if verdict is not None and (verdict.broken or verdict.restart):
             self.events.chain_break(verdict, line.offset, self.line_number)
             spans.append(
-                encode_span(
+                self._encode(
                     chain_broken_span(
                         verdict=verdict,
                         offset=line.offset,

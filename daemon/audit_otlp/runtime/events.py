@@ -16,9 +16,12 @@ log = logging.getLogger("audit_otlp")
 
 
 class SourceObserver:
-    def __init__(self, metrics: Metrics) -> None:
+    """One per audit log followed (`path`: its name in the checkpoint)."""
+
+    def __init__(self, metrics: Metrics, path: str, keeper: CheckpointKeeper | None = None) -> None:
         self.metrics = metrics
-        self.keeper: CheckpointKeeper | None = None  # set once the checkpoint is loaded
+        self.path = path
+        self.keeper = keeper
 
     def rotation(self, kind: str, path: Path) -> None:
         self.metrics.rotations.labels(kind=kind).inc()
@@ -28,7 +31,7 @@ class SourceObserver:
         """Rows vanished unseen: said once, here (the first row after them says `gap`)."""
         self.metrics.resume_gaps.inc()
         if self.keeper is not None:
-            self.keeper.gap(reason)
+            self.keeper.gap(self.path, reason)
         log.error("RESUME GAP: %s", reason)
 
     def held_files(self, count: int, pending_bytes: int) -> None:
@@ -45,7 +48,7 @@ class SourceObserver:
         if record.cut_bytes:
             self.metrics.spool_cut_bytes.inc(record.cut_bytes)
             if self.keeper is not None:
-                self.keeper.spool_cut(record.cut_bytes, record.lines_cut)
+                self.keeper.spool_cut(self.path, record.cut_bytes, record.lines_cut)
             log.error(
                 "SPOOL FULL: source.spool_max_bytes reached; bytes %d-%d of %s (%d lines) are not kept: "
                 "they are still read from the open file, but a crash before they are delivered loses them",

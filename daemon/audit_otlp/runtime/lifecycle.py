@@ -13,17 +13,19 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
 from audit_otlp.config import Config, mask_url
+from audit_otlp.delivery.batching import BatchBuilder
 from audit_otlp.delivery.policy import Exporter
 from audit_otlp.runtime import wiring
 from audit_otlp.runtime.events import RowObserver, SourceObserver
 from audit_otlp.runtime.health import HealthServer
 from audit_otlp.runtime.logs import apply_log_settings
 from audit_otlp.runtime.metrics import Metrics
-from audit_otlp.runtime.pipeline import Pipeline
+from audit_otlp.runtime.pipeline import Lane, Pipeline
 from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine
 from audit_otlp.runtime.reload import ReloadPlan, reload_config
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.runtime.sdnotify import Notifier
+from audit_otlp.source.sources import expand
 from audit_otlp.state.checkpoint import Checkpoint, NewerCheckpointError
 from audit_otlp.state.store import CheckpointError, CheckpointStore
 
@@ -60,8 +62,15 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.envelope = wiring.build_envelope(config)
         self.sink = wiring.build_sink(config, options, self.envelope, self.metrics, self.state)
-        self.source_events = SourceObserver(self.metrics)
-        self.tailer = wiring.build_tailer(config, options, self.source_events)
+        # One tailer per audit log (source.paths), sharing one spool.
+        self.paths = expand(config.source.paths)
+        several = len(config.source.paths) > 1 or len(self.paths) > 1
+        self.source_events = [SourceObserver(self.metrics, str(path)) for path in self.paths]
+        spool = wiring.build_spool(config, options)
+        self.tailers = [
+            wiring.build_tailer(config, events, path, spool, several) for path, events in zip(self.paths, self.source_events)
+        ]
+        self.several = several
         self.stopping = asyncio.Event()
         self.pipeline: Pipeline | None = None  # built once the checkpoint is loaded
 
@@ -98,7 +107,8 @@ class Daemon:
         # --foreground chose its format for a person at a terminal; SIGHUP leaves that alone.
         apply_log_settings(None if self.options.foreground else config.log.format, config.log.level, self.verbose)
         if self.pipeline is not None:
-            self.pipeline.builder.limits = wiring.batch_limits(config)
+            for lane in self.pipeline.lanes:
+                lane.builder.limits = wiring.batch_limits(config)
             self.pipeline.retry = config.retry
         if isinstance(self.sink, Exporter):
             self.sink.settings = wiring.build_export_settings(config)
@@ -107,32 +117,30 @@ class Daemon:
     # -- start-up, the run, shutdown -----------------------------------------------------------
 
     async def _run(self) -> int:
+        if not self.paths:
+            raise FatalError(f"source.paths: no file matches {', '.join(self.config.source.paths)}")
         checkpoint = self._load_checkpoint()
-        path = str(self.config.source.path)
-        source = checkpoint.source(path)
         self.state.delivered_before = checkpoint.delivered_spans
         self.state.chain_breaks_before = checkpoint.chain_breaks
         keeper = wiring.build_keeper(self.config, self.options, checkpoint, self.metrics, self.state)
-        self.source_events.keeper = keeper
-        await self.tailer.start(None if source.says_nothing else source, self.config.source.start_at)
-        position, gap = self.tailer.start_position(source.position)
-        keeper.started(position, gap, self.tailer)
-        mapper = wiring.build_mapper(self.config, position, RowObserver(self.metrics, self.state))
-        self.tailer.queue.links = mapper.links
+        rows = RowObserver(self.metrics, self.state)
+        lanes = []
+        for tailer, events in zip(self.tailers, self.source_events):
+            events.keeper = keeper
+            source = checkpoint.source(events.path)
+            await tailer.start(None if source.says_nothing else source, self.config.source.start_at)
+            position, gap = tailer.start_position(source.position)
+            keeper.started(events.path, position, gap, tailer)
+            mapper = wiring.build_mapper(self.config, position, rows, events.path if self.several else None)
+            tailer.queue.links = mapper.links
+            builder = BatchBuilder(self.envelope, wiring.batch_limits(self.config))
+            lanes.append(Lane(events.path, tailer, mapper, builder, breaks_before=source.chain_breaks))
+            if tailer.current is None:
+                log.info("waiting for %s to appear", events.path)
         pipeline = self.pipeline = Pipeline(
-            self.tailer,
-            mapper,
-            self.sink,
-            keeper,
-            self.envelope,
-            wiring.batch_limits(self.config),
-            self.config.retry,
-            self.config.export.max_in_flight,
-            self.state,
+            lanes, self.sink, keeper, self.config.retry, self.config.export.max_in_flight, self.state
         )
-        self.state.file_reachable = self.tailer.current is not None
-        if self.tailer.current is None:
-            log.info("waiting for %s to appear", self.config.source.path)
+        self.state.file_reachable = any(t.current is not None for t in self.tailers)
         await self.sink.start()
         health = await self._start_health()
 
@@ -150,7 +158,7 @@ class Daemon:
         self.notifier.ready(self._status_line())
         log.info(
             "following %s -> %s (checkpoint %s)",
-            self.config.source.path,
+            ", ".join(str(p) for p in self.paths),
             "stdout (dry run)" if self.options.dry_run else mask_url(self.config.export.endpoint),
             self.config.checkpoint.path,
         )
@@ -177,7 +185,8 @@ class Daemon:
             await keeper.flush()
             await self.sink.aclose()
             final_status = self._status_line()
-            await self.tailer.close()
+            for tailer in self.tailers:
+                await tailer.close()
             if health is not None:
                 await health.aclose()
             log.info("stopped: %s", final_status)
@@ -209,7 +218,7 @@ class Daemon:
         stop_wait.cancel()
         if work in done:
             work.result()
-            if self.tailer.current is not None and self.tailer.current.splitter.pending_bytes:
+            if any(t.current is not None and t.current.splitter.pending_bytes for t in self.tailers):
                 log.warning("the last line has no newline yet; it is held for the next run")
             log.info("--once: everything up to the end of the file is settled")
             return EXIT_OK
@@ -217,7 +226,7 @@ class Daemon:
         await asyncio.gather(work, return_exceptions=True)
         if self.stopping.is_set():
             return EXIT_OK
-        log.error("--once: deadline of %.1f s passed with %d batches not delivered", deadline or 0, pipeline.acks.unsettled)
+        log.error("--once: deadline of %.1f s passed with %d batches not delivered", deadline or 0, pipeline.unsettled)
         return EXIT_DEADLINE
 
     def _load_checkpoint(self) -> Checkpoint:
@@ -231,14 +240,17 @@ class Daemon:
             checkpoint = store.load()
         except NewerCheckpointError as exc:
             raise FatalError(f"{self.config.checkpoint.path}: {exc}; upgrade audit-otlp or move the file away") from exc
-        path = str(self.config.source.path)
-        if checkpoint is not None and path not in checkpoint.sources:
+        path = str(self.paths[0]) if self.paths else ""
+        if checkpoint is not None and len(self.paths) == 1 and path not in checkpoint.sources:
             log.warning(
                 "the checkpoint was for %s, now following %s: matching by file identity and content",
                 ", ".join(checkpoint.sources),
                 path,
             )
-        checkpoint = Checkpoint.empty(path) if checkpoint is None else checkpoint.keyed_for(path)
+        if checkpoint is None:
+            checkpoint = Checkpoint({str(p): Checkpoint.empty(str(p)).source(str(p)) for p in self.paths})
+        elif len(self.paths) == 1:
+            checkpoint = checkpoint.keyed_for(path)
         self.state.checkpoint_loaded = True
         return checkpoint
 
@@ -254,7 +266,7 @@ class Daemon:
     # -- reporting -----------------------------------------------------------------------------
 
     def _refresh_gauges(self) -> None:
-        backlog = self.pipeline.backlog_bytes() if self.pipeline is not None else self.tailer.backlog_bytes()
+        backlog = self.pipeline.backlog_bytes() if self.pipeline is not None else sum(t.backlog_bytes() for t in self.tailers)
         self.state.backlog_bytes = backlog
         self.metrics.backlog_bytes.set(backlog)
 
@@ -265,8 +277,9 @@ class Daemon:
 
     def _status_line(self) -> str:
         self._refresh_gauges()
-        waiting = "" if self.tailer.current is not None or self.tailer.draining else f"waiting for {self.config.source.path}; "
-        in_flight = self.pipeline.acks.unsettled if self.pipeline is not None else 0
+        missing = [str(t.path) for t in self.tailers if t.current is None and not t.draining]
+        waiting = f"waiting for {', '.join(missing)}; " if missing else ""
+        in_flight = self.pipeline.unsettled if self.pipeline is not None else 0
         return (
             f"{waiting}delivered {self.state.delivered_spans} spans of {self.state.rows_read} rows read, "
             f"backlog {self.state.backlog_bytes} bytes, "

@@ -85,17 +85,21 @@ def spool_directory(config: Config) -> Path:
     return checkpoint.with_name(checkpoint.name + ".spool")
 
 
-def build_tailer(config: Config, options: RunOptions, events: SourceEvents) -> Tailer:
+def build_spool(config: Config, options: RunOptions) -> Spool | None:
+    """One spool for every source (its bound is for them all); none for a dry run."""
+    return None if options.dry_run else Spool(spool_directory(config), config.source.spool_max_bytes)
+
+
+def build_tailer(config: Config, events: SourceEvents, path: Path, spool: Spool | None, several: bool) -> Tailer:
     source = config.source
-    spool = None if options.dry_run else Spool(spool_directory(config), source.spool_max_bytes)
     # The recent-lines window must reach back past every line read but not yet delivered, plus
     # the lines the checkpoint keeps.
     unsettled = (config.export.max_in_flight + 2) * config.batch.max_spans
     return Tailer(
-        source.path,
+        path,
         max_line_bytes=source.max_line_bytes,
         poll_interval=source.poll_interval,
-        rotated_glob=source.rotated_glob,
+        rotated_glob=f"{path}.*" if several else source.rotated_glob,
         events=events,
         spool=spool,
         recent_limit=max(RECENT_LINES, RECENT_DIGESTS + unsettled),
@@ -110,12 +114,11 @@ def build_keeper(
     config: Config, options: RunOptions, checkpoint: Checkpoint, metrics: Metrics, state: RunState
 ) -> CheckpointKeeper:
     store = CheckpointStore(config.checkpoint.path)
-    return CheckpointKeeper(
-        store, checkpoint, config.checkpoint.interval, metrics, state, enabled=not options.dry_run, path=str(config.source.path)
-    )
+    return CheckpointKeeper(store, checkpoint, config.checkpoint.interval, metrics, state, enabled=not options.dry_run)
 
 
-def build_mapper(config: Config, position: Cursor, events: RowEvents) -> RowMapper:
+def build_mapper(config: Config, position: Cursor, events: RowEvents, source: str | None = None) -> RowMapper:
+    """The mapping stage of one source; `source` (with several audit logs) names it on every span."""
     hasher = ChainHasher(config.chain_key) if config.chain.verify else None
     chain = ChainState(last_hash=position.chain_last_hash)
-    return RowMapper(MappingOptions(config.mapping.trace_id_from), hasher, chain, events)
+    return RowMapper(MappingOptions(config.mapping.trace_id_from), hasher, chain, events, source=source)

@@ -205,14 +205,8 @@ class Checkpoint:
         return cls({path: SourceState(Cursor(path, None, 0))})
 
     def source(self, path: str) -> SourceState:
-        """The state of `path`; with one source, that one whatever its name was (a renamed
-        --file is matched by file identity and content, not by name)."""
-        if path in self.sources:
-            return self.sources[path]
-        if len(self.sources) == 1:
-            (only,) = self.sources.values()
-            return only
-        return SourceState(Cursor(path, None, 0))
+        """The state of `path` (a new source: nothing delivered yet)."""
+        return self.sources.get(path) or SourceState(Cursor(path, None, 0))
 
     def keyed_for(self, path: str) -> Checkpoint:
         """With one source under another name (--file changed), that state under `path`."""

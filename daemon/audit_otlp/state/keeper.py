@@ -36,14 +36,7 @@ class CheckpointKeeper:
     """Holds the latest settled position and the counters, and writes them (see the module doc)."""
 
     def __init__(
-        self,
-        store: CheckpointStore,
-        initial: Checkpoint,
-        interval: float,
-        metrics: Metrics,
-        state: RunState,
-        enabled: bool,
-        path: str = "",
+        self, store: CheckpointStore, initial: Checkpoint, interval: float, metrics: Metrics, state: RunState, enabled: bool
     ) -> None:
         self.store = store
         self.current = initial
@@ -51,75 +44,78 @@ class CheckpointKeeper:
         self.metrics = metrics
         self.state = state
         self.enabled = enabled
-        self.path = path or next(iter(initial.sources), "")
-        self.view: SourceView | None = None  # set once the tailer is started
+        self.views: dict[str, SourceView] = {}  # by source path, once each tailer is started
         self._dirty = asyncio.Event()
         self._writing: asyncio.Future[None] | None = None
 
-    @property
-    def source(self) -> SourceState:
-        return self.current.source(self.path)
+    def source(self, path: str) -> SourceState:
+        return self.current.source(path)
 
-    @property
-    def position(self) -> Cursor:
-        return self.source.position
+    def position(self, path: str) -> Cursor:
+        return self.source(path).position
 
-    def _set_source(self, source: SourceState) -> None:
+    def _set_source(self, path: str, source: SourceState) -> None:
         state = self.state
         self.current = self.current.with_source(
-            self.path,
-            replace(source, chain_breaks=state.all_time_chain_breaks()),
+            path,
+            source,
             delivered_spans=state.all_time_delivered(),
             last_success_unix=state.last_success_unix or self.current.last_success_unix,
             last_error=state.last_error,
         )
         self._dirty.set()
 
-    def started(self, position: Cursor, gap: str | None, view: SourceView) -> None:
-        """The tailer opened its files: `position` is where this run starts (moved past a gap
-        that was just found, whose row must be marked and which must never be reported again)."""
-        self.view = view
-        source = replace(self.source, position=position)
+    def started(self, path: str, position: Cursor, gap: str | None, view: SourceView) -> None:
+        """A tailer opened its files: `position` is where this run starts (moved past a gap that
+        was just found, whose row must be marked and which must never be reported again)."""
+        self.views[path] = view
+        source = replace(self.source(path), position=position)
         if gap is not None:
             source = replace(source, gap_pending=gap)
-        self.current = self.current.with_source(self.path, source)
+        self.current = self.current.with_source(path, source)
         if gap is not None or self.current.migrated_from is not None:
             self._dirty.set()
 
-    def advance(self, frontier: Cursor | None) -> None:
-        """A batch was settled: `frontier` is the new position if it moved."""
-        source = self.source
+    def advance(self, path: str, frontier: Cursor | None, chain_breaks: int | None = None) -> None:
+        """A batch of `path` was settled: `frontier` is its new position if it moved."""
+        source = self.source(path)
         if frontier is not None and frontier != source.position:
             source = replace(source, position=frontier, gap_pending=None)  # the row after a gap is delivered
-        self._set_source(source)
+        if chain_breaks is not None:
+            source = replace(source, chain_breaks=chain_breaks)
+        self._set_source(path, source)
 
-    def gap(self, reason: str) -> None:
+    def gap(self, path: str, reason: str) -> None:
         """A resume gap was reported: count it (status shows it, and the last one)."""
-        source = self.source
-        self._set_source(replace(source, resume_gaps=source.resume_gaps + 1, last_gap=reason, last_gap_unix=time.time()))
+        source = self.source(path)
+        self._set_source(path, replace(source, resume_gaps=source.resume_gaps + 1, last_gap=reason, last_gap_unix=time.time()))
 
-    def spool_cut(self, cut_bytes: int, cut_lines: int) -> None:
-        source = self.source
-        self._set_source(
-            replace(
-                source, spool_cut_bytes=source.spool_cut_bytes + cut_bytes, spool_cut_lines=source.spool_cut_lines + cut_lines
-            )
+    def spool_cut(self, path: str, cut_bytes: int, cut_lines: int) -> None:
+        source = self.source(path)
+        cut = replace(
+            source, spool_cut_bytes=source.spool_cut_bytes + cut_bytes, spool_cut_lines=source.spool_cut_lines + cut_lines
         )
+        self._set_source(path, cut)
 
     def nudge(self) -> None:
-        """The source's state changed (a version was spooled): write soon, position or not."""
+        """A source's state changed (a version was spooled): write soon, position or not."""
         self._dirty.set()
 
     def compose(self) -> Checkpoint:
-        """The checkpoint to write now: the position, and the tailer's versions at this moment."""
-        if self.view is None:
-            return self.current
-        source = self.source
-        filled = self.view.snapshot(source.position)
-        source = replace(
-            source, versions=filled.versions, position_index=filled.position_index, recent=filled.recent, released=filled.released
-        )
-        return self.current.with_source(self.path, source)
+        """The checkpoint to write now: the positions, and each tailer's versions at this moment."""
+        checkpoint = self.current
+        for path, view in self.views.items():
+            source = checkpoint.source(path)
+            filled = view.snapshot(source.position)
+            source = replace(
+                source,
+                versions=filled.versions,
+                position_index=filled.position_index,
+                recent=filled.recent,
+                released=filled.released,
+            )
+            checkpoint = checkpoint.with_source(path, source)
+        return checkpoint
 
     async def flush(self) -> bool:
         # One writer of the temp file at a time: a write the run task started (and that was
@@ -152,8 +148,8 @@ class CheckpointKeeper:
         if self.state.checkpoint_error is not None:
             log.info("checkpoint writes work again")
         self.state.checkpoint_error = None
-        if self.view is not None:
-            self.view.checkpoint_saved(snapshot.source(self.path))
+        for path, view in self.views.items():
+            view.checkpoint_saved(snapshot.source(path))
         return True
 
     async def run(self) -> None:

@@ -79,6 +79,7 @@ def test_a_real_version_1_checkpoint_is_migrated_not_moved_aside(tmp_path: Path,
     assert loaded is not None and loaded.migrated_from == 1
     assert list(tmp_path.glob("*corrupt*")) == []
     source = loaded.source(v1["path"])
+    assert not source.says_nothing
     assert source.position.offset == v1["offset"] and source.position.last_line_sha256 == v1["last_line_sha256"]
     assert source.position.identity == FileIdentity.from_json(v1["file"])
     assert source.position.chain_last_hash == v1["chain"]["last_hash"] and source.chain_breaks == v1["chain"]["breaks"]
@@ -89,8 +90,11 @@ def test_a_real_version_1_checkpoint_is_migrated_not_moved_aside(tmp_path: Path,
 
 
 def test_a_renamed_source_path_still_finds_its_only_state() -> None:
-    """--file changed (the checkpoint names another path): one source is matched by content."""
-    assert sample().source("/elsewhere/audit.jsonl").position.offset == 4096
+    """--file changed (the checkpoint names another path): its one source is taken for it (and
+    then matched by file identity and content); with several sources, names decide."""
+    moved = sample().keyed_for("/elsewhere/audit.jsonl")
+    assert moved.source("/elsewhere/audit.jsonl").position.offset == 4096 and list(moved.sources) == ["/elsewhere/audit.jsonl"]
+    assert sample().source("/elsewhere/audit.jsonl").says_nothing
 
 
 def test_a_checkpoint_from_a_newer_version_is_refused_and_kept(tmp_path: Path) -> None:
