@@ -15,6 +15,7 @@ import pytest
 from audit_otlp.mapping.chain import ChainHasher
 from tests.helpers.auditgen import AuditWriter, append_bytes
 from tests.helpers.collector import Collector, attrs
+from tests.helpers.daemon import load_checkpoint
 from tests.helpers.tampering import TAMPERINGS
 
 
@@ -85,7 +86,8 @@ def test_intact_chain_every_span_verified(tmp_path: Path, audit_cli: str) -> Non
         assert a["audit.chain.verified"] is True
         assert a["audit.hash"] == ChainHasher().row_hash(orjson.loads(line))
         assert "audit.chain.anchor" not in a
-    checkpoint = orjson.loads((tmp_path / "cp.json").read_bytes())
+    checkpoint = load_checkpoint(tmp_path / "cp.json")
+    assert checkpoint is not None
     assert checkpoint["chain"]["last_hash"] == ChainHasher().row_hash(orjson.loads(lines[-1]))
     assert checkpoint["chain"]["breaks"] == 0 and checkpoint["chain"]["recent"][-1] == checkpoint["chain"]["last_hash"]
 
@@ -117,7 +119,7 @@ def test_tampering_gives_one_break_span_at_the_right_row(tmp_path: Path, audit_c
     assert evidence["gen_ai.operation.name"] == "execute_tool"
     assert sum(1 for v in verdicts.values() if v == "break") == len(breaks)
     assert all(verified[o] is (verdicts[o] == "ok") for o in verified)
-    checkpoint = orjson.loads((tmp_path / "cp.json").read_bytes())
+    checkpoint = load_checkpoint(tmp_path / "cp.json")
     assert checkpoint["chain"]["breaks"] == len(breaks)
 
 
@@ -148,7 +150,7 @@ def test_no_false_break_across_restarts(tmp_path: Path, audit_cli: str) -> None:
     assert len(spans) == 36
     assert_chain_intact(spans)
     assert not any("audit.chain.anchor" in attrs(s) for s in spans)
-    assert orjson.loads(checkpoint.read_bytes())["chain"]["breaks"] == 0
+    assert load_checkpoint(checkpoint)["chain"]["breaks"] == 0
 
 
 def test_partial_last_line_then_restart(tmp_path: Path, audit_cli: str) -> None:

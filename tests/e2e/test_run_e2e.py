@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers.auditgen import AuditWriter, append_bytes
 from tests.helpers.collector import Collector, Reply, attrs, seq_of
-from tests.helpers.daemon import Workdir, daemon_env, run_cli
+from tests.helpers.daemon import Workdir, daemon_env, load_checkpoint, run_cli
 from tests.helpers.wait import wait_until
 
 
@@ -55,7 +55,7 @@ def test_n_rows_become_exactly_n_spans_with_specified_ids_times_and_attributes(w
     assert first["startTimeUnixNano"] == str(int(expected.timestamp()) * 10**9 + 1_000_000)
     assert int(first["endTimeUnixNano"]) - int(first["startTimeUnixNano"]) == 1_000_000
     assert all(attrs(s)["audit.chain.verified"] is True for s in spans)
-    assert json.loads(work.checkpoint.read_text())["offset"] == work.audit.stat().st_size
+    assert load_checkpoint(work.checkpoint)["offset"] == work.audit.stat().st_size
 
 
 def test_timestamps_are_utc_whatever_the_machine_time_zone(work: Workdir, audit_cli: str) -> None:

@@ -12,6 +12,8 @@ import pytest
 
 from tests.helpers.auditgen import AuditWriter, append_bytes
 from tests.helpers.collector import Collector, Reply
+from tests.helpers.daemon import checkpoint_view
+from tests.helpers.rotation import rotate
 
 
 def run(audit_cli: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -49,7 +51,10 @@ def delivered(tmp_path: Path, audit_cli: str) -> AuditWriter:
         assert len(collector.accepted_spans()) == 10
     # The daemon's own promise, checked here so that a failure below is about status, not about it.
     checkpoint = (tmp_path / "cp.json").read_text()
-    assert json.loads(checkpoint)["offset"] == (tmp_path / "audit.jsonl").stat().st_size, (checkpoint, result.stderr)
+    assert checkpoint_view(json.loads(checkpoint))["offset"] == (tmp_path / "audit.jsonl").stat().st_size, (
+        checkpoint,
+        result.stderr,
+    )
     return writer
 
 
@@ -107,6 +112,7 @@ def test_rotated_file_held_and_the_overlap_of_the_new_file_is_not_counted(
             "path": str(tmp_path / "audit.jsonl.1"),
             "pending_bytes": (tmp_path / "audit.jsonl.1").stat().st_size - delivered_size,
             "pending_rows": 4,
+            "spooled": False,
         }
     ]
     assert status["backlog_rows"] == 4 + 5  # the 3 repeated lines are not counted twice
@@ -114,7 +120,7 @@ def test_rotated_file_held_and_the_overlap_of_the_new_file_is_not_counted(
     assert status["backlog_bytes"] == held[0]["pending_bytes"] + new_rows_bytes
 
 
-def test_rewritten_file_is_searched_by_last_line_else_reported_as_resume_gap(
+def test_rewritten_file_is_read_after_its_overlap_and_a_gap_only_when_undelivered_rows_vanished(
     tmp_path: Path, audit_cli: str, delivered: AuditWriter
 ) -> None:
     log = tmp_path / "audit.jsonl"
@@ -125,10 +131,17 @@ def test_rewritten_file_is_searched_by_last_line_else_reported_as_resume_gap(
     status = status_json(audit_cli, tmp_path)
     assert status["offset"] == len(lines[-2]) + len(lines[-1]), (status, (tmp_path / "cp.json").read_text())
     assert status["backlog_rows"] == 3 and status["resume_gap"] is False
-    # Rewritten without it: delivery would restart at byte 0; status says so.
+    # Rewritten with rows that were all delivered: read again from byte 0, nothing is missing.
     log.write_bytes(b"".join(lines[:2]))
     status = status_json(audit_cli, tmp_path)
-    assert status["resume_gap"] is True and status["offset"] == 0 and status["backlog_rows"] == 2
+    assert status["resume_gap"] is False and status["offset"] == 0 and status["backlog_rows"] == 2
+    # Rows never delivered, then a tail-rewrite keeping 2 of them: the others are gone. Status says so.
+    log.write_bytes(b"".join(lines))
+    delivered.append(5)
+    rotate(log, "tail_rewrite", keep_lines=2)
+    status = status_json(audit_cli, tmp_path)
+    assert status["resume_gap"] is True and status["backlog_rows"] == 2, status
+    assert "gone with rows not delivered" in status["resume_gap_reason"]
 
 
 def test_no_checkpoint_means_the_whole_file_is_backlog(tmp_path: Path, audit_cli: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -104,6 +105,7 @@ class Collector:
         self._lock = threading.RLock()  # wait_for predicates may call accepted()
         self._cond = threading.Condition(self._lock)
         self._count = 0
+        self.handling = 0  # requests being answered right now
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -114,6 +116,15 @@ class Collector:
                 pass
 
             def do_POST(self) -> None:
+                with collector._lock:
+                    collector.handling += 1
+                try:
+                    self._post()
+                finally:
+                    with collector._lock:
+                        collector.handling -= 1
+
+            def _post(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 if self.headers.get("Content-Encoding") == "gzip":
@@ -217,3 +228,26 @@ def seq_of(span: dict[str, Any]) -> int | None:
     if isinstance(target, str) and target.startswith("src/file_"):
         return int(target[len("src/file_") : -3])
     return None
+
+
+class Mood:
+    """A collector that is up (200 at once), slow (200 after a delay, fixed or drawn from a range)
+    or down (503); a test changes `mode` while the daemon runs."""
+
+    def __init__(self, mode: str = "up", slow: float | tuple[float, float] = 0.3, seed: int = 0) -> None:
+        self.mode = mode
+        self.slow = slow
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def __call__(self, doc: dict[str, Any], n: int) -> Reply:
+        if self.mode == "down":
+            return Reply(503, b'{"message":"down"}')
+        if self.mode == "slow":
+            if isinstance(self.slow, tuple):
+                with self._lock:
+                    delay = self._rng.uniform(*self.slow)
+            else:
+                delay = self.slow
+            return Reply(200, delay=delay)
+        return Reply()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -44,6 +43,27 @@ def run_cli(
     return subprocess.run([cli, *args], capture_output=True, text=True, timeout=timeout, env=env or daemon_env(), **kw)
 
 
+def checkpoint_view(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A checkpoint document (format 2) as tests read it: its one source's state, with the
+    position's keys (offset, file, last_line_sha256, ...) at the top, plus the document's own
+    counters and version. None stays None."""
+    if doc is None:
+        return None
+    assert doc.get("version") == 2 and isinstance(doc.get("sources"), dict), f"not a format-2 checkpoint: {str(doc)[:200]}"
+    (source,) = doc["sources"].values()
+    top = {k: v for k, v in doc.items() if k != "sources"}
+    return {**top, **source, **source["position"]}
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """`checkpoint_view` of the file at `path`; None when there is none yet. A torn file raises."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return checkpoint_view(orjson.loads(data))
+
+
 def write_config(path: Path, **sections: dict[str, Any]) -> Path:
     """A TOML file from {section: {key: value}} (values: str, int, float, bool)."""
     out: list[str] = []
@@ -75,7 +95,7 @@ class DaemonProcess:
     /healthz and /metrics on a free port (a new one at each start) and `start` waits for them."""
 
     cli: str
-    source: Path
+    source: Path | None
     checkpoint: Path
     endpoint: str
     log_path: Path
@@ -91,8 +111,7 @@ class DaemonProcess:
         argv = [
             self.cli,
             "run",
-            "--file",
-            str(self.source),
+            *(["--file", str(self.source)] if self.source is not None else []),  # None: the config's source.paths
             "--checkpoint",
             str(self.checkpoint),
             "--endpoint",
@@ -130,10 +149,8 @@ class DaemonProcess:
 
     def checkpoint_offset(self) -> int:
         """The checkpoint's offset; 0 before the first checkpoint is written."""
-        try:
-            return int(orjson.loads(self.checkpoint.read_bytes())["offset"])
-        except FileNotFoundError:
-            return 0
+        doc = load_checkpoint(self.checkpoint)
+        return int(doc["offset"]) if doc else 0
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -210,10 +227,7 @@ class Workdir:
         ).start()
 
     def checkpoint_doc(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.checkpoint.read_text())  # type: ignore[no-any-return]
-        except FileNotFoundError:
-            return None
+        return load_checkpoint(self.checkpoint)
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from tests.helpers.collector import Collector, Reply
-from tests.helpers.daemon import DaemonProcess
+from tests.helpers.daemon import DaemonProcess, load_checkpoint
 from tests.helpers.wait import wait_until
 
 
@@ -99,13 +99,10 @@ def duplicates(counts: collections.Counter[int]) -> int:
 
 
 def read_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint as JSON; None when there is none yet. A torn or non-JSON file raises."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    doc = orjson.loads(data)
-    assert isinstance(doc, dict) and "offset" in doc and "version" in doc, f"checkpoint lacks fields: {data[:200]!r}"
+    """The checkpoint (its one source's view, tests.helpers.daemon.checkpoint_view); None when
+    there is none yet. A torn or non-JSON file raises."""
+    doc = load_checkpoint(path)
+    assert doc is None or ("offset" in doc and "version" in doc), f"checkpoint lacks fields: {str(doc)[:200]}"
     return doc
 
 

@@ -166,3 +166,47 @@ def test_readonly_checkpoint_directory_at_startup_exits_3(audit_cli: str, tmp_pa
 def test_checkpoint_parent_is_a_file_exits_3(audit_cli: str, tmp_path: Path) -> None:
     (tmp_path / "not-a-dir").write_text("x")
     _assert_exit3_one_line(_run_once(audit_cli, tmp_path, tmp_path / "not-a-dir" / "checkpoint.json"))
+
+
+def test_disk_full_while_spooling_loses_nothing_and_says_so(audit_cli: str, tmp_path: Path, small_fs: Path) -> None:
+    """The state directory (checkpoint and spool) is a 256 KiB filesystem. With the collector down
+    the producer tail-rewrites a 2 MB file: its undelivered rows cannot be spooled (ENOSPC). The
+    daemon keeps running, says so (log, metric), keeps its checkpoint, leaves no partial spool,
+    and once the collector is back delivers every row from the handle it still holds."""
+    from tests.helpers.collector import Mood
+    from tests.helpers.rotation import rotate
+
+    source = tmp_path / "audit.jsonl"
+    checkpoint = small_fs / "checkpoint.json"
+    config = write_config(
+        tmp_path / "audit-otlp.toml",
+        batch={"max_wait": "50ms"},
+        dead_letter={"path": str(tmp_path / "dead-letter.jsonl")},
+        retry={"initial_backoff": "50ms", "max_backoff": "200ms"},
+        source={"poll_interval": "200ms"},
+    )
+    audit = AuditWriter(source)
+    audit.append(100)
+    mood = Mood()
+    with Collector(mood) as collector:
+        daemon = DaemonProcess(audit_cli, source, checkpoint, collector.endpoint, tmp_path / "daemon.log", config).start()
+        try:
+            assert collector.wait_for_spans(100, 30)
+            mood.mode = "down"
+            audit.append(10_000)  # about 2 MB, far more than the state filesystem holds
+            rotate(source, "tail_rewrite")
+            audit.append(100)
+            assert wait_until(lambda: daemon.metrics().get("audit_otlp_spool_errors_total", 0) >= 1, 30), daemon.log_text()[
+                -3000:
+            ]
+            assert "could not be spooled" in daemon.log_text()
+            assert daemon.proc is not None and daemon.proc.poll() is None
+            assert not any(p.name.endswith(".tmp") for p in (small_fs / "checkpoint.json.spool").glob("*")), (
+                "a partial spool was left"
+            )
+            read_checkpoint(checkpoint)  # still whole
+            mood.mode = "up"
+            assert wait_until(lambda: set(range(1, 10_201)) <= set(collector.accepted_seqs()), 60), daemon.log_text()[-3000:]
+        finally:
+            assert daemon.stop() == 0, daemon.log_text()[-3000:]
+    assert (read_checkpoint(checkpoint) or {}).get("offset") == source.stat().st_size

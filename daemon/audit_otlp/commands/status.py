@@ -16,8 +16,10 @@ from audit_otlp.config import Config, mask_url
 from audit_otlp.delivery.records import DurableLog
 from audit_otlp.runtime.exits import EXIT_OK
 from audit_otlp.runtime.logs import counted
+from audit_otlp.runtime.wiring import spool_directory
 from audit_otlp.source.backlog import find_backlog
-from audit_otlp.source.resume import ResumePoint
+from audit_otlp.source.sources import expand
+from audit_otlp.source.spool import Spool
 from audit_otlp.state.checkpoint import Checkpoint
 
 
@@ -36,64 +38,102 @@ def read_checkpoint(path: Path) -> tuple[Checkpoint | None, str | None]:
 
 
 def collect_status(config: Config) -> dict[str, Any]:
+    """Every source's figures under "sources"; at the top, the first source's (the only one,
+    usually) with the backlog and spool summed over all of them."""
     checkpoint, checkpoint_problem = read_checkpoint(config.checkpoint.path)
-    path = config.source.path
+    paths = expand(config.source.paths) or [config.source.path]
+    several = len(config.source.paths) > 1 or len(paths) > 1
+    if checkpoint is not None and len(paths) == 1:
+        checkpoint = checkpoint.keyed_for(str(paths[0]))
+    spool = Spool(spool_directory(config), config.source.spool_max_bytes)
+    sources = [
+        _source_status(config, checkpoint, path, f"{path}.*" if several else config.source.rotated_glob, spool) for path in paths
+    ]
     status: dict[str, Any] = {
-        "file": str(path),
         "checkpoint_path": str(config.checkpoint.path),
         "endpoint": mask_url(config.export.endpoint),  # replaced below by the last run's, when recorded
         "configured_endpoint": mask_url(config.export.endpoint),
-        "checkpoint": None,
+        **sources[0],
+        "backlog_bytes": sum(s["backlog_bytes"] for s in sources),
+        "backlog_rows": sum(s["backlog_rows"] for s in sources),
+        "resume_gaps": sum(s["resume_gaps"] for s in sources),
+        "spool": {
+            "directory": str(spool.directory),
+            "max_bytes": config.source.spool_max_bytes,
+            **{k: sum(s["spool"][k] for s in sources) for k in ("files", "bytes", "cut_bytes", "cut_lines")},
+        },
+        "sources": sources,
     }
     if checkpoint_problem:
         status["checkpoint_problem"] = checkpoint_problem
-    try:
-        status["file_size"] = path.stat().st_size
-    except OSError:
-        status["file_size"] = None
-    resume = None
     if checkpoint is not None:
-        cursor = checkpoint.cursor
-        resume = ResumePoint(cursor.identity, cursor.offset, cursor.last_line_sha256, cursor.last_line_length)
-    backlog = find_backlog(path, config.source.rotated_glob, resume, config.source.max_line_bytes)
-    first = backlog.files[0] if backlog.files else None
-    status["reading"] = str(first.path) if first is not None else None
-    status["offset"] = first.offset if first is not None else 0
-    status["backlog_bytes"] = backlog.pending_bytes
-    status["backlog_rows"] = backlog.pending_rows
-    status["resume_gap"] = backlog.resume_gap
-    status["rotated_files_held"] = [
-        {"path": str(f.path), "pending_bytes": f.pending_bytes, "pending_rows": f.pending_rows}
-        for f in backlog.files
-        if f.rotated
-    ]
-    if checkpoint is not None:
-        cursor = checkpoint.cursor
-        status["checkpoint"] = {
-            "offset": cursor.offset,
-            "file": cursor.identity.to_json() if cursor.identity else None,
-            "last_line_sha256": cursor.last_line_sha256,
-            "line_number": cursor.line_number,
-            "updated": _iso(checkpoint.updated_unix),
-        }
         status["delivered_spans"] = checkpoint.delivered_spans
         status["last_success"] = _iso(checkpoint.last_success_unix)
         status["last_error"] = checkpoint.last_error
-        status["chain"] = {
-            "verify": config.chain.verify,
-            "key_source": config.chain_key_source,
-            "last_hash": cursor.chain_last_hash,
-            "breaks": checkpoint.chain_breaks,
-        }
         if checkpoint.endpoint is not None:  # what the last run used (an --endpoint option included)
             status["endpoint"] = checkpoint.endpoint
     else:
         status["delivered_spans"] = 0
         status["last_success"] = None
         status["last_error"] = None
-        status["chain"] = {"verify": config.chain.verify, "key_source": config.chain_key_source, "last_hash": None, "breaks": 0}
     receipts = config.delivery.receipts_path
     status["last_receipt"] = DurableLog(receipts).last_record() if receipts else None
+    return status
+
+
+def _source_status(config: Config, checkpoint: Checkpoint | None, path: Path, pattern: str, spool: Spool) -> dict[str, Any]:
+    """One audit log: where delivery stands and what a restart would read (the daemon's search)."""
+    status: dict[str, Any] = {"file": str(path), "checkpoint": None}
+    try:
+        status["file_size"] = path.stat().st_size
+    except OSError:
+        status["file_size"] = None
+    source = checkpoint.sources.get(str(path)) if checkpoint is not None else None
+    backlog = find_backlog(path, pattern, source, config.source.max_line_bytes, spool)
+    first = backlog.files[0] if backlog.files else None
+    status["reading"] = str(first.path) if first is not None else None
+    status["offset"] = first.offset if first is not None else 0
+    status["backlog_bytes"] = backlog.pending_bytes
+    status["backlog_rows"] = backlog.pending_rows
+    status["resume_gap"] = backlog.resume_gap
+    status["resume_gap_reason"] = backlog.gap
+    status["rotated_files_held"] = [
+        {"path": str(f.path), "pending_bytes": f.pending_bytes, "pending_rows": f.pending_rows, "spooled": f.spooled}
+        for f in backlog.files
+        if f.rotated
+    ]
+    status["resume_gaps"] = source.resume_gaps if source is not None else 0
+    status["last_resume_gap"] = (
+        {"reason": source.last_gap, "time": _iso(source.last_gap_unix)} if source is not None and source.last_gap else None
+    )
+    spooled = [v.spool for v in (source.versions if source is not None else ()) if v.spool is not None]
+    status["spool"] = {
+        "files": len(spooled),
+        "bytes": sum(r.kept_bytes for r in spooled),
+        "cut_bytes": source.spool_cut_bytes if source is not None else 0,
+        "cut_lines": source.spool_cut_lines if source is not None else 0,
+    }
+    status["chain"] = {"verify": config.chain.verify, "key_source": config.chain_key_source, "last_hash": None, "breaks": 0}
+    if checkpoint is not None and source is not None:
+        cursor = source.position
+        status["versions_held"] = [
+            {"path": v.path, "file": v.identity.to_json(), "size": v.size, "start": v.start, "spooled": v.spool is not None}
+            for v in source.versions
+        ]
+        status["checkpoint"] = {
+            "offset": cursor.offset,
+            "file": cursor.identity.to_json() if cursor.identity else None,
+            "last_line_sha256": cursor.last_line_sha256,
+            "line_number": cursor.line_number,
+            "updated": _iso(checkpoint.updated_unix),
+            "format_version": checkpoint.migrated_from or 2,
+        }
+        status["chain"] = {
+            "verify": config.chain.verify,
+            "key_source": config.chain_key_source,
+            "last_hash": cursor.chain_last_hash,
+            "breaks": source.chain_breaks,
+        }
     return status
 
 
@@ -122,10 +162,27 @@ def format_status(status: dict[str, Any]) -> str:
         f"endpoint:        {status['endpoint']}"
         + (" (the last run's)" if status["endpoint"] != status["configured_endpoint"] else ""),
     ]
+    if len(status["sources"]) > 1:
+        lines[0] = f"files:           {len(status['sources'])} audit logs (backlog and spool summed below)"
+        for source in status["sources"]:
+            lines.append(
+                f"source:          {source['file']}: byte {source['offset']} of {source['reading'] or source['file']}, "
+                f"backlog {source['backlog_bytes']} bytes, {source['backlog_rows']} rows, "
+                f"{source['chain']['breaks']} chain breaks, {source['resume_gaps']} resume gaps"
+            )
     if status.get("checkpoint_problem"):
         lines.append(f"CHECKPOINT:      {status['checkpoint_problem']}")
     if status.get("resume_gap"):
-        lines.append("RESUME GAP:      the last delivered line is not in the file; delivery restarts at its beginning")
+        lines.append(f"RESUME GAP:      a restart now would report rows missing: {status.get('resume_gap_reason')}")
+    if status.get("resume_gaps"):
+        last = status.get("last_resume_gap") or {}
+        lines.append(f"resume gaps:     {status['resume_gaps']} so far; the last at {last.get('time')}: {last.get('reason')}")
+    spool = status["spool"]
+    if spool["files"] or spool["cut_bytes"]:
+        lines.append(
+            f"spool:           {spool['files']} files, {spool['bytes']} bytes of {spool['max_bytes']} in {spool['directory']}"
+            + (f"; {spool['cut_bytes']} bytes ({spool['cut_lines']} lines) could not be kept" if spool["cut_bytes"] else "")
+        )
     for held in status["rotated_files_held"]:
         lines.append(f"rotated file:    {held['path']} ({held['pending_bytes']} bytes, {held['pending_rows']} rows pending)")
     if not status["rotated_files_held"]:

@@ -112,6 +112,12 @@ def _path(raw: Any) -> Path:
     return Path(raw)
 
 
+def _path_patterns(raw: Any) -> list[str]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(p, str) and p for p in raw):
+        raise ValueError('a list of paths or globs, such as ["state/audit.jsonl", "plugins/*/state/audit.jsonl"]')
+    return list(dict.fromkeys(raw))
+
+
 def parse_endpoint(raw: Any) -> str:
     if not isinstance(raw, str):
         raise ValueError("an http:// or https:// URL")
@@ -206,12 +212,14 @@ class Key:
 
 KEYS: tuple[Key, ...] = (
     Key("source.path", _path, Path("state/audit.jsonl"), env=("AUDIT_OTLP_FILE",)),
+    Key("source.paths", _path_patterns, None),  # None: [source.path]
     Key("source.start_at", _choice("beginning", "end"), "beginning"),
     Key("source.max_line_bytes", parse_size, 1024 * 1024),
     Key("source.rotated_glob", _string, None),  # None: "<path>.*"
     Key("source.poll_interval", parse_duration, 1.0),
+    Key("source.spool_max_bytes", parse_size, 1024**3),
     Key("checkpoint.path", _path, None, env=("AUDIT_OTLP_CHECKPOINT",)),  # None: see below
-    Key("checkpoint.interval", parse_duration, 0.25),
+    Key("checkpoint.interval", parse_duration, 0.0),  # 0: group commit
     Key("export.endpoint", parse_endpoint, None),  # None: from OTEL env / vendor / default
     Key(
         "export.headers", parse_headers, {}, env=("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"), secret=True

@@ -7,6 +7,7 @@ chain key, the secrets to redact)."""
 
 from __future__ import annotations
 
+import glob
 import os
 import tomllib
 import urllib.parse
@@ -130,6 +131,19 @@ def load_config(
     if values["export.endpoint"] is None:
         values["export.endpoint"] = DEFAULT_ENDPOINT
 
+    # One audit log (--file, AUDIT_OTLP_FILE or source.path) unless source.paths lists several;
+    # an explicit --file or AUDIT_OTLP_FILE wins over the file's source.paths (option > env > file).
+    if values["source.paths"] is None or origin["source.path"] == "option" or origin["source.path"].startswith("env"):
+        values["source.paths"] = [str(values["source.path"])]
+        origin["source.paths"] = origin["source.path"]
+    elif origin["source.path"] == "default":
+        values["source.path"] = Path(values["source.paths"][0])
+    several = len(values["source.paths"]) > 1 or any(glob.has_magic(p) for p in values["source.paths"])
+    if several and values["source.rotated_glob"] is not None:
+        raise ConfigError(
+            "source.rotated_glob: cannot be used with several source.paths; accepted: leave it unset "
+            "(each file's rotated copies are looked for as <path>.*)"
+        )
     if values["source.rotated_glob"] is None:
         values["source.rotated_glob"] = str(values["source.path"]) + ".*"
     if values["checkpoint.path"] is None:

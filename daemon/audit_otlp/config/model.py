@@ -16,10 +16,12 @@ from audit_otlp.delivery.vendors import VendorPreset
 @dataclass(frozen=True)
 class SourceSection:
     path: Path
+    paths: list[str]  # paths and globs (default: [path]); see `source_paths`
     start_at: str
     max_line_bytes: int
     rotated_glob: str
     poll_interval: float
+    spool_max_bytes: int
 
 
 @dataclass(frozen=True)

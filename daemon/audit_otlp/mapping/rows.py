@@ -12,12 +12,22 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
-from audit_otlp.mapping.chain import BREAK, FORK, RESTART, ChainHasher, ChainJudge, ChainState, ChainVerdict, unparsed_link
+from audit_otlp.mapping.chain import (
+    BREAK,
+    FORK,
+    GENESIS,
+    RESTART,
+    ChainHasher,
+    ChainJudge,
+    ChainState,
+    ChainVerdict,
+    unparsed_link,
+)
 from audit_otlp.mapping.envelope import encode_span
 from audit_otlp.mapping.evidence import chain_broken_span, malformed_span
 from audit_otlp.mapping.ids import IdentityWindow, MappingOptions
 from audit_otlp.mapping.parse import parse_line
-from audit_otlp.mapping.spans import row_span
+from audit_otlp.mapping.spans import kv, row_span
 from audit_otlp.source.lines import Line
 
 log = logging.getLogger(__name__)
@@ -51,8 +61,12 @@ class RowMapper:
         line_number: int = 0,
         identity: IdentityWindow | None = None,
         encode: Callable[[Mapping[str, Any]], bytes] = encode_span,
+        source: str | None = None,
     ) -> None:
+        if source is not None:  # several audit logs: every span names the file it came from
+            encode = _naming_source(encode, kv("audit.source", source))
         self.encode = encode  # span dict -> request bytes: OTLP/JSON, or protobuf (export.protocol)
+        self.gap: str | None = None  # the next row is the first after a resume gap (why)
         self.options = options
         self.hasher = hasher  # None: chain verification is off (or was suspended: keyed chain, no key)
         self.chain = chain_state
@@ -60,6 +74,23 @@ class RowMapper:
         self.line_number = line_number
         self.identity = identity or IdentityWindow()
         self.judge = ChainJudge(chain_state, hasher) if hasher is not None else None
+
+    def mark_gap(self, reason: str) -> None:
+        """The rows before the next one vanished unseen: its verdict is `gap` (not a break), it
+        carries `audit.resume_gap`, and the chain goes on from it."""
+        self.gap = reason
+        self.chain.mark_gap()
+
+    def links(self, data: bytes) -> bool | None:
+        """Does this line's prev_hash name the last row mapped? None when that cannot be told
+        (chain verification off, no row yet, no prev_hash): how the source tells a version that
+        grew and vanished while the daemon was stopped (rows missing) from one that did not."""
+        last = self.chain.last_hash
+        if self.hasher is None or last is None:
+            return None
+        row, _ = parse_line(data)
+        prev = row.get("prev_hash") if isinstance(row, dict) else None
+        return prev == last if isinstance(prev, str) and prev != GENESIS else None  # a new chain proves nothing
 
     def map_line(self, line: Line, observed_ns: int) -> MappedLine:
         self.line_number += 1
@@ -120,8 +151,16 @@ class RowMapper:
             if self.hasher is not None
             else None
         )
+        gap, self.gap = self.gap is not None, None
         span = row_span(
-            row, digest, offset=line.offset, observed_ns=observed_ns, options=self.options, chain=verdict, occurrence=occurrence
+            row,
+            digest,
+            offset=line.offset,
+            observed_ns=observed_ns,
+            options=self.options,
+            chain=verdict,
+            occurrence=occurrence,
+            gap=gap,
         )
         spans = [encode(span)]
         if verdict is not None and verdict.verdict == BREAK:
@@ -155,3 +194,13 @@ class RowMapper:
             self.events.chain_note(KEYED_NOTE)
             return None
         return verdict
+
+
+def _naming_source(
+    encode: Callable[[Mapping[str, Any]], bytes], attribute: dict[str, Any]
+) -> Callable[[Mapping[str, Any]], bytes]:
+    def encode_naming_source(span: Mapping[str, Any]) -> bytes:
+        span["attributes"].append(attribute)
+        return encode(span)
+
+    return encode_naming_source

@@ -86,6 +86,8 @@ _TOOL_TYPE_FUNCTION = kv("gen_ai.tool.type", "function")
 _TOOL_TYPE_EXTENSION = kv("gen_ai.tool.type", "extension")
 _OP_WORKFLOW = kv("gen_ai.operation.name", "invoke_workflow")
 _SENTRY_OP_WORKFLOW = kv("sentry.op", "gen_ai.invoke_workflow")
+_VERDICT_GAP = kv("audit.chain.verdict", "gap")  # the rows before it vanished unseen
+_RESUME_GAP = kv("audit.resume_gap", True)
 _TS_INVALID = kv("audit.ts_invalid", True)
 _STATUS_OK = {"code": STATUS_OK}
 
@@ -116,9 +118,10 @@ def row_span(
     options: MappingOptions,
     chain: ChainVerdict | None = None,
     occurrence: int = 0,
+    gap: bool = False,
 ) -> dict[str, Any]:
     """The span for one audit row (README, "Spans"); `occurrence` counts the identical lines
-    just before it (see ids.IdentityWindow)."""
+    just before it (see ids.IdentityWindow); `gap`: the first row after a resume gap."""
     attributes: list[dict[str, Any]] = []
     add = attributes.append
     get = row.get
@@ -209,6 +212,10 @@ def row_span(
 
     if chain is not None:
         add_chain_attributes(add, chain)
+    if gap:
+        if chain is None:  # no chain check: the verdict still says why this row is unverified
+            add(_VERDICT_GAP)
+        add(_RESUME_GAP)
     add({"key": "audit.offset", "value": {"intValue": str(offset)}})
 
     start = parse_timestamp_ns(get("ts"))

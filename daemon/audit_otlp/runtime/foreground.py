@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 from audit_otlp.config import Config
 from audit_otlp.runtime.pipeline import Pipeline
@@ -13,7 +14,6 @@ from audit_otlp.runtime.progress import ProgressReporter, TerminalLine
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.runtime.statusline import Progress
 from audit_otlp.source.backlog import find_backlog
-from audit_otlp.source.resume import ResumePoint
 from audit_otlp.state.keeper import CheckpointKeeper
 
 COUNT_EVERY = 0.5  # seconds between two looks at whether the backlog's rows need counting again
@@ -66,14 +66,18 @@ class ForegroundView:
     async def count_rows(self) -> None:
         """Count the backlog's rows whenever its size changed (at most every COUNT_EVERY s)."""
         source = self.config.source
+        several = len(self.keeper.current.sources) > 1
         while True:
             backlog_bytes = self.state.backlog_bytes
             if 0 < backlog_bytes <= COUNT_LIMIT and (self._counted is None or self._counted[0] != backlog_bytes):
-                # From the settled position, as a restart (and `status`) would find it.
-                c = self.keeper.current.cursor
-                resume = ResumePoint(c.identity, c.offset, c.last_line_sha256, c.last_line_length)
-                found = await asyncio.to_thread(find_backlog, source.path, source.rotated_glob, resume, source.max_line_bytes)
-                self._counted = (found.pending_bytes, found.pending_rows)
+                # From the settled positions, as a restart (and `status`) would find them.
+                pending_bytes = pending_rows = 0
+                for path, state in self.keeper.compose().sources.items():
+                    pattern = f"{path}.*" if several else source.rotated_glob
+                    found = await asyncio.to_thread(find_backlog, Path(path), pattern, state, source.max_line_bytes)
+                    pending_bytes += found.pending_bytes
+                    pending_rows += found.pending_rows
+                self._counted = (pending_bytes, pending_rows)
             await asyncio.sleep(COUNT_EVERY)
 
     async def run(self) -> None:

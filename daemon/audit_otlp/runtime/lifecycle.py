@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
 from audit_otlp.config import Config, mask_url
+from audit_otlp.delivery.batching import BatchBuilder
 from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.sink import DryRunSink
 from audit_otlp.runtime import wiring
@@ -22,13 +23,13 @@ from audit_otlp.runtime.foreground import ForegroundView
 from audit_otlp.runtime.health import HealthServer
 from audit_otlp.runtime.logs import apply_log_settings, counted
 from audit_otlp.runtime.metrics import Metrics
-from audit_otlp.runtime.pipeline import Pipeline
+from audit_otlp.runtime.pipeline import Lane, Pipeline
 from audit_otlp.runtime.progress import TerminalLine
 from audit_otlp.runtime.reload import ReloadPlan, reload_config
 from audit_otlp.runtime.reporting import Reporting
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.runtime.sdnotify import Notifier
-from audit_otlp.source.resume import ResumePoint
+from audit_otlp.source.sources import expand
 
 log = logging.getLogger("audit_otlp")
 
@@ -58,14 +59,22 @@ class Daemon:
         self.encoding = wiring.build_encoding(config, options)
         self.envelope = self.encoding.envelope
         self.sink = wiring.build_sink(config, options, self.envelope, self.metrics, self.state)
-        self.tailer = wiring.build_tailer(config, SourceObserver(self.metrics))
+        # One tailer per audit log (source.paths), sharing one spool.
+        self.paths = expand(config.source.paths)
+        several = len(config.source.paths) > 1 or len(self.paths) > 1
+        self.source_events = [SourceObserver(self.metrics, str(path)) for path in self.paths]
+        spool = wiring.build_spool(config, options)
+        self.tailers = [
+            wiring.build_tailer(config, events, path, spool, several) for path, events in zip(self.paths, self.source_events)
+        ]
+        self.several = several
         self.stopping = asyncio.Event()
         self.stop_now = asyncio.Event()  # a second SIGINT/SIGTERM: no grace period
         self.output_closed = False  # --dry-run: the reader of stdout went away
         if isinstance(self.sink, DryRunSink):
             self.sink.on_output_closed = self._output_closed
         self.pipeline: Pipeline | None = None  # built once the checkpoint is loaded
-        self.report = Reporting(config.source.path, self.tailer, self.state, self.metrics, lambda: self.pipeline)
+        self.report = Reporting(self.tailers, self.state, self.metrics, lambda: self.pipeline)
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -113,7 +122,8 @@ class Daemon:
         # --foreground chose its format for a person at a terminal; SIGHUP leaves that alone.
         apply_log_settings(None if self.options.foreground else config.log.format, config.log.level, self.verbose)
         if self.pipeline is not None:
-            self.pipeline.builder.limits = wiring.batch_limits(config)
+            for lane in self.pipeline.lanes:
+                lane.builder.limits = wiring.batch_limits(config)
             self.pipeline.retry = config.retry
         if isinstance(self.sink, Exporter):
             self.sink.settings = wiring.build_export_settings(config)
@@ -122,32 +132,32 @@ class Daemon:
     # -- start-up, the run, shutdown -----------------------------------------------------------
 
     async def _run(self) -> int:
-        checkpoint = wiring.load_checkpoint(self.config, self.options)
+        if not self.paths:
+            raise FatalError(f"source.paths: no file matches {', '.join(self.config.source.paths)}")
+        checkpoint = wiring.load_checkpoint(self.config, self.options, self.paths)
         self.state.checkpoint_loaded = True
         self.state.delivered_before = checkpoint.delivered_spans
         self.state.chain_breaks_before = checkpoint.chain_breaks
         keeper = wiring.build_keeper(self.config, self.options, checkpoint, self.metrics, self.state)
         keeper.record_endpoint(mask_url(self.config.export.endpoint))
-        mapper = wiring.build_mapper(self.config, checkpoint, RowObserver(self.metrics, self.state), self.encoding)
+        rows = RowObserver(self.metrics, self.state)
+        lanes = []
+        for tailer, events in zip(self.tailers, self.source_events, strict=True):
+            events.keeper = keeper
+            source = checkpoint.source(events.path)
+            await tailer.start(None if source.says_nothing else source, self.config.source.start_at)
+            position, gap = tailer.start_position(source.position)
+            keeper.started(events.path, position, gap, tailer)
+            mapper = wiring.build_mapper(self.config, position, rows, self.encoding, events.path if self.several else None)
+            tailer.queue.links = mapper.links
+            builder = BatchBuilder(self.envelope, wiring.batch_limits(self.config))
+            lanes.append(Lane(events.path, tailer, mapper, builder, breaks_before=source.chain_breaks))
+            if tailer.current is None:
+                log.info("waiting for %s to appear", events.path)
         pipeline = self.pipeline = Pipeline(
-            self.tailer,
-            mapper,
-            self.sink,
-            keeper,
-            self.envelope,
-            wiring.batch_limits(self.config),
-            self.config.retry,
-            self.config.export.max_in_flight,
-            self.state,
+            lanes, self.sink, keeper, self.config.retry, self.config.export.max_in_flight, self.state
         )
-        cursor = checkpoint.cursor
-        resume = None
-        if cursor.offset or cursor.identity is not None:
-            resume = ResumePoint(cursor.identity, cursor.offset, cursor.last_line_sha256, cursor.last_line_length)
-        await self.tailer.start(resume, self.config.source.start_at)
-        self.state.file_reachable = self.tailer.current is not None
-        if self.tailer.current is None:
-            log.info("waiting for %s to appear", self.config.source.path)
+        self.state.file_reachable = any(t.current is not None for t in self.tailers)
         await self.sink.start()
         health = await self._start_health()
 
@@ -165,7 +175,7 @@ class Daemon:
         self.notifier.ready(self.report.status_line())
         log.info(
             "following %s -> %s (checkpoint %s)",
-            self.config.source.path,
+            ", ".join(str(p) for p in self.paths),
             "stdout (dry run)" if self.options.dry_run else mask_url(self.config.export.endpoint),
             self.config.checkpoint.path,
         )
@@ -196,7 +206,8 @@ class Daemon:
             await keeper.flush()
             await self.sink.aclose()
             final_status = self.report.status_line()
-            await self.tailer.close()
+            for tailer in self.tailers:
+                await tailer.close()
             if health is not None:
                 await health.aclose()
             log.info("stopped: %s", final_status)
@@ -228,7 +239,7 @@ class Daemon:
         stop_wait.cancel()
         if work in done:
             work.result()
-            if self.tailer.current is not None and self.tailer.current.splitter.pending_bytes:
+            if any(t.current is not None and t.current.splitter.pending_bytes for t in self.tailers):
                 log.warning("the last line has no newline yet; it is held for the next run")
             log.info("--once: everything up to the end of the file is settled")
             return EXIT_OK
@@ -236,9 +247,7 @@ class Daemon:
         await asyncio.gather(work, return_exceptions=True)
         if self.stopping.is_set():
             return EXIT_OK
-        log.error(
-            "--once: deadline of %.1f s passed with %s not delivered", deadline or 0, counted(pipeline.acks.unsettled, "batch")
-        )
+        log.error("--once: deadline of %.1f s passed with %s not delivered", deadline or 0, counted(pipeline.unsettled, "batch"))
         return EXIT_DEADLINE
 
     async def _heartbeat(self) -> None:

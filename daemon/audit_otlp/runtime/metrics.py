@@ -31,7 +31,18 @@ class Metrics:
         self.malformed_lines = Counter(
             f"{PREFIX}_malformed_lines", "Lines that were not a JSON object, not UTF-8, or too long.", ["reason"], registry=r
         )
-        self.resume_gaps = Counter(f"{PREFIX}_resume_gaps", "Restarts whose resume point could not be found.", registry=r)
+        self.resume_gaps = Counter(f"{PREFIX}_resume_gaps", "Rows that vanished unseen (reported once per gap).", registry=r)
+        self.spooled_bytes = Counter(
+            f"{PREFIX}_spooled_bytes", "Undelivered bytes of vanished file versions copied to the spool.", registry=r
+        )
+        self.spool_cut_bytes = Counter(
+            f"{PREFIX}_spool_cut_bytes",
+            "Undelivered bytes past source.spool_max_bytes that the spool could not keep.",
+            registry=r,
+        )
+        self.spool_errors = Counter(
+            f"{PREFIX}_spool_errors", "Vanished versions that could not be spooled (disk full...).", registry=r
+        )
         self.rotations = Counter(f"{PREFIX}_rotations", "Rotations noticed, by kind.", ["kind"], registry=r)
         self.checkpoint_errors = Counter(f"{PREFIX}_checkpoint_write_errors", "Failed checkpoint writes.", registry=r)
         self.backlog_bytes = Gauge(f"{PREFIX}_backlog_bytes", "Bytes of the audit log not yet delivered.", registry=r)

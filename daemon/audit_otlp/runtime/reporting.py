@@ -4,7 +4,6 @@ line, read from `RunState` and the pipeline (the foreground view's snapshot: `ru
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from audit_otlp.runtime.logs import counted
 from audit_otlp.runtime.metrics import Metrics
@@ -14,26 +13,24 @@ from audit_otlp.source.tailer import Tailer
 
 
 class Reporting:
-    def __init__(
-        self, path: Path, tailer: Tailer, state: RunState, metrics: Metrics, pipeline: Callable[[], Pipeline | None]
-    ) -> None:
-        self.path = path
-        self.tailer = tailer
+    def __init__(self, tailers: list[Tailer], state: RunState, metrics: Metrics, pipeline: Callable[[], Pipeline | None]) -> None:
+        self.tailers = tailers
         self.state = state
         self.metrics = metrics
         self._pipeline = pipeline  # built only once the checkpoint is loaded
 
     def refresh_gauges(self) -> None:
         pipeline = self._pipeline()
-        backlog = pipeline.backlog_bytes() if pipeline is not None else self.tailer.backlog_bytes()
+        backlog = pipeline.backlog_bytes() if pipeline is not None else sum(t.backlog_bytes() for t in self.tailers)
         self.state.backlog_bytes = backlog
         self.metrics.backlog_bytes.set(backlog)
 
     def status_line(self) -> str:
         self.refresh_gauges()
         state, pipeline = self.state, self._pipeline()
-        waiting = "" if self.tailer.current is not None or self.tailer.draining else f"waiting for {self.path}; "
-        in_flight = pipeline.acks.unsettled if pipeline is not None else 0
+        missing = [str(t.path) for t in self.tailers if t.current is None and not t.draining]
+        waiting = f"waiting for {', '.join(missing)}; " if missing else ""
+        in_flight = pipeline.unsettled if pipeline is not None else 0
         return (
             f"{waiting}delivered {counted(state.delivered_spans, 'span')} of {counted(state.rows_read, 'row')} read, "
             f"backlog {counted(state.backlog_bytes, 'byte')}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from audit_otlp.config import Config
 from audit_otlp.delivery.batching import BatchLimits
@@ -21,8 +22,10 @@ from audit_otlp.runtime.exits import FatalError
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.events import SourceEvents
+from audit_otlp.source.recent import RECENT_LINES
+from audit_otlp.source.spool import Spool
 from audit_otlp.source.tailer import Tailer
-from audit_otlp.state.checkpoint import Checkpoint, Cursor
+from audit_otlp.state.checkpoint import RECENT_DIGESTS, Checkpoint, Cursor, NewerCheckpointError
 from audit_otlp.state.keeper import CheckpointKeeper
 from audit_otlp.state.store import CheckpointError, CheckpointStore
 
@@ -87,14 +90,30 @@ def build_sink(config: Config, options: RunOptions, envelope: RequestEnvelope, m
     )
 
 
-def build_tailer(config: Config, events: SourceEvents) -> Tailer:
+def spool_directory(config: Config) -> Path:
+    """Beside the checkpoint, one per checkpoint (daemons sharing a state directory keep apart)."""
+    checkpoint = config.checkpoint.path
+    return checkpoint.with_name(checkpoint.name + ".spool")
+
+
+def build_spool(config: Config, options: RunOptions) -> Spool | None:
+    """One spool for every source (its bound is for them all); none for a dry run."""
+    return None if options.dry_run else Spool(spool_directory(config), config.source.spool_max_bytes)
+
+
+def build_tailer(config: Config, events: SourceEvents, path: Path, spool: Spool | None, several: bool) -> Tailer:
     source = config.source
+    # The recent-lines window must reach back past every line read but not yet delivered, plus
+    # the lines the checkpoint keeps.
+    unsettled = (config.export.max_in_flight + 2) * config.batch.max_spans
     return Tailer(
-        source.path,
+        path,
         max_line_bytes=source.max_line_bytes,
         poll_interval=source.poll_interval,
-        rotated_glob=source.rotated_glob,
+        rotated_glob=f"{path}.*" if several else source.rotated_glob,
         events=events,
+        spool=spool,
+        recent_limit=max(RECENT_LINES, RECENT_DIGESTS + unsettled),
     )
 
 
@@ -109,29 +128,43 @@ def build_keeper(
     return CheckpointKeeper(store, checkpoint, config.checkpoint.interval, metrics, state, enabled=not options.dry_run)
 
 
-def build_mapper(config: Config, checkpoint: Checkpoint, events: RowEvents, encoding: Encoding) -> RowMapper:
+def build_mapper(config: Config, position: Cursor, events: RowEvents, encoding: Encoding, source: str | None = None) -> RowMapper:
+    """The mapping stage of one source, its chain and identity window as they stood at `position`;
+    `source` (with several audit logs) names it on every span."""
     hasher = ChainHasher(config.chain_key) if config.chain.verify else None
-    cursor = checkpoint.cursor
-    chain = ChainState.resumed(cursor.chain_last_hash, cursor.chain_recent, cursor.chain_seen or None)
-    identity = IdentityWindow(bytes.fromhex(d) for d in cursor.recent_digests)
+    chain = ChainState.resumed(position.chain_last_hash, position.chain_recent, position.chain_seen or None)
+    identity = IdentityWindow(bytes.fromhex(d) for d in position.recent_digests)
     return RowMapper(
-        MappingOptions(config.mapping.trace_id_from), hasher, chain, events, identity=identity, encode=encoding.encode_span
+        MappingOptions(config.mapping.trace_id_from),
+        hasher,
+        chain,
+        events,
+        identity=identity,
+        encode=encoding.encode_span,
+        source=source,
     )
 
 
-def load_checkpoint(config: Config, options: RunOptions) -> Checkpoint:
-    """The saved position, or a fresh one; a checkpoint directory that cannot be written is fatal
-    (exit 3) unless nothing will be written (--dry-run)."""
+def load_checkpoint(config: Config, options: RunOptions, paths: list[Path]) -> Checkpoint:
+    """The saved positions, or fresh ones; a checkpoint directory that cannot be written is fatal
+    (exit 3) unless nothing will be written (--dry-run), and so is a newer format than we read."""
     store = CheckpointStore(config.checkpoint.path)
     if not options.dry_run:
         try:
             store.ensure_writable()
         except (CheckpointError, OSError) as exc:
             raise FatalError(str(exc)) from exc
-    checkpoint = store.load()
-    path = str(config.source.path)
-    if checkpoint is not None and checkpoint.cursor.path != path:
+    try:
+        checkpoint = store.load()
+    except NewerCheckpointError as exc:
+        raise FatalError(f"{config.checkpoint.path}: {exc}; upgrade audit-otlp or move the file away") from exc
+    path = str(paths[0]) if paths else ""
+    if checkpoint is not None and len(paths) == 1 and path not in checkpoint.sources:
         log.warning(
-            "the checkpoint was for %s, now following %s: matching by file identity and content", checkpoint.cursor.path, path
+            "the checkpoint was for %s, now following %s: matching by file identity and content",
+            ", ".join(checkpoint.sources),
+            path,
         )
-    return checkpoint if checkpoint is not None else Checkpoint(Cursor(path, None, 0))
+    if checkpoint is None:
+        return Checkpoint({str(p): Checkpoint.empty(str(p)).source(str(p)) for p in paths})
+    return checkpoint.keyed_for(path) if len(paths) == 1 else checkpoint

@@ -67,7 +67,7 @@ class PathChanges:
             return False
         newest = files[-1]
         looked_at = coarse_now_ns()
-        if newest.identity.same_inode(st):
+        if newest.inode == (st.st_dev, st.st_ino):
             if not newest.unchanged():
                 await self.truncated(files, len(files) - 1)
                 return True
@@ -75,13 +75,13 @@ class PathChanges:
             newest.refresh_identity()
             self.seen_at = looked_at
             return False
-        if any(f.identity.same_inode(st) for f in files):
+        if any(f.inode == (st.st_dev, st.st_ino) for f in files):
             return False  # the path points back at a file we already hold
         try:
             followed = open_followed(self.path, self.max_line_bytes)
         except OSError:
             return False  # gone again between stat and open: the next look will tell
-        if any(f.identity.dev == followed.identity.dev and f.identity.ino == followed.identity.ino for f in files):
+        if any(f.inode == followed.inode for f in files):
             followed.close()
             return False
         followed.start_known = False
@@ -119,10 +119,13 @@ class PathChanges:
         old = files[index]
         fresh = FollowedFile(old.path, old.fd, identify_fd(old.fd), LineSplitter(self.max_line_bytes), 0, start_known=False)
         fresh.seen_size = fresh.identity.fingerprint_len
-        held = {(f.identity.dev, f.identity.ino) for f in files}
+        held = {f.inode for f in files}
         copy = await asyncio.to_thread(self.copy_of, old, held)
         if copy is not None:
             copy.splitter, copy.read_offset, copy.marker = old.splitter, old.read_offset, old.marker
+            # The copy is the same version (delivery positions name it by number); no writer appends to it.
+            copy.serial, copy.start_offset, copy.appendable = old.serial, old.start_offset, False
+            copy.gap_before, copy.gap_if_new, copy.gap_certain = old.gap_before, old.gap_if_new, old.gap_certain
             copy.start_known, copy.lines_before = old.start_known, old.lines_before
             files[index] = copy
             index += 1
@@ -164,12 +167,12 @@ class PathChanges:
     def missed(self, files: list[FollowedFile]) -> list[FollowedFile]:
         """Versions of the file that were at the path only between two looks, oldest first.
         `files` are those we hold, the newest last."""
-        held = [f.identity for f in files]
+        held = {f.inode for f in files}
         siblings = rotated_siblings(self.pattern, self.path)
         newest_known = max((n for n, s in enumerate(siblings) if self._known(s, held)), default=-1)
         found: list[FollowedFile] = []
         for sibling in siblings[newest_known + 1 :]:
-            if sibling.mtime_ns < self.seen_at or any((i.dev, i.ino) == (sibling.dev, sibling.ino) for i in held):
+            if sibling.mtime_ns < self.seen_at or (sibling.dev, sibling.ino) in held:
                 continue
             try:
                 candidate = open_followed(sibling.path, self.max_line_bytes)
@@ -190,10 +193,10 @@ class PathChanges:
             found.append(candidate)
         return found
 
-    def _known(self, sibling: Sibling, held: list[FileIdentity]) -> bool:
+    def _known(self, sibling: Sibling, held: set[tuple[int, int]]) -> bool:
         """A file we hold, or one we finished (same inode *and* first bytes: a finished file's
         inode may have been reused since)."""
-        if any((i.dev, i.ino) == (sibling.dev, sibling.ino) for i in held):
+        if (sibling.dev, sibling.ino) in held:
             return True
         finished = [i for i in self.finished if (i.dev, i.ino) == (sibling.dev, sibling.ino) and i.fingerprint_len]
         if not finished:

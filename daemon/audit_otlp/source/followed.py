@@ -12,17 +12,16 @@ import asyncio
 import hashlib
 import os
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from audit_otlp.source.fileid import FileIdentity, fingerprint_matches, identify_fd
 from audit_otlp.source.lines import Line, LineSplitter
+from audit_otlp.source.spool import SpoolRecord
 
 CHUNK_BYTES = 256 * 1024
 MARKER_BYTES = 128  # bytes just before the read offset, re-checked to see a file rewritten under us
-RECENT_LINES = 4096  # digests kept to recognise a tail-rewrite's repeated lines (the producer keeps 1000)
 
 
 @dataclass
@@ -38,6 +37,24 @@ class FollowedFile:
     seen_size: int = 0  # the largest size observed: a smaller one later means a truncation
     seen_mtime_ns: int = 0  # modification time at the last look
     unread_at_truncation: bool = False  # set on a truncated file's successor when rows may be lost
+    serial: int = 0  # the queue's number for this version (a copy that replaces it keeps it)
+    appendable: bool = True  # a writer may still append (False: a copytruncate copy, a spool, link count 0)
+    start_offset: int | None = None  # where reading it started, once resolved (for the checkpoint)
+    spool: SpoolRecord | None = None  # its undelivered bytes, kept in the state directory
+    gap_before: str | None = None  # rows before its first row vanished unseen: mark that row
+    gap_reported: bool = False  # that gap was already counted and logged (before a restart)
+    gap_if_new: str | None = None  # a version before it vanished: no overlap with it means a gap
+    gap_certain: bool = True  # ... with rows not delivered (False: it may have grown, unknown)
+    _inode: tuple[int, int] | None = None
+
+    @property
+    def inode(self) -> tuple[int, int]:
+        """(device, inode) of the file actually open: for a version read from the spool, the
+        spool file's, never the vanished original's (whose number a new file may have reused)."""
+        if self._inode is None:
+            st = os.fstat(self.fd)
+            self._inode = (st.st_dev, st.st_ino)
+        return self._inode
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -60,6 +77,7 @@ class FollowedFile:
 
     def position_at(self, offset: int) -> None:
         """Continue reading at `offset`, a line boundary found by a scan."""
+        self.start_offset = offset if self.start_offset is None else self.start_offset
         self.read_offset = offset
         self.splitter = LineSplitter(self.splitter.max_line_bytes, offset)
         take = min(MARKER_BYTES, offset)
@@ -112,10 +130,14 @@ class FollowedFile:
             return float("inf")
 
     def close(self) -> None:
+        """Close the handle (once: a descriptor number may be reused by the next open)."""
+        if self.fd < 0:
+            return
         try:
             os.close(self.fd)
         except OSError:
             pass
+        self.fd = -1
 
 
 def open_followed(path: Path, max_line_bytes: int, offset: int = 0) -> FollowedFile:
@@ -137,38 +159,6 @@ def open_followed(path: Path, max_line_bytes: int, offset: int = 0) -> FollowedF
     )
 
 
-class RecentLines:
-    """Digests of the last lines read, in bounded memory: a new file that begins with lines in
-    here is a tail-rewrite repeating what was already read."""
-
-    def __init__(self, limit: int = RECENT_LINES) -> None:
-        self._order: deque[bytes] = deque()
-        self._counts: dict[bytes, int] = {}
-        self.limit = limit
-
-    def add(self, digest: bytes) -> None:
-        key = digest[:16]
-        self._order.append(key)
-        self._counts[key] = self._counts.get(key, 0) + 1
-        if len(self._order) > self.limit:
-            old = self._order.popleft()
-            left = self._counts[old] - 1
-            if left:
-                self._counts[old] = left
-            else:
-                del self._counts[old]
-
-    def __contains__(self, digest: bytes) -> bool:
-        return digest[:16] in self._counts
-
-    def keys(self) -> list[bytes]:
-        """The digest prefixes, oldest first."""
-        return list(self._order)
-
-    def __len__(self) -> int:
-        return len(self._order)
-
-
 def scan_lines(fd: int, max_line_bytes: int, start: int = 0, end: int | None = None) -> Iterator[Line]:
     """Complete lines of the file from `start` (blocking reads; run it in a thread)."""
     splitter = LineSplitter(max_line_bytes, start)
@@ -180,41 +170,6 @@ def scan_lines(fd: int, max_line_bytes: int, start: int = 0, end: int | None = N
             return
         offset += len(chunk)
         yield from splitter.feed(chunk)
-
-
-def overlap_end(fd: int, max_line_bytes: int, recent: RecentLines) -> tuple[int, int]:
-    """(offset, lines) just after the leading lines already read: 0 when the file is new.
-
-    The leading lines must repeat, in order, a run of the lines last read (a tail-rewrite copies
-    the old file's last lines). Membership alone is not enough: the hydra producer writes
-    byte-identical lines for identical parallel calls, and a new line identical to one just read
-    would be skipped, and lost."""
-    order = recent.keys()
-    if not order:
-        return 0, 0
-    alive: list[int] = []  # start positions in `order` still matching the file's leading lines
-    ends: list[int] = []  # ends[i]: the offset after the file's line i
-    best = 0
-    for index, line in enumerate(scan_lines(fd, max_line_bytes)):
-        key = line.digest[:16]
-        if index == 0:
-            alive = [j for j, k in enumerate(order) if k == key]
-        else:
-            alive = [j for j in alive if j + index < len(order) and order[j + index] == key]
-        if not alive:
-            break
-        ends.append(line.end)
-        best = index + 1
-    return (ends[best - 1], best) if best else (0, 0)
-
-
-def prime(fd: int, max_line_bytes: int, until: int, recent: RecentLines) -> int:
-    """Feed `recent` with the lines before `until`; return how many there are."""
-    count = 0
-    for line in scan_lines(fd, max_line_bytes, 0, until):
-        count += 1
-        recent.add(line.digest)
-    return count
 
 
 def line_ends_at(fd: int, offset: int, sha256_hex: str, length: int | None, max_line_bytes: int) -> bool:
@@ -242,6 +197,14 @@ def find_line_end(fd: int, sha256_hex: str, max_line_bytes: int) -> tuple[int, i
         if line.digest == wanted:
             found = (line.end, count)
     return found
+
+
+def first_line(fd: int, max_line_bytes: int, start: int) -> bytes | None:
+    """The first complete, non-blank line from `start` (blocking); None when there is none."""
+    for line in scan_lines(fd, max_line_bytes, start):
+        if line.data is not None and line.data.strip():
+            return line.data
+    return None
 
 
 def last_line_boundary(fd: int) -> int:

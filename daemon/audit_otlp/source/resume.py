@@ -1,50 +1,40 @@
-"""Where to continue after a restart: the checkpoint's file may have been rotated (several times,
-any style) while the daemon was stopped.
+"""Where to continue after a restart: every version of the file the checkpoint held or queued is
+looked for, whatever its name is now, and read oldest first (docs/rotation.md, "Restart").
 
-The checkpoint names a file (device, inode, fingerprint of its first bytes), an offset, and the
-SHA-256 and length of the last delivered line. The candidates are the current file and the
-uncompressed rotated siblings, oldest first. In order of preference:
-1. the same inode with the same fingerprint, and the line ending at the offset still hashes to
-   the delivered line (the file was only appended to, or renamed);
-2. another file with the same fingerprint and the same line at the offset (a copytruncate copy);
-3. the oldest file holding a line with that hash anywhere (a tail-rewrite moved the line).
-Reading continues there, then through every newer sibling in order, then the current file; each
-later file skips the lines it repeats from the one before (a tail-rewrite's overlap). Nothing
-found: a resume gap, said loudly by the caller, and the current file is read from its start.
+The checkpoint (`SourceState`) lists the versions, oldest first, each with its identity (device,
+inode, fingerprint of its first KiB), the size last seen, where reading it starts (or unresolved)
+and its spool file; one of them holds the position (the oldest undelivered row). A version is
+found, in order of preference:
+1. the same inode, still beginning with the same bytes and at least as long as it was (for the
+   position's version: the delivered line still ends at the offset);
+2. another file with the same first bytes and length (for the position: the same line at the
+   offset): a copytruncate copy;
+3. its spool file (it vanished while the daemon held it; the spool keeps its offsets).
+Then come the files newer than every listed version that no checkpoint knew (rotated while the
+daemon was stopped), then the current file; each unresolved one skips the lines it repeats from
+the lines delivered before it (the checkpoint's recent lines, then what is read in this run).
+When the position's version is gone, reading continues at the next surviving version: if its
+first lines repeat the last delivered ones, nothing was lost; otherwise the rows between are a
+real gap, reported once (`Located.gap`) and marked on the first row after it. A version 1
+checkpoint has no versions list: the position's file is searched for by identity, then by the
+last delivered line's hash, as version 1 did.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from audit_otlp.source.fileid import FileIdentity, fingerprint_matches
-from audit_otlp.source.followed import FollowedFile, RecentLines, find_line_end, line_ends_at, open_followed, prime
+from audit_otlp.source.followed import FollowedFile, first_line, line_ends_at, open_followed
+from audit_otlp.source.lines import LineSplitter
+from audit_otlp.source.recent import RecentLines, overlap_end
+from audit_otlp.source.resume_v1 import Located, locate_v1
 from audit_otlp.source.siblings import rotated_siblings
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    """Where the checkpoint says to continue: just after a line of a known file."""
-
-    identity: FileIdentity | None
-    offset: int
-    last_line_sha256: str | None = None  # hex digest of the line ending at `offset`
-    last_line_length: int | None = None
-
-    @property
-    def says_nothing(self) -> bool:
-        """Nothing was delivered yet: read the current file as if there were no checkpoint."""
-        return not (self.offset or self.last_line_sha256 or self.identity)
-
-
-@dataclass
-class Located:
-    files: list[FollowedFile]  # the first starts at the resume point; the others after their overlap
-    how: str  # for the log line
-    gap: str | None = None  # set when the resume point was not found
-    older: list[FileIdentity] = field(default_factory=list)  # siblings before the resume point: done
+from audit_otlp.source.spool import Spool, SpoolRecord
+from audit_otlp.state.checkpoint import Cursor, SourceState, VersionState
 
 
 def open_candidates(path: Path, pattern: str, max_line_bytes: int) -> list[FollowedFile]:
@@ -59,75 +49,272 @@ def open_candidates(path: Path, pattern: str, max_line_bytes: int) -> list[Follo
         if current is not None and (sibling.dev, sibling.ino) == (current.identity.dev, current.identity.ino):
             continue
         try:
-            followed = open_followed(sibling.path, max_line_bytes)
+            files.append(open_followed(sibling.path, max_line_bytes))
         except OSError:
             continue
-        files.append(followed)
     if current is not None:
         files.append(current)
     return files
 
 
-def _matches_at(f: FollowedFile, resume: ResumePoint, max_line_bytes: int) -> bool:
-    identity = resume.identity
-    if identity is None or identity.fingerprint_len == 0:
-        return False
-    if f.size() < resume.offset or not fingerprint_matches(f.fd, identity):
-        return False
-    if resume.offset == 0:
-        return True
-    if resume.last_line_sha256 is None:
-        return False
-    return line_ends_at(f.fd, resume.offset, resume.last_line_sha256, resume.last_line_length, max_line_bytes)
-
-
-def locate(path: Path, pattern: str, resume: ResumePoint, max_line_bytes: int, recent: RecentLines) -> Located | None:
-    """The files to read, in order, from the resume point on (blocking; run it in a thread).
-    None when there is nothing to look in yet (no current file, no sibling holds the point)."""
+def locate(
+    path: Path, pattern: str, state: SourceState, max_line_bytes: int, recent: RecentLines, spool: Spool | None = None
+) -> Located | None:
+    """The files to read, in order, from the checkpoint's position on (blocking; run it in a
+    thread). None when there is nothing to look in yet (no current file, nothing found)."""
+    recent.seed(state.recent)
     candidates = open_candidates(path, pattern, max_line_bytes)
-    index, offset, how = _find(candidates, resume, max_line_bytes)
-    if index is None:
-        current = candidates[-1] if candidates and candidates[-1].path == path else None
-        older = [f.identity for f in candidates if f is not current]
+    if state.versions:
+        located = _locate_versions(path, list(candidates), state, max_line_bytes, recent, spool)
+    else:
+        located = locate_v1(path, candidates, state.position, max_line_bytes, recent)
+    if located is None:
         for f in candidates:
-            if f is not current:
-                f.close()
-        if current is None:
-            return None
-        if resume.offset == 0 and resume.last_line_sha256 is None:
-            return Located([current], "the start of the current file (nothing was delivered yet)", older=older)
-        digest = (resume.last_line_sha256 or "unknown")[:16]
-        return Located(
-            [current],
-            "the start of the current file",
-            older=older,
-            gap=f"the last delivered line (sha256 {digest}...) is in none of {path} and its rotated siblings",
-        )
-    older = [f.identity for f in candidates[:index]]
-    for f in candidates[:index]:
-        f.close()
-    chain = candidates[index:]
+            f.close()
+    return located
+
+
+# -- version 2: the versions list ---------------------------------------------------------------
+
+
+class _Vanished:
+    """Listed versions that are gone: certainly with undelivered rows, or possibly (the newest
+    version, fully delivered when last seen, may have grown before it vanished)."""
+
+    def __init__(self) -> None:
+        self.what: list[str] = []
+        self.certain = False
+
+    def add(self, what: str, certain: bool) -> None:
+        self.what.append(what)
+        self.certain |= certain
+
+    def hand_to(self, f: FollowedFile) -> None:
+        """`f` is the next surviving version: the gap, if any, is decided when it is reached."""
+        if self.what:
+            f.gap_if_new = "; ".join(self.what)
+            f.gap_certain = self.certain
+            self.what, self.certain = [], False
+
+
+def _locate_versions(
+    path: Path, pool: list[FollowedFile], state: SourceState, max_line_bytes: int, recent: RecentLines, spool: Spool | None
+) -> Located | None:
+    position = state.position
+    # Spool files by the vanished version's inode number (several versions may have had it, one
+    # after the other): the one whose first bytes are the listed version's is its spool (a small
+    # file's fingerprint may have grown since the checkpoint, so the bytes are compared).
+    records: dict[tuple[int, int], list[SpoolRecord]] = {}
+    listed_spools = [v.spool for v in state.versions if v.spool is not None]
+    for r in [*(spool.scan() if spool is not None else []), *listed_spools]:
+        same = records.setdefault((r.identity.dev, r.identity.ino), [])
+        same[:] = [x for x in same if x.name != r.name] + [r]  # the checkpoint's record knows the cut
+        if spool is not None and r in listed_spools:
+            spool.adopt(r)
+    chain: list[FollowedFile] = []
+    vanished = _Vanished()
+    how = ""
+    found = _find_versions(path, state, pool, records, spool, max_line_bytes)
+    for i, v in enumerate(state.versions):
+        at = position if i == state.position_index else None
+        if i not in found:
+            start = position.offset if at is not None else v.start
+            if start is not None and start < v.size:
+                vanished.add(f"{v.path} ({v.identity.short}, {v.size - start} bytes not delivered)", True)
+            elif start is None or i == len(state.versions) - 1:
+                # Not read yet (its overlap with the one before is unknown), or the newest
+                # version, delivered when last seen but maybe grown since: the chain decides.
+                vanished.add(f"{v.path} ({v.identity.short}, {v.size} bytes when last seen)", False)
+            continue
+        f, found_how = found[i]
+        if v.gap_if_new is not None:  # still undecided when the checkpoint was written
+            vanished.add(v.gap_if_new, v.gap_certain)
+        f.start_offset = v.start
+        if at is not None:
+            f.position_at(position.offset)
+            f.lines_before = position.line_number
+            how = f"{found_how}: {f.path} at byte {position.offset}"
+        elif v.start is not None and not vanished.what:
+            f.position_at(v.start)
+        else:
+            f.start_known = False  # resolved against what was delivered (and read) before it
+        vanished.hand_to(f)
+        chain.append(f)
+    older = _add_unlisted(path, pool, state, chain, vanished)
+    if not chain:
+        return None
     first = chain[0]
-    first.lines_before = prime(first.fd, max_line_bytes, offset, recent)
-    first.position_at(offset)
-    for later in chain[1:]:
-        later.start_known = False
-    return Located(chain, f"byte {offset} of {first.path} ({how})", older=older)
+    at_position = bool(how)
+    if not first.start_known:  # it is the head: skip the lines it repeats now (`status` counts from here)
+        offset, skipped = overlap_end(first.fd, max_line_bytes, recent)
+        first.position_at(offset)
+        first.lines_before = skipped
+        first.start_known = True
+        if skipped:
+            first.gap_if_new = None  # it repeats the last delivered lines: nothing vanished
+    gap = None
+    if first.gap_if_new is not None:
+        links = _links(first, position.chain_last_hash, max_line_bytes)
+        if is_gap(first.gap_certain, links):
+            gap = f"gone with rows not delivered: {first.gap_if_new}; continuing at {first.path} byte {first.read_offset}"
+            first.gap_before = gap
+        if first.gap_certain or links is not None:
+            first.gap_if_new = None  # decided; else its first row decides, once there is one
+    if not how:
+        how = f"{first.path} at byte {first.read_offset} (the position's version was read and delivered to its end, or is gone)"
+    if state.gap_pending is not None and first.gap_before is None and at_position:
+        first.gap_before, first.gap_reported = state.gap_pending, True  # reported before a restart
+    return Located(chain, how, gap, older, at_position)
 
 
-def _find(candidates: list[FollowedFile], resume: ResumePoint, max_line_bytes: int) -> tuple[int | None, int, str]:
-    identity = resume.identity
-    if identity is not None:
-        for i, f in enumerate(candidates):
-            st = os.fstat(f.fd)
-            if identity.same_inode(st) and _matches_at(f, resume, max_line_bytes):
-                return i, resume.offset, "the checkpoint's own file"
-        for i, f in enumerate(candidates):
-            if _matches_at(f, resume, max_line_bytes):
-                return i, resume.offset, "a rotated copy: same first bytes, same last delivered line"
-    if resume.last_line_sha256 is not None:
-        for i, f in enumerate(candidates):
-            found = find_line_end(f.fd, resume.last_line_sha256, max_line_bytes)
-            if found is not None:
-                return i, found[0], "where the last delivered line is, found by its hash"
-    return None, 0, ""
+def _add_unlisted(
+    path: Path, pool: list[FollowedFile], state: SourceState, chain: list[FollowedFile], vanished: _Vanished
+) -> list[FileIdentity]:
+    """Files no checkpoint knew: versions made while the daemon was stopped (newer than every
+    listed one) go after the listed ones, and the path's file last, whatever it is. The rest
+    (finished before the checkpoint, or copies of a listed version) are closed; returned."""
+    threshold = max(v.mtime_ns for v in state.versions)
+    known = {(i.dev, i.ino, i.fingerprint) for i in state.released}
+    copies = {v.identity.fingerprint for v in state.versions if v.identity.fingerprint_len}
+    current = next((f for f in [*chain, *pool] if f.path == path), None)
+    older: list[FileIdentity] = []
+    for f in pool:
+        if f is current:
+            continue
+        key = (f.identity.dev, f.identity.ino, f.identity.fingerprint)
+        st = os.fstat(f.fd)
+        if key in known or f.identity.fingerprint in copies or st.st_mtime_ns < threshold or st.st_size == 0:
+            older.append(f.identity)
+            f.close()
+            continue
+        _unseen(f, vanished)
+        chain.append(f)
+    if current is not None:
+        if current in chain:
+            chain.remove(current)  # a listed version still at the path: read last, as it was
+        else:
+            _unseen(current, vanished)
+        chain.append(current)
+    return older
+
+
+def _unseen(f: FollowedFile, vanished: _Vanished) -> None:
+    """`f` appeared while the daemon was stopped: it may repeat lines (a tail-rewrite), and a
+    version before it that the daemon never saw may have come and gone; its first new row tells
+    (a row that does not name the last row read as its parent: rows are missing)."""
+    f.start_known = False
+    vanished.hand_to(f)
+    if f.gap_if_new is None:
+        f.gap_if_new, f.gap_certain = "a version written and replaced while the daemon was stopped", False
+
+
+def _links(f: FollowedFile, last_hash: str | None, max_line_bytes: int) -> bool | None:
+    """Does the first row from `f`'s read position name the last delivered row as its parent?
+    None when that cannot be told (no chain hash, no row, no prev_hash)."""
+    data = first_line(f.fd, max_line_bytes, f.read_offset) if last_hash is not None else None
+    if data is None:
+        return None
+    try:
+        row = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    prev = row.get("prev_hash") if isinstance(row, dict) else None
+    return prev == last_hash if isinstance(prev, str) and prev != "GENESIS" else None
+
+
+def is_gap(certain: bool, links: bool | None) -> bool:
+    """Rows vanished between the last one read and the next one: the chain says so when it can
+    (a row naming its true parent proves nothing is missing), else only a certain loss counts."""
+    return links is False or (links is None and certain)
+
+
+def _find_versions(
+    path: Path,
+    state: SourceState,
+    pool: list[FollowedFile],
+    records: dict[tuple[int, int], list[SpoolRecord]],
+    spool: Spool | None,
+    max_line_bytes: int,
+) -> dict[int, tuple[FollowedFile, str]]:
+    """The file holding each listed version (taken from `pool`), by index, and how it was found:
+    first the same inodes; then, newest version first (a copytruncate copies the newest), its
+    spool file or a copy. A copy is never a file that is itself a listed version (a tail-rewrite
+    may start like its parent)."""
+    position, index = state.position, state.position_index
+    last = len(state.versions) - 1
+
+    def is_listed(f: FollowedFile) -> bool:
+        """`f` is itself one of the listed versions (its inode and first bytes), not a copy."""
+        return any(
+            w.linked
+            and w.identity.fingerprint_len
+            and w.identity.same_inode(os.fstat(f.fd))
+            and fingerprint_matches(f.fd, w.identity)
+            for w in state.versions
+        )
+
+    found: dict[int, tuple[FollowedFile, str]] = {}
+    for i, v in enumerate(state.versions):
+        at = position if i == index else None
+        if v.identity.fingerprint_len == 0 or not v.linked:
+            # Empty when last seen (nothing identifies it), or no name pointed to it (an unlinked
+            # inode never comes back): a file with its inode number now is another file.
+            continue
+        # Only the newest listed version can still be the path's file: a file at the path that
+        # looks like an older one (an inode number reused, an empty file) is new.
+        usable = [f for f in pool if i == last or f.path != path]
+        same = next((f for f in usable if v.identity.same_inode(os.fstat(f.fd)) and _holds(f, v, at, max_line_bytes)), None)
+        if same is not None:
+            pool.remove(same)
+            found[i] = same, "same file"
+    for i in reversed(range(len(state.versions))):
+        if i in found or not state.versions[i].identity.fingerprint_len:
+            continue
+        v, at = state.versions[i], position if i == index else None
+        spooled = next(
+            (f for r in records.get((v.identity.dev, v.identity.ino), []) if (f := _open_spool(v, r, spool, at, max_line_bytes))),
+            None,
+        )
+        if spooled is not None:
+            found[i] = spooled, "its spool file"
+            continue
+        if not v.linked:
+            continue  # unlinked when last seen: a copytruncate copies a file that still has a name
+        copy = next(
+            (f for f in pool if f.path != path and not is_listed(f) and _holds(f, v, at, max_line_bytes)),
+            None,
+        )
+        if copy is not None:
+            pool.remove(copy)
+            copy.appendable = False
+            found[i] = copy, "a rotated copy with the same first bytes"
+    return found
+
+
+def _open_spool(
+    v: VersionState, record: SpoolRecord | None, spool: Spool | None, at: Cursor | None, max_line_bytes: int
+) -> FollowedFile | None:
+    if record is None or spool is None or (at is not None and not record.start <= at.offset <= record.end):
+        return None
+    try:
+        fd = spool.open(record)
+    except OSError:
+        return None
+    if not fingerprint_matches(fd, v.identity):
+        os.close(fd)  # the same inode number, another version
+        return None
+    followed = FollowedFile(Path(spool.directory / record.name), fd, v.identity, LineSplitter(max_line_bytes, record.start), 0)
+    followed.seen_size, followed.appendable, followed.spool = record.end, False, record
+    followed.position_at(record.start)
+    return followed
+
+
+def _holds(f: FollowedFile, v: VersionState, at: Cursor | None, max_line_bytes: int) -> bool:
+    """Does `f` still hold version `v` (for the position: the delivered line ends at the offset)?"""
+    if v.identity.fingerprint_len == 0:
+        return v.identity.same_inode(os.fstat(f.fd)) and f.size() >= (at.offset if at else 0)
+    if not fingerprint_matches(f.fd, v.identity) or f.size() < v.size:
+        return False
+    if at is None or at.offset == 0 or at.last_line_sha256 is None:
+        return True
+    return line_ends_at(f.fd, at.offset, at.last_line_sha256, at.last_line_length, max_line_bytes)

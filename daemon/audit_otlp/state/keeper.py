@@ -1,23 +1,39 @@
-"""When the checkpoint is written: soon after the settled position moves, coalesced, and at exit."""
+"""When the checkpoint is written: group commit (a write starts as soon as the position moves and
+no write is in progress), and at exit.
+
+With group commit a SIGKILL repeats at most the rows of the requests in flight plus those
+acknowledged while the one write then in progress was on its way to disk (docs/delivery.md).
+`checkpoint.interval` > 0 adds a pause after each write, for disks where an fsync per batch costs
+too much. Each write takes the source's state from the tailer (`SourceView.snapshot`: the versions
+held, the recent lines) at the moment it starts, so it is consistent with the position it
+records; once it is durable the tailer may delete spool files it no longer names.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import replace
+from typing import Protocol
 
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.runstate import RunState
-from audit_otlp.state.checkpoint import Checkpoint, Cursor
+from audit_otlp.state.checkpoint import Checkpoint, Cursor, SourceState
 from audit_otlp.state.store import CheckpointError, CheckpointStore
 
 log = logging.getLogger(__name__)
 
 
+class SourceView(Protocol):
+    """What the checkpoint needs from a source (the tailer)."""
+
+    def snapshot(self, position: Cursor) -> SourceState: ...
+    def checkpoint_saved(self, state: SourceState) -> None: ...
+
+
 class CheckpointKeeper:
-    """Holds the latest settled position and writes it soon after it moves: at once when the last
-    write is older than `interval`, else once the interval has passed (writes are coalesced, and
-    a quiet daemon does not wake up at all). Also written at exit."""
+    """Holds the latest settled position and the counters, and writes them (see the module doc)."""
 
     def __init__(
         self, store: CheckpointStore, initial: Checkpoint, interval: float, metrics: Metrics, state: RunState, enabled: bool
@@ -28,17 +44,22 @@ class CheckpointKeeper:
         self.metrics = metrics
         self.state = state
         self.enabled = enabled
+        self.views: dict[str, SourceView] = {}  # by source path, once each tailer is started
         self._dirty = asyncio.Event()
         self._writing: asyncio.Future[None] | None = None
 
-    def advance(self, frontier: Cursor | None) -> None:
-        """A batch was settled: `frontier` is the new position if it moved; the counts are the
-        run state's."""
+    def source(self, path: str) -> SourceState:
+        return self.current.source(path)
+
+    def position(self, path: str) -> Cursor:
+        return self.source(path).position
+
+    def _set_source(self, path: str, source: SourceState) -> None:
         state = self.state
-        self.current = self.current.with_cursor(
-            frontier or self.current.cursor,
+        self.current = self.current.with_source(
+            path,
+            source,
             delivered_spans=state.all_time_delivered(),
-            chain_breaks=state.all_time_chain_breaks(),
             last_success_unix=state.last_success_unix or self.current.last_success_unix,
             last_error=state.last_error,
         )
@@ -51,6 +72,58 @@ class CheckpointKeeper:
             self.current = replace(self.current, endpoint=endpoint)
             self._dirty.set()
 
+    def started(self, path: str, position: Cursor, gap: str | None, view: SourceView) -> None:
+        """A tailer opened its files: `position` is where this run starts (moved past a gap that
+        was just found, whose row must be marked and which must never be reported again)."""
+        self.views[path] = view
+        source = replace(self.source(path), position=position)
+        if gap is not None:
+            source = replace(source, gap_pending=gap)
+        self.current = self.current.with_source(path, source)
+        if gap is not None or self.current.migrated_from is not None:
+            self._dirty.set()
+
+    def advance(self, path: str, frontier: Cursor | None, chain_breaks: int | None = None) -> None:
+        """A batch of `path` was settled: `frontier` is its new position if it moved."""
+        source = self.source(path)
+        if frontier is not None and frontier != source.position:
+            source = replace(source, position=frontier, gap_pending=None)  # the row after a gap is delivered
+        if chain_breaks is not None:
+            source = replace(source, chain_breaks=chain_breaks)
+        self._set_source(path, source)
+
+    def gap(self, path: str, reason: str) -> None:
+        """A resume gap was reported: count it (status shows it, and the last one)."""
+        source = self.source(path)
+        self._set_source(path, replace(source, resume_gaps=source.resume_gaps + 1, last_gap=reason, last_gap_unix=time.time()))
+
+    def spool_cut(self, path: str, cut_bytes: int, cut_lines: int) -> None:
+        source = self.source(path)
+        cut = replace(
+            source, spool_cut_bytes=source.spool_cut_bytes + cut_bytes, spool_cut_lines=source.spool_cut_lines + cut_lines
+        )
+        self._set_source(path, cut)
+
+    def nudge(self) -> None:
+        """A source's state changed (a version was spooled): write soon, position or not."""
+        self._dirty.set()
+
+    def compose(self) -> Checkpoint:
+        """The checkpoint to write now: the positions, and each tailer's versions at this moment."""
+        checkpoint = self.current
+        for path, view in self.views.items():
+            source = checkpoint.source(path)
+            filled = view.snapshot(source.position)
+            source = replace(
+                source,
+                versions=filled.versions,
+                position_index=filled.position_index,
+                recent=filled.recent,
+                released=filled.released,
+            )
+            checkpoint = checkpoint.with_source(path, source)
+        return checkpoint
+
     async def flush(self) -> bool:
         # One writer of the temp file at a time: a write the run task started (and that was
         # cancelled at shutdown) is waited for, never raced.
@@ -59,9 +132,12 @@ class CheckpointKeeper:
                 await asyncio.shield(self._writing)
             except CheckpointError:
                 pass  # reported by its own caller; the state is still dirty
-        if not (self.enabled and self._dirty.is_set()):
+        if not self.enabled:
+            self._dirty.clear()  # a dry run writes nothing (and must not spin on a dirty flag)
             return True
-        snapshot = self.current
+        if not self._dirty.is_set():
+            return True
+        snapshot = self.compose()
         self._dirty.clear()
         self._writing = asyncio.ensure_future(asyncio.to_thread(self.store.save, snapshot))
         try:
@@ -79,10 +155,14 @@ class CheckpointKeeper:
         if self.state.checkpoint_error is not None:
             log.info("checkpoint writes work again")
         self.state.checkpoint_error = None
+        for path, view in self.views.items():
+            view.checkpoint_saved(snapshot.source(path))
         return True
 
     async def run(self) -> None:
         while True:
             await self._dirty.wait()
-            await self.flush()
-            await asyncio.sleep(self.interval)  # coalesce: at most one write per interval
+            if not await self.flush():
+                await asyncio.sleep(max(self.interval, 0.25))  # a failing disk: retry, without spinning
+            elif self.interval:
+                await asyncio.sleep(self.interval)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from audit_otlp.state.checkpoint import Checkpoint
+from audit_otlp.state.checkpoint import Checkpoint, NewerCheckpointError
 from audit_otlp.state.durable import replace_atomically
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ class CheckpointStore:
             return None
         try:
             return Checkpoint.from_json(data)
+        except NewerCheckpointError:
+            raise  # never moved aside: a newer audit-otlp wrote it, and will want it back
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             try:

@@ -218,3 +218,23 @@ def test_every_key_is_a_field_of_its_typed_section() -> None:
 
     fields = {f"{section}.{f.name}" for section, cls in SECTION_TYPES.items() for f in dataclasses.fields(cls)}
     assert fields == {key.name for key in KEYS}
+
+
+def test_source_paths_default_to_the_one_path_and_an_explicit_file_wins(tmp_path: Path) -> None:
+    assert load_config(None, {}, {}).source.paths == ["state/audit.jsonl"]
+    config_file = tmp_path / "c.toml"
+    config_file.write_text('[source]\npaths = ["a/audit.jsonl", "plugins/*/state/audit.jsonl"]\n')
+    config = load_config(config_file, {}, {})
+    assert config.source.paths == ["a/audit.jsonl", "plugins/*/state/audit.jsonl"] and config.source.path == Path("a/audit.jsonl")
+    assert load_config(config_file, {"file": "only.jsonl"}, {}).source.paths == ["only.jsonl"]  # option > file
+    assert load_config(config_file, {}, {"AUDIT_OTLP_FILE": "env.jsonl"}).source.paths == ["env.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "text", ["paths = []", 'paths = "a.jsonl"', 'paths = ["a", ""]', 'paths = ["a", "b"]\nrotated_glob = "x.*"']
+)
+def test_bad_source_paths_name_the_key(tmp_path: Path, text: str) -> None:
+    config_file = tmp_path / "c.toml"
+    config_file.write_text(f"[source]\n{text}\n")
+    with pytest.raises(ConfigError, match=r"source\.(paths|rotated_glob)"):
+        load_config(config_file, {}, {})

@@ -18,6 +18,7 @@ import pytest
 from audit_otlp.runtime.progress import Progress, ProgressReporter, TerminalLine, format_progress
 from tests.helpers.auditgen import AuditWriter
 from tests.helpers.collector import Collector, Reply
+from tests.helpers.daemon import load_checkpoint
 from tests.helpers.terminal import ANSI, PtyOutput, become_terminal_session
 
 
@@ -72,8 +73,8 @@ def test_tty_shows_colour_and_progress_line_and_ctrl_c_writes_checkpoint(tmp_pat
     text = out.text()
     assert "\x1b[36mINFO" in text  # coloured level names on a TTY
     assert "\r\x1b[K" in text  # the progress line is redrawn in place
-    checkpoint = json.loads((tmp_path / "cp.json").read_text())
-    assert checkpoint["delivered_spans"] == 3000
+    checkpoint = load_checkpoint(tmp_path / "cp.json")
+    assert checkpoint is not None and checkpoint["delivered_spans"] == 3000
     assert checkpoint["offset"] == (tmp_path / "audit.jsonl").stat().st_size
 
 

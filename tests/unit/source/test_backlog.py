@@ -1,6 +1,7 @@
 """`find_backlog` (what `audit-otlp status` shows) agrees with what a restarted tailer actually reads:
 for every rotation done while the daemon is stopped, the rows it counts are the rows delivered
-next, and it reports a resume gap exactly when the tailer does."""
+next, and it reports a resume gap exactly when the tailer does: when rows that were never
+delivered vanished."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ def rewrite_without_the_last_line(log: Path, writer: AuditWriter) -> None:
     log.write_bytes(b"".join(lines[:3]))  # same inode, other content: the delivered line is gone
 
 
+def tail_rewrite_dropping_undelivered_rows(log: Path, writer: AuditWriter) -> None:
+    writer.append(10)  # written while stopped, never delivered...
+    rotate(log, "tail_rewrite", keep_lines=4)  # ...and six of them gone with the rewrite
+
+
 def rotate_twice(log: Path, writer: AuditWriter) -> None:
     rotate(log, "rename")
     writer.append(4)
@@ -43,7 +49,10 @@ SCENARIOS: dict[str, Callable[[Path, AuditWriter], None]] = {
     "tail_rewrite_repeats_delivered_lines": lambda log, writer: rotate(log, "tail_rewrite", keep_lines=8),
     "tail_rewrite_with_undelivered_rows_in_the_old_file": tail_rewrite_behind,
     "two_rotations_while_stopped": rotate_twice,
-    "rewritten_without_the_delivered_line_is_a_gap": rewrite_without_the_last_line,
+    # Rewritten in place after it was delivered to its end: read again from its start (its
+    # first row starts a new chain, nothing undelivered vanished: no gap).
+    "rewritten_in_place_after_delivery": rewrite_without_the_last_line,
+    "tail_rewrite_dropping_undelivered_rows_is_a_gap": tail_rewrite_dropping_undelivered_rows,
 }
 
 
@@ -67,6 +76,6 @@ async def test_backlog_counts_exactly_the_rows_a_restart_reads(tmp_path: Path, s
     await reader.stop()
     assert backlog.pending_rows == len(reader.seqs) - delivered > 0, (backlog, reader.seqs)
     assert backlog.resume_gap == bool(reader.events.gaps)
-    assert backlog.resume_gap == (scenario == "rewritten_without_the_delivered_line_is_a_gap")
+    assert backlog.resume_gap == scenario.endswith("_is_a_gap")
     assert backlog.files[-1].path == log and not backlog.files[-1].rotated
     assert all(f.rotated for f in backlog.files[:-1])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from audit_otlp.source.followed import RecentLines, overlap_end
+from audit_otlp.source.recent import RecentLines, overlap_end
 
 
 def overlap(tmp_path: Path, read: list[bytes], new_file: list[bytes]) -> int:
