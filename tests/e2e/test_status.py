@@ -131,10 +131,12 @@ def test_rewritten_file_is_read_after_its_overlap_and_a_gap_only_when_undelivere
     status = status_json(audit_cli, tmp_path)
     assert status["offset"] == len(lines[-2]) + len(lines[-1]), (status, (tmp_path / "cp.json").read_text())
     assert status["backlog_rows"] == 3 and status["resume_gap"] is False
-    # Rewritten with rows that were all delivered: read again from byte 0, nothing is missing.
+    # Rewritten with two rows that were all delivered: a run of two or more lines read shortly
+    # before the end is a copy (source/recent.py, LATE_LINES), so it is skipped, nothing is missing.
     log.write_bytes(b"".join(lines[:2]))
     status = status_json(audit_cli, tmp_path)
-    assert status["resume_gap"] is False and status["offset"] == 0 and status["backlog_rows"] == 2
+    assert status["resume_gap"] is False and status["offset"] == len(lines[0]) + len(lines[1])
+    assert status["backlog_rows"] == 0
     # Rows never delivered, then a tail-rewrite keeping 2 of them: the others are gone. Status says so.
     log.write_bytes(b"".join(lines))
     delivered.append(5)

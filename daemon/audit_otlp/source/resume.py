@@ -133,7 +133,7 @@ def _locate_versions(
         if at is not None:
             f.position_at(position.offset)
             f.lines_before = position.line_number
-            how = f"{found_how}: {f.path} at byte {position.offset}"
+            how = f"byte {position.offset} of {f.path} ({found_how})"
         elif v.start is not None and not vanished.what:
             f.position_at(v.start)
         else:
@@ -161,7 +161,7 @@ def _locate_versions(
         if first.gap_certain or links is not None:
             first.gap_if_new = None  # decided; else its first row decides, once there is one
     if not how:
-        how = f"{first.path} at byte {first.read_offset} (the position's version was read and delivered to its end, or is gone)"
+        how = f"byte {first.read_offset} of {first.path} (the next version: the position's was delivered to its end, or is gone)"
     if state.gap_pending is not None and first.gap_before is None and at_position:
         first.gap_before, first.gap_reported = state.gap_pending, True  # reported before a restart
     return Located(chain, how, gap, older, at_position)
@@ -266,7 +266,7 @@ def _find_versions(
         same = next((f for f in usable if v.identity.same_inode(os.fstat(f.fd)) and _holds(f, v, at, max_line_bytes)), None)
         if same is not None:
             pool.remove(same)
-            found[i] = same, "same file"
+            found[i] = same, "the checkpoint's own file"
     for i in reversed(range(len(state.versions))):
         if i in found or not state.versions[i].identity.fingerprint_len:
             continue
@@ -276,7 +276,7 @@ def _find_versions(
             None,
         )
         if spooled is not None:
-            found[i] = spooled, "its spool file"
+            found[i] = spooled, "its spool file, the version having vanished"
             continue
         if not v.linked:
             continue  # unlinked when last seen: a copytruncate copies a file that still has a name
@@ -287,7 +287,7 @@ def _find_versions(
         if copy is not None:
             pool.remove(copy)
             copy.appendable = False
-            found[i] = copy, "a rotated copy with the same first bytes"
+            found[i] = copy, "a rotated copy: same first bytes, same last delivered line"
     return found
 
 

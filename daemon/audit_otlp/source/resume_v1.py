@@ -55,7 +55,7 @@ def locate_v1(
     first.position_at(offset)
     for later in chain[1:]:
         later.start_known = False
-    return Located(chain, f"{how}: {first.path} at byte {offset}", older=older, at_position=offset == resume.offset)
+    return Located(chain, f"byte {offset} of {first.path} ({how})", older=older, at_position=offset == resume.offset)
 
 
 def _matches_at(f: FollowedFile, resume: Cursor, max_line_bytes: int) -> bool:
@@ -76,7 +76,7 @@ def _find_v1(candidates: list[FollowedFile], resume: Cursor, max_line_bytes: int
     if identity is not None:
         for i, f in enumerate(candidates):
             if identity.same_inode(os.fstat(f.fd)) and _matches_at(f, resume, max_line_bytes):
-                return i, resume.offset, "same file"
+                return i, resume.offset, "the checkpoint's own file"
         for i, f in enumerate(candidates):
             if _matches_at(f, resume, max_line_bytes):
                 return i, resume.offset, "rotated copy with the same first bytes and last line"
