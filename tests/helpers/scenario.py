@@ -11,7 +11,6 @@ is a condition with a deadline; nothing sleeps to synchronise.
 
 from __future__ import annotations
 
-import collections
 import glob
 import hashlib
 import json
@@ -19,14 +18,15 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 from tests.helpers.auditgen import AuditWriter, append_bytes
-from tests.helpers.collector import Collector, Mood, attrs, seq_of
+from tests.helpers.collector import Collector, Mood
 from tests.helpers.daemon import DaemonProcess, daemon_env, run_cli, write_config
 from tests.helpers.rotation import rotate
+from tests.helpers.verdict import Outcome, judge
 from tests.helpers.wait import wait_until
 from tests.torture.harness import quiet, wait_delivered_or_quiet
 
@@ -87,28 +87,6 @@ class Kill:
     acked_before: set[int]  # rows acknowledged before the SIGKILL
     request_index: int  # collector requests received before it
     lag: int  # rows written but not acknowledged at the kill
-
-
-@dataclass
-class Outcome:
-    name: str
-    written: int = 0
-    delivered: int = 0  # distinct rows acknowledged
-    lost: int = 0  # rows that had to arrive and did not
-    duplicated: int = 0  # extra acknowledgements beyond the first
-    vanished_unseen: int = 0  # rows gone while the daemon was stopped (a real gap)
-    kills: int = 0
-    repeated_per_kill: list[int] = field(default_factory=list)
-    lag_at_kills: list[int] = field(default_factory=list)
-    lag_at_rotation: int | None = None
-    gaps_expected: int = 0
-    gaps_logged: int = 0
-    chain_breaks: int = 0
-    seconds: float = 0.0
-    violations: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return json.dumps({k: v for k, v in self.__dict__.items()}, sort_keys=True)
 
 
 class Scenario:
@@ -297,7 +275,7 @@ class Scenario:
             self.stop()
         elif self.daemon is not None and self.daemon.proc is not None and self.daemon.proc.returncode not in (0, -9):
             self.violations.append(f"the daemon died with exit code {self.daemon.proc.returncode}")
-        self._judge(out, delivered_all)
+        judge(self, out, delivered_all)
         out.seconds = round(time.monotonic() - self._started, 1)
         print("SCENARIO", out.summary())
         report = os.environ.get("DURABLE_REPORT")
@@ -305,77 +283,3 @@ class Scenario:
             with open(report, "a") as fh:
                 fh.write(out.summary() + "\n")
         return out
-
-    def _judge(self, out: Outcome, delivered_all: bool) -> None:
-        accepted = self.collector.accepted()
-        counts = collections.Counter(self.collector.accepted_seqs())
-        written = set(range(1, self.producer.written + 1))
-        expected = self.expected()
-        lost = sorted(expected - set(counts))
-        out.written, out.delivered = len(written), len(set(counts) & written)
-        out.lost, out.duplicated = len(lost), sum(c - 1 for c in counts.values())
-        out.vanished_unseen, out.kills = len(self.gone), len(self.kills)
-        out.lag_at_kills = [k.lag for k in self.kills]
-        v = self.violations
-        if lost:
-            v.append(f"LOST {len(lost)} rows that were on disk while the daemon could see them, e.g. {_ranges(lost)}")
-        if set(counts) - written:
-            v.append(f"rows nobody wrote: {sorted(set(counts) - written)[:10]}")
-        # Duplicates: only those a kill explains (rows acknowledged before it, repeated after it).
-        explained = 0
-        bounds = [k.request_index for k in self.kills] + [len(self.collector.requests)]
-        for kill, end in zip(self.kills, bounds[1:]):
-            again = [
-                seq_of(s)
-                for r in self.collector.requests[kill.request_index : end]
-                if 200 <= r.status < 300
-                for s in r.spans
-                if seq_of(s) in kill.acked_before
-            ]
-            out.repeated_per_kill.append(len(again))
-            explained += len(again)
-            if len(again) > self.repeat_bound:
-                v.append(f"a SIGKILL repeated {len(again)} rows (bound {self.repeat_bound})")
-        if out.duplicated > explained:
-            v.append(f"{out.duplicated - explained} rows delivered twice without a kill to explain it")
-        # No false chain break.
-        breaks = [
-            s
-            for s in (s for r in accepted for s in r.spans)
-            if s.get("name") == "audit.chain_broken" or attrs(s).get("audit.chain.verdict") == "break"
-        ]
-        log_text = self.log.read_text(errors="replace")
-        out.chain_breaks = max(len(breaks), log_text.count("HASH CHAIN"))
-        if out.chain_breaks:
-            v.append(f"{out.chain_breaks} chain breaks reported on an intact chain")
-        self._judge_gaps(out, accepted, expected, log_text)
-        if not delivered_all and not lost:
-            v.append("the wait for delivery timed out")
-
-    def _judge_gaps(self, out: Outcome, accepted: list[Any], expected: set[int], log_text: str) -> None:
-        v = self.violations
-        out.gaps_expected = len(self.gaps)
-        out.gaps_logged = log_text.count("RESUME GAP")
-        if out.gaps_logged != out.gaps_expected:
-            v.append(f"RESUME GAP logged {out.gaps_logged} times, expected {out.gaps_expected}")
-        marked = {seq_of(s) for r in accepted for s in r.spans if attrs(s).get("audit.chain.verdict") == "gap"}
-        firsts = {min((s for s in expected if s > last), default=None) for last in self.gaps} - {None}
-        if marked != firsts:
-            v.append(f"rows marked audit.chain.verdict=gap: {sorted(x for x in marked if x)[:5]}, expected {sorted(firsts)}")
-        reported = self.status().get("resume_gaps", 0)
-        if reported != out.gaps_expected:
-            v.append(f"status --json resume_gaps is {reported!r}, expected {out.gaps_expected}")
-
-
-def _ranges(seqs: list[int]) -> str:
-    """1,2,3,7 -> '1-3, 7' (first few ranges)."""
-    out: list[str] = []
-    start = prev = seqs[0]
-    for s in [*seqs[1:], None]:
-        if s is not None and s == prev + 1:
-            prev = s
-            continue
-        out.append(f"{start}-{prev}" if start != prev else str(start))
-        if s is not None:
-            start = prev = s
-    return ", ".join(out[:6]) + (" ..." if len(out) > 6 else "")

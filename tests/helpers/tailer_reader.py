@@ -72,7 +72,7 @@ class Reader:
             spool=spool,
         )
         await self.tailer.start(self.resume)
-        self.tailer.queue.links = self._links
+        self.tailer.queue.gaps.links = self._links
         base = self.resume.position if self.resume is not None else Cursor(str(self.path), None, 0)
         self.position, gap = self.tailer.start_position(base)
         self.gap_pending = gap if gap is not None else (self.resume.gap_pending if self.resume is not None else None)

@@ -13,7 +13,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
 from audit_otlp.config import Config, mask_url
-from audit_otlp.delivery.batching import BatchBuilder
 from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.sink import DryRunSink
 from audit_otlp.runtime import wiring
@@ -23,7 +22,7 @@ from audit_otlp.runtime.foreground import ForegroundView
 from audit_otlp.runtime.health import HealthServer
 from audit_otlp.runtime.logs import apply_log_settings, counted
 from audit_otlp.runtime.metrics import Metrics
-from audit_otlp.runtime.pipeline import Lane, Pipeline
+from audit_otlp.runtime.pipeline import Pipeline
 from audit_otlp.runtime.progress import TerminalLine
 from audit_otlp.runtime.reload import ReloadPlan, reload_config
 from audit_otlp.runtime.reporting import Reporting
@@ -61,13 +60,9 @@ class Daemon:
         self.sink = wiring.build_sink(config, options, self.envelope, self.metrics, self.state)
         # One tailer per audit log (source.paths), sharing one spool.
         self.paths = expand(config.source.paths)
-        several = len(config.source.paths) > 1 or len(self.paths) > 1
+        self.several = len(config.source.paths) > 1 or len(self.paths) > 1
         self.source_events = [SourceObserver(self.metrics, str(path)) for path in self.paths]
-        spool = wiring.build_spool(config, options)
-        self.tailers = [
-            wiring.build_tailer(config, events, path, spool, several) for path, events in zip(self.paths, self.source_events)
-        ]
-        self.several = several
+        self.tailers = wiring.build_tailers(config, options, self.paths, self.source_events, self.several)
         self.stopping = asyncio.Event()
         self.stop_now = asyncio.Event()  # a second SIGINT/SIGTERM: no grace period
         self.output_closed = False  # --dry-run: the reader of stdout went away
@@ -141,19 +136,12 @@ class Daemon:
         keeper = wiring.build_keeper(self.config, self.options, checkpoint, self.metrics, self.state)
         keeper.record_endpoint(mask_url(self.config.export.endpoint))
         rows = RowObserver(self.metrics, self.state)
-        lanes = []
-        for tailer, events in zip(self.tailers, self.source_events, strict=True):
-            events.keeper = keeper
-            source = checkpoint.source(events.path)
-            await tailer.start(None if source.says_nothing else source, self.config.source.start_at)
-            position, gap = tailer.start_position(source.position)
-            keeper.started(events.path, position, gap, tailer)
-            mapper = wiring.build_mapper(self.config, position, rows, self.encoding, events.path if self.several else None)
-            tailer.queue.links = mapper.links
-            builder = BatchBuilder(self.envelope, wiring.batch_limits(self.config))
-            lanes.append(Lane(events.path, tailer, mapper, builder, breaks_before=source.chain_breaks))
-            if tailer.current is None:
-                log.info("waiting for %s to appear", events.path)
+        lanes = await wiring.open_lanes(
+            self.config, self.tailers, self.source_events, checkpoint, keeper, rows, self.several, self.encoding
+        )
+        for lane in lanes:
+            if lane.tailer.current is None:
+                log.info("waiting for %s to appear", lane.path)
         pipeline = self.pipeline = Pipeline(
             lanes, self.sink, keeper, self.config.retry, self.config.export.max_in_flight, self.state
         )

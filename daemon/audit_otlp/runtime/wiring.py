@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audit_otlp.config import Config
-from audit_otlp.delivery.batching import BatchLimits
+from audit_otlp.delivery.batching import BatchBuilder, BatchLimits
 from audit_otlp.delivery.encoding import JSON, Encoding, RequestEnvelope, encoding_for
 from audit_otlp.delivery.policy import Exporter
 from audit_otlp.delivery.records import DurableLog
@@ -18,8 +18,10 @@ from audit_otlp.mapping.chain import ChainHasher, ChainState
 from audit_otlp.mapping.envelope import Envelope, make_envelope, resource_attributes
 from audit_otlp.mapping.ids import IdentityWindow, MappingOptions
 from audit_otlp.mapping.rows import RowEvents, RowMapper
+from audit_otlp.runtime.events import SourceObserver
 from audit_otlp.runtime.exits import FatalError
 from audit_otlp.runtime.metrics import Metrics
+from audit_otlp.runtime.pipeline import Lane
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.events import SourceEvents
 from audit_otlp.source.recent import RECENT_LINES
@@ -101,6 +103,14 @@ def build_spool(config: Config, options: RunOptions) -> Spool | None:
     return None if options.dry_run else Spool(spool_directory(config), config.source.spool_max_bytes)
 
 
+def build_tailers(
+    config: Config, options: RunOptions, paths: list[Path], observers: list[SourceObserver], several: bool
+) -> list[Tailer]:
+    """One tailer per audit log, sharing one spool."""
+    spool = build_spool(config, options)
+    return [build_tailer(config, events, path, spool, several) for path, events in zip(paths, observers)]
+
+
 def build_tailer(config: Config, events: SourceEvents, path: Path, spool: Spool | None, several: bool) -> Tailer:
     source = config.source
     # The recent-lines window must reach back past every line read but not yet delivered, plus
@@ -115,6 +125,32 @@ def build_tailer(config: Config, events: SourceEvents, path: Path, spool: Spool 
         spool=spool,
         recent_limit=max(RECENT_LINES, RECENT_DIGESTS + unsettled),
     )
+
+
+async def open_lanes(
+    config: Config,
+    tailers: list[Tailer],
+    observers: list[SourceObserver],
+    checkpoint: Checkpoint,
+    keeper: CheckpointKeeper,
+    rows: RowEvents,
+    several: bool,
+    encoding: Encoding,
+) -> list[Lane]:
+    """Start each source's tailer where its checkpoint entry says (a gap found there is recorded
+    at once), and give it its mapping stage (its own chain) and its batch."""
+    lanes = []
+    for tailer, events in zip(tailers, observers, strict=True):
+        events.keeper = keeper
+        source = checkpoint.source(events.path)
+        await tailer.start(None if source.says_nothing else source, config.source.start_at)
+        position, gap = tailer.start_position(source.position)
+        keeper.started(events.path, position, gap, tailer)
+        mapper = build_mapper(config, position, rows, encoding, events.path if several else None)
+        tailer.queue.gaps.links = mapper.links
+        builder = BatchBuilder(encoding.envelope, batch_limits(config))
+        lanes.append(Lane(events.path, tailer, mapper, builder, breaks_before=source.chain_breaks))
+    return lanes
 
 
 def batch_limits(config: Config) -> BatchLimits:

@@ -122,6 +122,16 @@ class FollowedFile:
             return None
         return self.splitter.take_unterminated()
 
+    def may_grow(self) -> bool:
+        """Could a writer still append to this rotated version? Not to a copy, a spool, or an
+        inode no name points to (so no quiet-period wait for those: no self-made lag)."""
+        if not self.appendable:
+            return False
+        try:
+            return os.fstat(self.fd).st_nlink > 0
+        except OSError:
+            return False
+
     def quiet_for(self) -> float:
         """Seconds since the file was last written (a writer may still hold a rotated file)."""
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +19,11 @@ from audit_otlp.source.changes import PathChanges
 from audit_otlp.source.events import SourceEvents
 from audit_otlp.source.fileid import FileIdentity
 from audit_otlp.source.followed import FollowedFile, last_line_boundary, open_followed
+from audit_otlp.source.gaps import GapMarks
 from audit_otlp.source.held import HeldVersions
 from audit_otlp.source.lines import Line
 from audit_otlp.source.recent import RecentLines, overlap_end
-from audit_otlp.source.resume import is_gap, locate
+from audit_otlp.source.resume import locate
 from audit_otlp.source.spool import Spool
 from audit_otlp.source.watch import FileWatcher
 from audit_otlp.state.checkpoint import SourceState
@@ -69,25 +69,13 @@ class FileQueue:
         self.start_at_end = False
         self.changes = PathChanges(path, rotated_glob, max_line_bytes, self._path_changed)
         self.held = HeldVersions(path, rotated_glob, self.files, self.changes.finished, events, spool)
-        # Does a line's prev_hash name the last row read? (None: cannot tell.) Set by the mapping stage.
-        self.links: Callable[[bytes], bool | None] | None = None
+        self.gaps = GapMarks(events)
 
     def quiet_wait(self) -> float | None:
         """Seconds until the finished rotated head may be released; None when not waiting."""
-        if len(self.files) < 2 or not self._may_grow(self.files[0]):
+        if len(self.files) < 2 or not self.files[0].may_grow():
             return None
         return max(self.rotate_quiet - self.files[0].quiet_for(), 0.01)
-
-    @staticmethod
-    def _may_grow(f: FollowedFile) -> bool:
-        """Could a writer still append to this rotated version? Not to a copy, a spool, or an
-        inode no name points to (so no quiet-period wait for those: no self-made lag)."""
-        if not f.appendable:
-            return False
-        try:
-            return os.fstat(f.fd).st_nlink > 0
-        except OSError:
-            return False
 
     # -- one read cycle --------------------------------------------------------------------------
 
@@ -119,7 +107,7 @@ class FileQueue:
                 if not head.unchanged():  # truncated after it was rotated away (copytruncate then rename)
                     await self.changes.truncated(self.files, 0)
                     continue
-                if self._may_grow(head) and head.quiet_for() < self.rotate_quiet:
+                if head.may_grow() and head.quiet_for() < self.rotate_quiet:
                     return None
                 chunk = await self._finish_head()
                 if chunk is not None:
@@ -131,7 +119,7 @@ class FileQueue:
     def _emit(self, followed: FollowedFile, lines: list[Line]) -> LineChunk:
         self.held.number(followed)
         if followed.gap_if_new is not None:  # a version before it vanished: its first row decides
-            self._decide_gap(followed, lines[0].data)
+            self.gaps.decide(followed, lines[0].data)
         first_index = self.recent.next_index
         for line in lines:
             self.recent.add(line.digest)
@@ -141,14 +129,6 @@ class FileQueue:
         if followed is not self.files[-1]:
             self.report_held()
         return LineChunk(followed.path, followed.identity, lines, first, followed.serial, first_index, gap)
-
-    def _decide_gap(self, followed: FollowedFile, first: bytes | None) -> None:
-        """Were rows lost between the last row read and `first`? The chain says so when it can
-        (`links`, from the mapping stage, which has mapped every row read before this one)."""
-        links = self.links(first) if self.links is not None and first is not None else None
-        if is_gap(followed.gap_certain, links):
-            self._gap(followed, f"gone with rows not delivered: {followed.gap_if_new}")
-        followed.gap_if_new = None
 
     async def _resolve_start(self, followed: FollowedFile) -> None:
         """A newer file becomes the head: skip the lines it repeats (a tail-rewrite's overlap).
@@ -161,17 +141,12 @@ class FileQueue:
             log.info("%s begins with %d lines already read (tail-rewrite); continuing at byte %d", followed.path, skipped, offset)
             followed.gap_if_new = None  # it repeats the last lines read: nothing vanished
         elif followed.unread_at_truncation:
-            self._gap(
+            self.gaps.report(
                 followed,
                 f"{followed.path} was truncated with rows not yet read and no rotated copy matching {self.rotated_glob} holds them",
             )
         elif followed.gap_if_new is not None and followed.gap_certain:
-            self._decide_gap(followed, None)
-
-    def _gap(self, followed: FollowedFile, reason: str) -> None:
-        if followed.gap_before is None:
-            followed.gap_before = reason
-            self.events.resume_gap(reason)
+            self.gaps.decide(followed, None)
 
     async def _finish_head(self) -> LineChunk | None:
         """The rotated head is read to its end: it waits in `done` until delivered, and its
@@ -182,7 +157,7 @@ class FileQueue:
         tail = head.unterminated_tail(successor)
         cut = head.spool is not None and head.read_offset <= head.spool.end < head.spool.size  # read from a cut spool
         if cut and head.spool is not None:
-            self._gap(
+            self.gaps.report(
                 successor,
                 f"the spool of {head.path} kept bytes {head.spool.start}-{head.spool.end}; "
                 f"{head.spool.cut_bytes} bytes ({head.spool.lines_cut} lines) were past source.spool_max_bytes",
