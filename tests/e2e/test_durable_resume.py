@@ -190,8 +190,8 @@ def test_random_sigkills_after_tail_rewrites_long(audit_cli: str, tmp_path: Path
         audit_cli,
         tmp_path,
         f"random_twenty_sigkills_seed{seed}",
-        rows=70_000,
-        every=(700, 1100),
+        rows=90_000,
+        every=(600, 1000),
         kills=20,
         seed=seed,
     )
