@@ -21,6 +21,7 @@ from audit_otlp.source.backlog import find_backlog
 from audit_otlp.source.sources import expand
 from audit_otlp.source.spool import Spool
 from audit_otlp.state.checkpoint import Checkpoint
+from audit_otlp.state.migration import read_checkpoint as parse_checkpoint
 
 
 def read_checkpoint(path: Path) -> tuple[Checkpoint | None, str | None]:
@@ -32,7 +33,7 @@ def read_checkpoint(path: Path) -> tuple[Checkpoint | None, str | None]:
     except OSError as exc:
         return None, f"cannot read {path}: {exc.strerror or exc}"
     try:
-        return Checkpoint.from_json(data), None
+        return parse_checkpoint(data), None
     except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
         return None, f"corrupt checkpoint {path}: {exc}"
 

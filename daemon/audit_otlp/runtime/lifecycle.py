@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
@@ -19,7 +18,6 @@ from audit_otlp.runtime import wiring
 from audit_otlp.runtime.events import RowObserver, SourceObserver
 from audit_otlp.runtime.exits import EXIT_DEADLINE, EXIT_OK, EXIT_OUTPUT_CLOSED, FatalError
 from audit_otlp.runtime.foreground import ForegroundView
-from audit_otlp.runtime.health import HealthServer
 from audit_otlp.runtime.logs import apply_log_settings, counted
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.pipeline import Pipeline
@@ -147,14 +145,14 @@ class Daemon:
         )
         self.state.file_reachable = any(t.current is not None for t in self.tailers)
         await self.sink.start()
-        health = await self._start_health()
+        health = await wiring.start_health(self.config, self.options, self.state, self.metrics, self.report.refresh_gauges)
 
         workers = [
             asyncio.create_task(pipeline.export_worker(), name=f"export-{i}") for i in range(self.config.export.max_in_flight)
         ]
         housekeeping = [
             asyncio.create_task(keeper.run(), name="checkpoint"),
-            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+            asyncio.create_task(self.report.heartbeat(self.notifier), name="heartbeat"),
         ]
         if self.terminal is not None:
             view = ForegroundView(self.terminal, self.config, self.state, pipeline, keeper, self.report.refresh_gauges)
@@ -201,18 +199,6 @@ class Daemon:
             log.info("stopped: %s", final_status)
         return EXIT_OUTPUT_CLOSED if self.output_closed else exit_code
 
-    async def _start_health(self) -> HealthServer | None:
-        listen = self.config.health.listen
-        if not listen or self.options.dry_run:
-            return None
-        host, port = listen
-        health = HealthServer(host, port, self.state, self.metrics, self.config.health.failing_after, self.report.refresh_gauges)
-        try:
-            await health.start()
-        except OSError as exc:
-            raise FatalError(f"cannot listen on {host}:{port} for health checks: {exc.strerror or exc}") from exc
-        return health
-
     async def _run_once(self, reader: asyncio.Task[None]) -> int:
         assert self.pipeline is not None
         pipeline, deadline = self.pipeline, self.options.deadline
@@ -237,15 +223,6 @@ class Daemon:
             return EXIT_OK
         log.error("--once: deadline of %.1f s passed with %s not delivered", deadline or 0, counted(pipeline.unsettled, "batch"))
         return EXIT_DEADLINE
-
-    async def _heartbeat(self) -> None:
-        """Event-loop liveness for /healthz and the systemd watchdog, plus a STATUS refresh."""
-        interval = min(self.notifier.watchdog_interval() or 5.0, 5.0)
-        while True:
-            self.state.loop_heartbeat = time.monotonic()
-            self.notifier.watchdog()
-            self.notifier.status(self.report.status_line())
-            await asyncio.sleep(interval)
 
 
 def run_daemon(

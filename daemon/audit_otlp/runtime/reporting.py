@@ -3,12 +3,15 @@ line, read from `RunState` and the pipeline (the foreground view's snapshot: `ru
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 
 from audit_otlp.runtime.logs import counted
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.pipeline import Pipeline
 from audit_otlp.runtime.runstate import RunState
+from audit_otlp.runtime.sdnotify import Notifier
 from audit_otlp.source.tailer import Tailer
 
 
@@ -37,3 +40,12 @@ class Reporting:
             f"{counted(in_flight, 'batch')} in flight"
             + (f", last error: {state.last_error}" if state.failing_since is not None else "")
         )
+
+    async def heartbeat(self, notifier: Notifier) -> None:
+        """Event-loop liveness for /healthz and the systemd watchdog, plus a STATUS refresh."""
+        interval = min(notifier.watchdog_interval() or 5.0, 5.0)
+        while True:
+            self.state.loop_heartbeat = time.monotonic()
+            notifier.watchdog()
+            notifier.status(self.status_line())
+            await asyncio.sleep(interval)

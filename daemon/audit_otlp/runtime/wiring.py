@@ -4,6 +4,7 @@ to which stage (the request envelope, the sink, the tailer, the checkpoint keepe
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from audit_otlp.mapping.ids import IdentityWindow, MappingOptions
 from audit_otlp.mapping.rows import RowEvents, RowMapper
 from audit_otlp.runtime.events import SourceObserver
 from audit_otlp.runtime.exits import FatalError
+from audit_otlp.runtime.health import HealthServer
 from audit_otlp.runtime.metrics import Metrics
 from audit_otlp.runtime.pipeline import Lane
 from audit_otlp.runtime.runstate import RunState
@@ -204,3 +206,19 @@ def load_checkpoint(config: Config, options: RunOptions, paths: list[Path]) -> C
     if checkpoint is None:
         return Checkpoint({str(p): Checkpoint.empty(str(p)).source(str(p)) for p in paths})
     return checkpoint.keyed_for(path) if len(paths) == 1 else checkpoint
+
+
+async def start_health(
+    config: Config, options: RunOptions, state: RunState, metrics: Metrics, refresh: Callable[[], None]
+) -> HealthServer | None:
+    """The /healthz, /readyz and /metrics listener, when configured (never for --dry-run)."""
+    listen = config.health.listen
+    if not listen or options.dry_run:
+        return None
+    host, port = listen
+    health = HealthServer(host, port, state, metrics, config.health.failing_after, refresh)
+    try:
+        await health.start()
+    except OSError as exc:
+        raise FatalError(f"cannot listen on {host}:{port} for health checks: {exc.strerror or exc}") from exc
+    return health

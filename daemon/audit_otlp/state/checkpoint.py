@@ -16,7 +16,7 @@ followed, keyed by its configured path. Each `SourceState` holds:
 - counters: chain breaks, resume gaps (and the last one's reason), a gap still to be marked
   on the row at `position`, and what the spool bound could not keep.
 Plus all-time counters `status` reads without the daemon. A version 1 checkpoint (one cursor)
-is migrated on load (`state.migration`), never moved aside as corrupt; a newer version than this
+is migrated on load (`state.migration.read_checkpoint`), never moved aside as corrupt; a newer version than this
 code knows is refused, not overwritten. `FORMAT_VERSION` tags the form: a change older readers
 cannot read needs a new version and a migration, never a silent reinterpretation.
 """
@@ -254,12 +254,12 @@ class Checkpoint:
 
     @classmethod
     def from_json(cls, data: bytes) -> Checkpoint:
-        doc = orjson.loads(data)
-        version = doc.get("version") if isinstance(doc, dict) else None
-        if version == 1:
-            from audit_otlp.state.migration import from_v1  # noqa: PLC0415 - only old files need it
+        """A format-2 document (older formats: `state.migration.read_checkpoint`)."""
+        return cls.from_doc(orjson.loads(data))
 
-            return from_v1(doc)
+    @classmethod
+    def from_doc(cls, doc: Any) -> Checkpoint:
+        version = doc.get("version") if isinstance(doc, dict) else None
         if isinstance(version, int) and version > FORMAT_VERSION:
             raise NewerCheckpointError(
                 f"checkpoint format version {version} is newer than this audit-otlp reads ({FORMAT_VERSION})"

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from audit_otlp.state.checkpoint import Checkpoint, Cursor, SourceState
 
 log = logging.getLogger(__name__)
@@ -36,3 +38,11 @@ def from_v1(doc: Mapping[str, Any]) -> Checkpoint:
         doc["endpoint"] if isinstance(doc.get("endpoint"), str) else None,
         migrated_from=1,
     )
+
+
+def read_checkpoint(data: bytes) -> Checkpoint:
+    """A checkpoint file's bytes in any format this code reads, as the current format."""
+    doc = orjson.loads(data)
+    if isinstance(doc, dict) and doc.get("version") == 1:
+        return from_v1(doc)
+    return Checkpoint.from_doc(doc)

@@ -16,6 +16,7 @@ import orjson
 
 from audit_otlp.state.checkpoint import Checkpoint, NewerCheckpointError
 from audit_otlp.state.durable import replace_atomically
+from audit_otlp.state.migration import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class CheckpointStore:
         except FileNotFoundError:
             return None
         try:
-            return Checkpoint.from_json(data)
+            return read_checkpoint(data)
         except NewerCheckpointError:
             raise  # never moved aside: a newer audit-otlp wrote it, and will want it back
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
