@@ -57,3 +57,19 @@ def append_bytes(path: Path, data: bytes) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+# The interface's sample tool row (README, "The audit log"): a WebFetch with every mapped field.
+WEBFETCH_ROW: dict[str, object] = {
+    "event": "tool_use",
+    "ts": "2026-04-15T14:23:03.250Z",
+    "tool": "WebFetch",
+    "session_id": "s-42",
+    "duration_ms": 42,
+    "bytes_in": 120,
+    "bytes_out": 5120,
+    "dest_host": "example.com",
+    "policy_outcome": "allowed",
+    "tool_use_id": "toolu_01",
+    "target": "https://example.com/",
+}

@@ -28,6 +28,7 @@ from audit_otlp.mapping.evidence import chain_broken_span, malformed_span
 from audit_otlp.mapping.ids import MappingOptions, line_digest
 from audit_otlp.mapping.parse import parse_line
 from audit_otlp.mapping.spans import row_span
+from tests.helpers.auditgen import WEBFETCH_ROW
 
 Request = trace_service_pb2.ExportTraceServiceRequest
 OBSERVED = 1_700_000_000_000_000_000
@@ -153,22 +154,7 @@ def mapped(lines: list[bytes], options: MappingOptions | None = None) -> list[di
 # -- rows as the daemon maps them ----------------------------------------------------------
 
 ROWS: dict[str, bytes] = {
-    "a_tool_call_with_every_field": orjson.dumps(
-        {
-            "event": "tool_use",
-            "ts": "2026-04-15T14:23:03.250Z",
-            "tool": "WebFetch",
-            "session_id": "s-42",
-            "duration_ms": 42,
-            "bytes_in": 120,
-            "bytes_out": 5120,
-            "dest_host": "example.com",
-            "policy_outcome": "allowed",
-            "tool_use_id": "toolu_01",
-            "target": "https://example.com/",
-            "prev_hash": "GENESIS",
-        }
-    ),
+    "a_tool_call_with_every_field": orjson.dumps({**WEBFETCH_ROW, "prev_hash": "GENESIS"}),
     "a_secret_finding": b'{"event":"secret_detected","ts":"2026-04-15T14:23:01Z",'
     b'"file":"cfg.env","pattern_id":"aws-access-key-id","severity":"critical",'
     b'"masked":"AKIA...MPLE","prev_hash":"GENESIS"}',

@@ -23,6 +23,7 @@ from audit_otlp.mapping.evidence import chain_broken_span, malformed_span
 from audit_otlp.mapping.ids import MappingOptions, line_digest
 from audit_otlp.mapping.parse import parse_line, parse_timestamp_ns
 from audit_otlp.mapping.spans import row_span
+from tests.helpers.auditgen import WEBFETCH_ROW
 from tests.helpers.collector import attrs, to_proto
 
 OBSERVED = 1_700_000_000_000_000_000
@@ -51,17 +52,7 @@ def valid_request(spans: list[dict[str, Any]]) -> None:
 
 
 TOOL_ROW = {
-    "event": "tool_use",
-    "ts": "2026-04-15T14:23:03.250Z",
-    "tool": "WebFetch",
-    "session_id": "s-42",
-    "duration_ms": 42,
-    "bytes_in": 120,
-    "bytes_out": 5120,
-    "dest_host": "example.com",
-    "policy_outcome": "allowed",
-    "tool_use_id": "toolu_01",
-    "target": "https://example.com/",
+    **WEBFETCH_ROW,
     "severity": "info",
     "prev_hash": "abc=",
     "unknown_field": {"ignored": True},
