@@ -58,6 +58,15 @@ def parse_size(raw: Any) -> int:
     return value
 
 
+def _size_or_off(raw: Any) -> int | None:
+    if raw == "off":
+        return None
+    try:
+        return parse_size(raw)
+    except ValueError:
+        raise ValueError('a number of bytes, a string such as "8MiB", or "off"') from None
+
+
 def _int_range(low: int, high: int) -> Callable[[Any], int]:
     def parse(raw: Any) -> int:
         try:
@@ -271,6 +280,8 @@ KEYS: tuple[Key, ...] = (
     Key("chain.key_file", _optional_path, None),
     Key("mapping.trace_id_from", _choice("prev_hash", "session"), "prev_hash"),
     Key("mapping.dd_llmobs_enabled", parse_bool, True),
+    # A lane maps in a helper process (the second core) while this much of its file is unread.
+    Key("mapping.helper_min_backlog", _size_or_off, 8 * 1024 * 1024),
     Key("resource.service_name", _string, DEFAULT_SERVICE_NAME, env=("OTEL_SERVICE_NAME",)),
     Key("resource.attributes", parse_resource_attributes, {}, env=("OTEL_RESOURCE_ATTRIBUTES",)),
     Key("health.listen", parse_listen, None, env=("AUDIT_OTLP_HEALTH_LISTEN",)),

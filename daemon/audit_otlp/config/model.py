@@ -79,6 +79,7 @@ class ChainSection:
 class MappingSection:
     trace_id_from: str
     dd_llmobs_enabled: bool
+    helper_min_backlog: int | None  # None: "off", the daemon maps every line itself
 
 
 @dataclass(frozen=True)

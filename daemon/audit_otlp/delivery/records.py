@@ -9,7 +9,7 @@ import base64
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ def dead_letter_record(
     return record
 
 
-def receipt_record(sources: list[SpanSource], endpoint_host: str, status: int, rejected: int) -> dict[str, Any]:
+def receipt_record(sources: Sequence[SpanSource], endpoint_host: str, status: int, rejected: int) -> dict[str, Any]:
     """One 2xx: which bytes of which file(s) the collector acknowledged."""
     first, last = sources[0], sources[-1]
     same_file = last.identity == first.identity

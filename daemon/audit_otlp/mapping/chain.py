@@ -55,6 +55,10 @@ class ChainHasher:
     def __repr__(self) -> str:
         return f"ChainHasher(key={'***' if self.key is not None else None})"  # never the key
 
+    def __reduce__(self) -> tuple[type[ChainHasher], tuple[bytes | None]]:
+        # To the mapping helper process: the key, not the hash states (which cannot be pickled).
+        return ChainHasher, (self.key,)
+
     def hash_canonical(self, canonical: bytes) -> str:
         if self.key is None:
             digest = hashlib.sha256(canonical).digest()

@@ -141,7 +141,13 @@ class Daemon:
             if lane.tailer.current is None:
                 log.info("waiting for %s to appear", lane.path)
         pipeline = self.pipeline = Pipeline(
-            lanes, self.sink, keeper, self.config.retry, self.config.export.max_in_flight, self.state
+            lanes,
+            self.sink,
+            keeper,
+            self.config.retry,
+            self.config.export.max_in_flight,
+            self.state,
+            helper_min_backlog=self.config.mapping.helper_min_backlog,
         )
         self.state.file_reachable = any(t.current is not None for t in self.tailers)
         await self.sink.start()

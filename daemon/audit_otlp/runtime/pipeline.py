@@ -22,13 +22,15 @@ import time
 from dataclasses import dataclass, field
 
 from audit_otlp.config import RetrySection
-from audit_otlp.delivery.batching import Batch, BatchBuilder, SpanSource
+from audit_otlp.delivery.batching import Batch, BatchBuilder, SpanBudget
+from audit_otlp.delivery.encoding import Encoding
 from audit_otlp.delivery.retry import Backoff
 from audit_otlp.delivery.sink import Abandoned, Outcome, Sink
 from audit_otlp.mapping.rows import RowMapper
 from audit_otlp.runtime.logs import counted
+from audit_otlp.runtime.mapchunk import Cut, MappedChunk, map_chunk
+from audit_otlp.runtime.maphelper import HelperLost, MapHelper, StartHelper, replay, restore, state_of
 from audit_otlp.runtime.runstate import RunState
-from audit_otlp.source.lines import Line
 from audit_otlp.source.tailer import LineChunk, Tailer
 from audit_otlp.state.acks import AckTracker
 from audit_otlp.state.checkpoint import Cursor
@@ -49,6 +51,13 @@ class Lane:
     acks: AckTracker = field(default_factory=AckTracker)
     unsettled_bytes: int = 0  # bytes of lines read but not yet settled
     breaks_before: int = 0  # chain breaks of this source before this run (from the checkpoint)
+    encoding: Encoding | None = None  # what the mapping helper encodes spans with (None: no helper)
+    span_source: str | None = None  # with several audit logs, the name every span carries
+    cutter: SpanBudget = field(init=False)  # where the mapping stage cuts batches (mapchunk.py)
+    helper: MapHelper | None = None  # the mapping helper process, while it maps this lane
+
+    def __post_init__(self) -> None:
+        self.cutter = SpanBudget(self.builder.envelope, self.builder.limits)
 
     def backlog_bytes(self) -> int:
         return self.tailer.backlog_bytes() + self.unsettled_bytes
@@ -56,9 +65,17 @@ class Lane:
 
 class Pipeline:
     def __init__(
-        self, lanes: list[Lane], sink: Sink, keeper: CheckpointKeeper, retry: RetrySection, window: int, state: RunState
+        self,
+        lanes: list[Lane],
+        sink: Sink,
+        keeper: CheckpointKeeper,
+        retry: RetrySection,
+        window: int,
+        state: RunState,
+        helper_min_backlog: int | None = None,
     ) -> None:
         self.lanes = lanes
+        self.helper_min_backlog = helper_min_backlog  # mapping.helper_min_backlog (None: off)
         self.sink = sink
         self.keeper = keeper
         self.retry = retry  # replaced on SIGHUP
@@ -86,86 +103,155 @@ class Pipeline:
         await asyncio.gather(*(self._lane_loop(lane, stopping, once) for lane in self.lanes))
 
     async def _lane_loop(self, lane: Lane, stopping: asyncio.Event, once: bool) -> None:
+        try:
+            await self._read_lane(lane, stopping, once)
+        finally:
+            if lane.helper is not None:  # stopping: what it holds was never delivered (read again next run)
+                lane.helper.close()
+                lane.helper = None
+
+    async def _read_lane(self, lane: Lane, stopping: asyncio.Event, once: bool) -> None:
         builder = lane.builder
         complete_cursor = self.keeper.position(lane.path)  # the end of the last line whose spans are all in `builder`
         while not stopping.is_set():
             deadline = builder.deadline()
             timeout = 0.0 if once else (None if deadline is None else max(deadline - time.monotonic(), 0.0))
-            chunk = await lane.tailer.read(timeout)
+            chunk = await lane.tailer.read(0.0 if lane.helper is not None else timeout)
             self.state.file_reachable = any(t.current is not None or t.draining for t in (x.tailer for x in self.lanes))
             if chunk is not None:
                 complete_cursor = await self._consume(lane, chunk, complete_cursor)
+            elif lane.helper is not None:  # caught up: the lane maps its lines itself again
+                complete_cursor = await self._stop_helper(lane, complete_cursor)
+                continue
             deadline = builder.deadline()
             if deadline is not None and (builder.full or time.monotonic() >= deadline or (once and chunk is None)):
-                await self._flush(lane, complete_cursor)
+                await self._flush_mapped(lane, complete_cursor)
             if once and chunk is None and lane.tailer.at_end:
                 if builder.opened_at is not None:
-                    await self._flush(lane, complete_cursor)
+                    await self._flush_mapped(lane, complete_cursor)
                 return
 
     async def _consume(self, lane: Lane, chunk: LineChunk, cursor: Cursor) -> Cursor:
-        """Map a chunk's lines into the lane's batch; returns the cursor after its last line.
-
-        The hot loop of a catch-up: per line it only maps and appends. A Cursor (a frozen
-        dataclass, ~1 µs to build) is made only when a batch is handed over and at the end of
-        the chunk, from `done`: what the cursor after the last fully added line needs.
-        """
-        observed_ns = time.time_ns()
-        builder, mapper = lane.builder, lane.mapper
-        chain = mapper.chain
-        path, identity, version = chunk.path, chunk.identity, chunk.version
-        path_str = cursor.path  # the source's name (a rotated version is still that source)
-        mapper.line_number = chunk.first_line_number - 1
-        if chunk.gap is not None:
-            mapper.mark_gap(chunk.gap)
-        index = chunk.first_index  # lines handed out before the one being mapped
+        """Map a chunk's lines into the lane's batch (here, or by the helper process); returns the
+        cursor after the last line whose spans are all in the batch."""
         consumed = chunk.lines[-1].end - chunk.lines[0].offset
         # Counted as backlog from the moment the tailer hands the lines over: _flush below may wait
         # a long time for a free export worker, and those bytes are not delivered meanwhile.
         lane.unsettled_bytes += consumed
-        # (line, digest, chain hash, line number, lines counted by the identity window, index)
-        done: tuple[Line, bytes, str | None, int, int, int] | None = None
+        if lane.helper is None and self._helper_pays(lane, chunk):
+            await self._start_helper(lane)
+        elif lane.helper is not None and not self._helper_may_map(lane, chunk):
+            cursor = await self._stop_helper(lane, cursor)
+        if lane.helper is not None:
+            await lane.helper.send(chunk, chunk.lines, consumed, lane.builder.limits)
+            while lane.helper.full:
+                cursor = await self._apply_from_helper(lane, lane.helper, cursor)
+            return cursor
+        cutter = lane.cutter
+        if cutter.limits is not lane.builder.limits:  # changed by SIGHUP
+            cutter.limits = lane.builder.limits
+        mapped = map_chunk(lane.mapper, cutter, chunk.lines, chunk.first_line_number, time.time_ns(), chunk.gap)
+        return await self._add_mapped(lane, chunk, mapped, cursor, consumed)
 
-        def cursor_after() -> Cursor:
-            if done is None:
-                return cursor
-            line, digest, chain_hash, line_number, counted, after = done
-            # The chain's recent links may include the line being mapped now: a superset, which
-            # only ever turns a break into a fork after a restart; the digests must be exact.
-            return Cursor(
-                path_str,
-                identity,
-                line.end,
-                digest.hex(),
-                line.length if line.data is not None else None,
-                chain_hash,
-                line_number,
-                chain_recent=tuple(chain.carried()),
-                chain_seen=chain.seen,
-                recent_digests=mapper.identity.carried(counted),
-                version=version,
-                line_index=after,
-            )
+    # -- the mapping helper (runtime/maphelper.py) ---------------------------------------------
 
-        for line in chunk.lines:
-            mapped = mapper.map_line(line, observed_ns)
-            spans = mapped.spans
-            if spans:
-                sha = mapped.digest.hex()
-                for span in spans:
-                    if not builder.fits(span):
-                        await self._flush(lane, cursor_after())
-                    builder.add(span, SpanSource(path, identity, line.offset, line.data, sha, line.end))
-            else:
-                builder.touch()
-            index += 1
-            done = (line, mapped.digest, chain.last_hash, mapper.line_number, mapper.identity.pushed, index)
-            if builder.full:
-                await self._flush(lane, cursor_after())
-        cursor = cursor_after()
-        builder.source_bytes += consumed
-        self.state.rows_read += len(chunk.lines)
+    def _helper_pays(self, lane: Lane, chunk: LineChunk) -> bool:
+        """Start the helper for a backlog worth it, unless the tailer still has a question only
+        the lane's own chain can answer (a version that vanished while stopped: gaps.py)."""
+        minimum = self.helper_min_backlog
+        if minimum is None or lane.encoding is None or lane.tailer.backlog_bytes() < minimum:
+            return False
+        return self._helper_may_map(lane, chunk) and not any(f.gap_if_new is not None for f in lane.tailer.queue.files)
+
+    def _helper_may_map(self, lane: Lane, chunk: LineChunk) -> bool:
+        """Keep the helper while a backlog lasts; a line over source.max_line_bytes (its data
+        not kept) is mapped here."""
+        minimum = self.helper_min_backlog or 0
+        return lane.tailer.backlog_bytes() >= minimum // 8 and all(line.data is not None for line in chunk.lines)
+
+    async def _start_helper(self, lane: Lane) -> None:
+        assert lane.encoding is not None
+        start = StartHelper(state_of(lane.mapper, lane.cutter), lane.encoding, lane.span_source, lane.builder.limits)
+        try:
+            lane.helper = await MapHelper.start(start)
+        except OSError as exc:
+            log.warning("cannot start the mapping helper process (%s): mapping in the daemon", exc)
+            self.helper_min_backlog = None
+            return
+        log.debug("%s: %s unread, mapping in a helper process", lane.path, lane.tailer.backlog_bytes())
+
+    async def _apply_from_helper(self, lane: Lane, helper: MapHelper, cursor: Cursor) -> Cursor:
+        try:
+            sent, mapped, events = await helper.receive()
+        except (EOFError, OSError) as exc:
+            # Its mapping stage (chain, identity window) went with it: this run cannot map on
+            # exactly. Stop; the next run resumes from the checkpoint, before every line it held.
+            raise HelperLost(f"the mapping helper process stopped ({helper.exit_reason() or exc})") from exc
+        replay(events, lane.mapper.events)
+        lane.mapper.chain.breaks = mapped.chain_breaks  # what the checkpoint's count reads meanwhile
+        return await self._add_mapped(lane, sent.chunk, mapped, cursor, sent.consumed)
+
+    async def _stop_helper(self, lane: Lane, cursor: Cursor) -> Cursor:
+        """Apply what the helper still holds and take the mapping stage back."""
+        helper = lane.helper
+        assert helper is not None
+        while helper.sent:
+            cursor = await self._apply_from_helper(lane, helper, cursor)
+        try:
+            state = await helper.give_back()
+        except (EOFError, OSError) as exc:
+            raise HelperLost(f"the mapping helper process stopped ({helper.exit_reason() or exc})") from exc
+        restore(lane.mapper, lane.cutter, state)
+        lane.helper = None
+        log.debug("%s: caught up, mapping in the daemon again", lane.path)
         return cursor
+
+    async def _add_mapped(self, lane: Lane, chunk: LineChunk, mapped: MappedChunk, cursor: Cursor, consumed: int) -> Cursor:
+        """Append a mapped chunk's spans to the lane's batch, handing the batch over at each cut.
+
+        The hot loop of a catch-up: per span it only appends. A Cursor (a frozen dataclass, ~1 µs
+        to build) is made only at a cut and at the end of the chunk."""
+        builder, lines = lane.builder, chunk.lines
+        spans, span_lines = mapped.spans, mapped.span_lines
+        taken = 0
+        for cut in mapped.cuts:
+            builder.add_run(spans[taken : cut.spans], chunk.path, chunk.identity, lines, span_lines[taken : cut.spans])
+            taken = cut.spans
+            await self._flush(lane, self._cursor_at(cursor, chunk, cut))
+        builder.add_run(spans[taken:], chunk.path, chunk.identity, lines, span_lines[taken:])
+        if not spans:
+            builder.touch()  # blank lines only: they still start the max_wait clock
+        builder.source_bytes += consumed
+        self.state.rows_read += len(lines)
+        return cursor if mapped.end is None else self._cursor_at(cursor, chunk, mapped.end)
+
+    @staticmethod
+    def _cursor_at(cursor: Cursor, chunk: LineChunk, cut: Cut) -> Cursor:
+        """The position after the first `cut.lines` lines of `chunk` (`cursor` before it)."""
+        if not cut.lines:
+            return cursor
+        line = chunk.lines[cut.lines - 1]
+        return Cursor(
+            cursor.path,  # the source's name (a rotated version is still that source)
+            chunk.identity,
+            line.end,
+            line.digest.hex(),
+            line.length if line.data is not None else None,
+            cut.chain_last_hash,
+            cut.line_number,
+            chain_recent=cut.chain_recent,
+            chain_seen=cut.chain_seen,
+            recent_digests=cut.identity_digests,
+            version=chunk.version,
+            line_index=chunk.first_index + cut.lines,
+        )
+
+    async def _flush_mapped(self, lane: Lane, end: Cursor) -> None:
+        """Hand over the batch of every line mapped so far (max_wait, --once's end): the batch
+        the mapping stage counts starts empty again (a helper's own count runs on: it only ever
+        cuts the next batch earlier)."""
+        lane.cutter.reset()
+        await self._flush(lane, end)
 
     async def _flush(self, lane: Lane, end: Cursor) -> None:
         """Hand the lane's pending spans to the export workers.

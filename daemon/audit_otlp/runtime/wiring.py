@@ -151,7 +151,17 @@ async def open_lanes(
         mapper = build_mapper(config, position, rows, encoding, events.path if several else None)
         tailer.queue.gaps.links = mapper.links
         builder = BatchBuilder(encoding.envelope, batch_limits(config))
-        lanes.append(Lane(events.path, tailer, mapper, builder, breaks_before=source.chain_breaks))
+        lanes.append(
+            Lane(
+                events.path,
+                tailer,
+                mapper,
+                builder,
+                breaks_before=source.chain_breaks,
+                encoding=encoding,
+                span_source=events.path if several else None,
+            )
+        )
     return lanes
 
 
