@@ -1,6 +1,6 @@
 """Per-row cost of each stage on the daemon's path, from the file to a request body.
 
-    python -m tests.benchmarks.stages [--rows 20000] [--repeats 7]
+    python -m tests.benchmarks.stages [--rows 20000] [--repeats 7] [--only chain,map_line]
 
 On rows from tests/benchmarks/gen.py (producer-like, hash-chained), prints one line per stage,
 in microseconds per row, the median of `--repeats` timings:
@@ -76,8 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=7, help="timings per stage; the median is printed")
+    parser.add_argument("--only", default="", help="comma-separated stages to time (default: all)")
     args = parser.parse_args()
-    n, repeats = args.rows, args.repeats
+    n, repeats, only = args.rows, args.repeats, set(filter(None, args.only.split(",")))
 
     data = RowGenerator().lines(n)
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,12 +86,12 @@ def main() -> None:
         path.write_bytes(data)
         fd = os.open(path, os.O_RDONLY)
         try:
-            run(fd, data, n, repeats)
+            run(fd, data, n, repeats, only)
         finally:
             os.close(fd)
 
 
-def run(fd: int, data: bytes, n: int, repeats: int) -> None:
+def run(fd: int, data: bytes, n: int, repeats: int, only: set[str]) -> None:
     chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
     splitter = LineSplitter(MAX_LINE_BYTES)
     lines = [line for chunk in chunks for line in splitter.feed(chunk)]
@@ -122,6 +123,8 @@ def run(fd: int, data: bytes, n: int, repeats: int) -> None:
     gc.freeze()  # the fixtures above are the benchmark's, not the daemon's, live objects
 
     def timed(label: str, fn: Callable[[], object], per: int = n, unit: str = "µs/row") -> None:
+        if only and label not in only:
+            return
         samples = []
         for _ in range(repeats):
             t0 = time.perf_counter()
