@@ -18,6 +18,10 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 # Where an integer -0 may stand as a JSON value ("-0" then `,` `]` or `}`). A match inside a
 # string only costs the slow path; a leading literal keeps the search fast.
 _NEGATIVE_ZERO = re.compile(rb"-0\s*[,\]}]")
+# Value types orjson prints as jq does (integers up to 2**53 in magnitude: OPT_STRICT_INTEGER
+# refuses the others, at C speed); floats and nested values take the careful paths.
+_PLAIN_TYPES = frozenset((str, bool, int, type(None)))
+_SORTED_STRICT = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 
 
 def _jq_number(value: float) -> str:
@@ -135,31 +139,24 @@ def _for_orjson(value: Any) -> Any:
     return value if changed is None else changed
 
 
-def _flat_and_plain(row: dict[str, Any]) -> bool:
-    """Every value a string, bool, null or an integer a double holds exactly (the producer's
-    rows): orjson's sorted output is then jq's, except for DEL, which is checked on the output."""
-    for v in row.values():
-        t = type(v)
-        if t is str or t is bool or v is None:
-            continue
-        if t is int and -_EXACT_INT_LIMIT < v < _EXACT_INT_LIMIT:
-            continue
-        return False
-    return True
+def _plain_canonical(row: dict[str, Any]) -> bytes:
+    """Canonical JSON of a flat row of plain values (_PLAIN_TYPES): orjson's sorted output is
+    jq's, unless it refuses the row (lone surrogates, integers beyond 2**53) or has a DEL
+    (which jq escapes, checked on the output)."""
+    try:
+        out = orjson.dumps(row, option=_SORTED_STRICT)
+    except TypeError:
+        pass
+    else:
+        if b"\x7f" not in out:
+            return out
+    return _slow_canonical(row).encode("utf-8", "surrogatepass")
 
 
 def canonical_json(row: Any) -> bytes:
     """The row exactly as `jq -c -S` prints it, without the trailing newline."""
-    if type(row) is dict and _flat_and_plain(row):
-        # Fastest path, no copy and no recursion: almost every row of an audit log.
-        try:
-            out = orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
-        except TypeError:  # lone surrogates
-            pass
-        else:
-            if b"\x7f" not in out:
-                return out
-        return _slow_canonical(row).encode("utf-8", "surrogatepass")
+    if type(row) is dict and set(map(type, row.values())) <= _PLAIN_TYPES:
+        return _plain_canonical(row)  # fastest path, no copy and no recursion: almost every row
     if type(row) is dict or type(row) is list:
         # Fast path: orjson, when its output is jq's (checked on the values, and on the output
         # for DEL, which jq escapes); rows with integral floats are converted first.
@@ -176,6 +173,12 @@ def canonical_json(row: Any) -> bytes:
 def canonical_line(data: bytes, row: Any) -> bytes:
     """Canonical JSON of a line already parsed into `row`. The line's text is needed for one
     case its value loses: the integer literal -0, which jq keeps as -0."""
+    if type(row) is dict:
+        # Every producer row: flat and plain. Its text is searched for -0 only when a value
+        # equals 0 (0, False): in a flat row an integer -0 can only stand as a value.
+        values = row.values()
+        if set(map(type, values)) <= _PLAIN_TYPES and (0 not in values or _NEGATIVE_ZERO.search(data) is None):
+            return _plain_canonical(row)
     if _NEGATIVE_ZERO.search(data) is not None:
         try:
             return _slow_canonical(json.loads(data, parse_int=_parse_int_keeping_negative_zero)).encode("utf-8", "surrogatepass")

@@ -16,6 +16,7 @@ import re
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -46,18 +47,23 @@ class IdentityWindow:
     """The digests of the last IDENTICAL_WINDOW lines, to count a line's identical predecessors."""
 
     def __init__(self, carried: Iterable[bytes] = ()) -> None:
-        self._order: deque[tuple[int, bytes]] = deque()  # (line count, digest prefix)
-        self._counts: Counter[bytes] = Counter()
+        # Each line's digest prefix as hex, oldest first: the checkpoint carries them as hex,
+        # and a cursor is taken per chunk and per batch (in live mode, every few lines), so
+        # each is hexed once as it is pushed. The one at index i is line number
+        # pushed - len + 1 + i (lines are counted consecutively: the numbers need not be kept).
+        self._order: deque[str] = deque()
+        self._counts: Counter[str] = Counter()
         self.pushed = 0  # lines counted so far
         for key in carried:
-            self._push(key[:CARRIED_DIGEST_BYTES])
+            self._push(key[:CARRIED_DIGEST_BYTES].hex())
 
-    def _push(self, key: bytes) -> None:
+    def _push(self, key: str) -> None:
         self.pushed += 1
-        self._order.append((self.pushed, key))
+        order = self._order
+        order.append(key)
         self._counts[key] += 1
-        if len(self._order) > IDENTICAL_WINDOW:
-            _, old = self._order.popleft()
+        if len(order) > IDENTICAL_WINDOW:
+            old = order.popleft()
             left = self._counts[old] - 1
             if left:
                 self._counts[old] = left
@@ -66,15 +72,17 @@ class IdentityWindow:
 
     def occurrence(self, digest: bytes) -> int:
         """How many lines identical to this one came just before it; then count this one."""
-        key = digest[:CARRIED_DIGEST_BYTES]
+        key = digest[:CARRIED_DIGEST_BYTES].hex()
         seen = self._counts.get(key, 0)
         self._push(key)
         return seen
 
     def carried(self, upto: int | None = None) -> tuple[str, ...]:
         """The window as it stood after line `upto` (counted by `pushed`), hex, for the checkpoint."""
-        limit = self.pushed if upto is None else upto
-        return tuple(key.hex() for count, key in self._order if count <= limit)
+        order = self._order
+        if upto is None or upto >= self.pushed:
+            return tuple(order)
+        return tuple(islice(order, max(upto - (self.pushed - len(order)), 0)))
 
 
 def span_id_for(digest: bytes, occurrence: int = 0) -> str:
