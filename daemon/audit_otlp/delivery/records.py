@@ -24,7 +24,7 @@ BODY_LIMIT = 4096
 
 
 class DurableLog:
-    """Appends NDJSON records and fsyncs them; writes happen in a worker thread.
+    """Appends NDJSON records and fsyncs them; the writes run in aiofiles' worker threads.
 
     `append` returns only once the records are on stable storage (file fsynced, and the
     directory too when the file was just created), which is what lets the checkpoint move.
@@ -38,7 +38,7 @@ class DurableLog:
         """Durably append; raises OSError (the caller retries, the checkpoint stays put)."""
         data = b"".join(orjson.dumps(r) + b"\n" for r in records)
         async with self._lock:
-            await asyncio.to_thread(append_durably, self.path, data)
+            await append_durably(self.path, data)
 
     def last_record(self) -> dict[str, Any] | None:
         """The last complete record (for `status`), reading only the file's tail."""

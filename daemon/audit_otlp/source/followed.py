@@ -8,13 +8,15 @@ finish a rotated file before it moves on.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import aiofiles
+from aiofiles.threadpool.binary import AsyncFileIO
 
 from audit_otlp.source.fileid import FileIdentity, fingerprint_matches, identify_fd
 from audit_otlp.source.lines import Line, LineSplitter
@@ -46,6 +48,7 @@ class FollowedFile:
     gap_if_new: str | None = None  # a version before it vanished: no overlap with it means a gap
     gap_certain: bool = True  # ... with rows not delivered (False: it may have grown, unknown)
     _inode: tuple[int, int] | None = None
+    _reader: AsyncFileIO | None = field(default=None, repr=False, compare=False)  # aiofiles' view of `fd`
 
     @property
     def inode(self) -> tuple[int, int]:
@@ -66,7 +69,17 @@ class FollowedFile:
             return 0
 
     async def read_chunk(self, max_bytes: int = CHUNK_BYTES) -> bytes:
-        return await asyncio.to_thread(os.pread, self.fd, max_bytes, self.read_offset)
+        """Up to `max_bytes` at read_offset, in one hop to aiofiles' worker thread (the pool that
+        asyncio.to_thread uses). The lseek on the loop moves only the fd's offset (no disk I/O);
+        doing it every time, not only when read_offset jumps, keeps no bookkeeping that a
+        FollowedFile taking over this fd (a truncation) could leave stale. It relies on one read
+        at a time per fd (the tailer's one reader task); everything else reads it with pread,
+        which leaves the offset alone."""
+        os.lseek(self.fd, self.read_offset, os.SEEK_SET)  # first: a closed fd raises OSError (EBADF) as pread did
+        reader = self._reader
+        if reader is None:  # the already-open fd, never reopened by path: it outlives renames
+            reader = self._reader = await aiofiles.open(self.fd, "rb", buffering=0, closefd=False)
+        return await reader.read(max_bytes)
 
     def accept(self, data: bytes) -> list[Line]:
         """Take a chunk read at read_offset (after `unchanged()` vouched for it)."""
@@ -148,6 +161,7 @@ class FollowedFile:
         except OSError:
             pass
         self.fd = -1
+        self._reader = None  # it names the closed fd (closefd=False: dropping it closes nothing)
 
 
 def open_followed(path: Path, max_line_bytes: int, offset: int = 0) -> FollowedFile:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import aiofiles
+import aiofiles.os
+
 
 def replace_atomically(path: Path, data: bytes) -> None:
     """Write `data` to a temp file beside `path`, fsync it, rename it over `path`, fsync the
@@ -27,14 +30,34 @@ def replace_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def append_durably(path: Path, data: bytes) -> None:
+async def append_durably(path: Path, data: bytes) -> None:
     """Append `data` to `path` (created 0600 with its directory if missing) and fsync it; a newly
-    created file's directory is fsynced too, so its entry survives a crash. Raises OSError."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    created = not path.exists()
-    _write_synced(path, os.O_APPEND, data)
-    if created:
-        fsync_directory(path.parent)
+    created file's directory is fsynced too, so its entry survives a crash. Raises OSError.
+    Four hops to aiofiles' worker threads (open, write, fsync, close): the loop never waits on the disk."""
+    opener = _AppendOpener()
+    async with aiofiles.open(path, "ab", buffering=0, opener=opener) as out:
+        view = memoryview(data)
+        while view:
+            view = view[await out.write(view) :]
+        await aiofiles.os.wrap(os.fsync)(out.fileno())
+    if opener.created:
+        await aiofiles.os.wrap(fsync_directory)(path.parent)
+
+
+class _AppendOpener:
+    """The `opener` of aiofiles.open for an append: opens an existing file, or creates it (0600,
+    its directory too) and says so, all in the open's own hop to the worker thread."""
+
+    def __init__(self) -> None:
+        self.created = False
+
+    def __call__(self, path: str, flags: int) -> int:
+        try:
+            return os.open(path, flags & ~os.O_CREAT)
+        except FileNotFoundError:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.created = True
+            return os.open(path, flags, 0o600)
 
 
 def fsync_directory(directory: Path) -> None:
