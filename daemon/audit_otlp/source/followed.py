@@ -38,6 +38,7 @@ class FollowedFile:
     marker: bytes = b""  # the last <= MARKER_BYTES bytes before read_offset
     seen_size: int = 0  # the largest size observed: a smaller one later means a truncation
     seen_mtime_ns: int = 0  # modification time at the last look
+    verified_mtime_ns: int = 0  # modification time at the last look that found it unchanged
     unread_at_truncation: bool = False  # set on a truncated file's successor when rows may be lost
     serial: int = 0  # the queue's number for this version (a copy that replaces it keeps it)
     appendable: bool = True  # a writer may still append (False: a copytruncate copy, a spool, link count 0)
@@ -101,7 +102,8 @@ class FollowedFile:
         """Does the file still hold what we read from it? False after a truncation or a rewrite,
         even one that regrew past our offset between two looks (fingerprint + bytes before offset)."""
         try:
-            size = self.size()
+            st = os.fstat(self.fd)
+            size = st.st_size
             if size < self.read_offset or size < self.seen_size:
                 return False
             if not fingerprint_matches(self.fd, self.identity):
@@ -113,6 +115,7 @@ class FollowedFile:
         except OSError:
             return False
         self.seen_size = max(self.seen_size, size)
+        self.verified_mtime_ns = max(self.verified_mtime_ns, st.st_mtime_ns)
         return True
 
     @property
@@ -180,6 +183,7 @@ def open_followed(path: Path, max_line_bytes: int, offset: int = 0) -> FollowedF
         offset,
         seen_size=identity.fingerprint_len,
         seen_mtime_ns=mtime_ns,
+        verified_mtime_ns=mtime_ns,
     )
 
 

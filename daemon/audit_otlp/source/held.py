@@ -168,6 +168,13 @@ def _version_state(f: FollowedFile) -> VersionState:
         size, mtime_ns, linked = max(st.st_size, f.read_offset), st.st_mtime_ns, st.st_nlink > 0 and f.spool is None
     except OSError:
         size, mtime_ns, linked = f.read_offset, 0, False
+    else:
+        # A copytruncate may have truncated it and the producer written past the copy's length
+        # before the tailer looks again: that size is the next version's, and no copy would reach
+        # it at a restart. So the stat counts only if the file still held what was read after it
+        # (a truncation is never undone); else the last size and time seen while it did.
+        if f.spool is None and not f.unchanged():
+            size, mtime_ns = max(f.seen_size, f.read_offset), f.verified_mtime_ns
     start = f.start_offset if f.start_offset is not None else 0
     start_or_none = start if f.start_known else None
     return VersionState(f.identity, str(f.path), size, mtime_ns, start_or_none, f.spool, f.gap_if_new, f.gap_certain, linked)

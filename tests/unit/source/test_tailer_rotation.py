@@ -100,6 +100,26 @@ async def test_truncate_then_regrow_past_offset(log: Path) -> None:
     await reader.stop()
 
 
+async def test_checkpoint_between_a_copytruncate_that_regrew_past_the_copy_and_the_next_look(log: Path) -> None:
+    """A copytruncate, then the producer writes more than the copy holds, then a checkpoint and a
+    crash, all before the tailer looks again (tests/torture/test_crash.py under load). The
+    checkpoint must record the size the version reached, not the regrown inode's: else the copy,
+    shorter than that, is refused at the restart and its unread rows are reported lost."""
+    writer = AuditWriter(log)
+    writer.append(10)
+    reader = await started(log)
+    await reader.drain()
+    writer.append(25)  # rows 11-35: not read yet
+    rotate(log, "copytruncate")  # audit.jsonl.1 holds rows 1-35
+    writer.append(60)  # rows 36-95: the same inode, now longer than the copy
+    assert log.stat().st_size > log.with_name("audit.jsonl.1").stat().st_size
+    await reader.crash()  # the checkpoint written now, then the kill
+    await reader.drain()
+    assert reader.events.gaps == []
+    assert reader.seqs == list(range(1, 96))
+    await reader.stop()
+
+
 async def test_truncation_without_copy_is_a_loud_gap(log: Path) -> None:
     writer = AuditWriter(log)
     writer.append(5)
