@@ -117,7 +117,7 @@ class Pipeline:
     async def _read_lane(self, lane: Lane, stopping: asyncio.Event, once: bool) -> None:
         builder = lane.builder
         complete_cursor = self.keeper.position(lane.path)  # the end of the last line whose spans are all in `builder`
-        read_at = time.monotonic()
+        paused_at: float | None = None  # when the reader began its coalescing pause, if it did
         while not stopping.is_set():
             deadline = builder.deadline()
             timeout = 0.0 if once else (None if deadline is None else max(deadline - time.monotonic(), 0.0))
@@ -126,16 +126,15 @@ class Pipeline:
             if chunk is not None:
                 opening = builder.opened_at is None
                 complete_cursor = await self._consume(lane, chunk, complete_cursor)
-                if opening and builder.opened_at is not None:
-                    # Its lines were appended after the read before (a live wake-up may have
-                    # waited up to a coalescing pause): max_wait counts from then.
-                    builder.opened_at = min(builder.opened_at, read_at)
+                if opening and paused_at is not None and builder.opened_at is not None:
+                    # Its lines may have been appended as the pause began: max_wait counts from then.
+                    builder.opened_at = min(builder.opened_at, paused_at)
             elif lane.helper is not None:  # caught up: the lane maps its lines itself again
                 complete_cursor = await self._stop_helper(lane, complete_cursor)
                 continue
-            read_at = time.monotonic()
+            paused_at = None
             if chunk is not None and not once and lane.helper is None and not builder.full:
-                await self._coalesce(lane, stopping)
+                paused_at = await self._coalesce(lane, stopping)
             deadline = builder.deadline()
             if deadline is not None and (builder.full or time.monotonic() >= deadline or (once and chunk is None)):
                 await self._flush_mapped(lane, complete_cursor)
@@ -144,21 +143,25 @@ class Pipeline:
                     await self._flush_mapped(lane, complete_cursor)
                 return
 
-    async def _coalesce(self, lane: Lane, stopping: asyncio.Event) -> None:
+    async def _coalesce(self, lane: Lane, stopping: asyncio.Event) -> float | None:
         """Following the file's end (caught up, rows arriving a few at a time): let rows
         accumulate for a moment instead of waking for every append, within the batch's
-        max_wait (one wake-up per pause, not one per write: the CPU a live daemon spends)."""
+        max_wait (one wake-up per pause, not one per write: the CPU a live daemon spends).
+        Returns when the pause began (None: no pause)."""
         if lane.tailer.backlog_bytes():
-            return  # more to read now
+            return None  # more to read now
+        began = time.monotonic()
         pause = min(READ_COALESCE, lane.builder.limits.max_wait / 2)
         deadline = lane.builder.deadline()
         if deadline is not None:
-            pause = min(pause, deadline - time.monotonic())
-        if pause > 0:
-            try:
-                await asyncio.wait_for(stopping.wait(), pause)
-            except TimeoutError:
-                pass
+            pause = min(pause, deadline - began)
+        if pause <= 0:
+            return None
+        try:
+            await asyncio.wait_for(stopping.wait(), pause)
+        except TimeoutError:
+            pass
+        return began
 
     async def _consume(self, lane: Lane, chunk: LineChunk, cursor: Cursor) -> Cursor:
         """Map a chunk's lines into the lane's batch (here, or by the helper process); returns the
