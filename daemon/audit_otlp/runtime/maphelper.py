@@ -291,15 +291,26 @@ class MapHelper:
         return helper
 
     async def _send(self, message: Any) -> None:
-        self.writer.write(framed(message))
-        await self.writer.drain()
+        try:
+            self.writer.write(framed(message))
+            await self.writer.drain()
+        except OSError as exc:
+            raise self._lost(exc) from exc
 
     async def _answer(self) -> Any:
         try:
             (length,) = _LENGTH.unpack(await self.reader.readexactly(_LENGTH.size))
             return pickle.loads(await self.reader.readexactly(length))
-        except asyncio.IncompleteReadError as exc:
-            raise EOFError("the mapping helper closed its end") from exc
+        except (asyncio.IncompleteReadError, OSError) as exc:
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc: BaseException) -> HelperLost:
+        try:
+            self.process.wait(1.0)  # it is gone or going: say how it ended
+        except subprocess.TimeoutExpired:
+            pass
+        why = self.exit_reason() or repr(exc)
+        return HelperLost(f"the mapping helper process stopped ({why}); the next run resumes from the checkpoint")
 
     @property
     def full(self) -> bool:

@@ -29,7 +29,7 @@ from audit_otlp.delivery.sink import Abandoned, Outcome, Sink
 from audit_otlp.mapping.rows import RowMapper
 from audit_otlp.runtime.logs import counted
 from audit_otlp.runtime.mapchunk import Cut, MappedChunk, map_chunk
-from audit_otlp.runtime.maphelper import HelperLost, MapHelper, StartHelper, replay, restore, state_of
+from audit_otlp.runtime.maphelper import MapHelper, StartHelper, replay, restore, state_of
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.tailer import LineChunk, Tailer
 from audit_otlp.state.acks import AckTracker
@@ -213,12 +213,9 @@ class Pipeline:
         log.debug("%s: %s unread, mapping in a helper process", lane.path, lane.tailer.backlog_bytes())
 
     async def _apply_from_helper(self, lane: Lane, helper: MapHelper, cursor: Cursor) -> Cursor:
-        try:
-            sent, mapped, events = await helper.receive()
-        except (EOFError, OSError) as exc:
-            # Its mapping stage (chain, identity window) went with it: this run cannot map on
-            # exactly. Stop; the next run resumes from the checkpoint, before every line it held.
-            raise HelperLost(f"the mapping helper process stopped ({helper.exit_reason() or exc})") from exc
+        # A lost helper raises HelperLost: its mapping stage (chain, identity window) went with
+        # it, so this run cannot map on exactly; the next resumes from the checkpoint.
+        sent, mapped, events = await helper.receive()
         replay(events, lane.mapper.events)
         lane.mapper.chain.breaks = mapped.chain_breaks  # what the checkpoint's count reads meanwhile
         return await self._add_mapped(lane, sent.chunk, mapped, cursor, sent.consumed)
@@ -229,10 +226,7 @@ class Pipeline:
         assert helper is not None
         while helper.sent:
             cursor = await self._apply_from_helper(lane, helper, cursor)
-        try:
-            state = await helper.give_back()
-        except (EOFError, OSError) as exc:
-            raise HelperLost(f"the mapping helper process stopped ({helper.exit_reason() or exc})") from exc
+        state = await helper.give_back()
         restore(lane.mapper, lane.cutter, state)
         lane.helper = None
         log.debug("%s: caught up, mapping in the daemon again", lane.path)
