@@ -7,12 +7,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, overload
+from typing import TYPE_CHECKING, NamedTuple, overload
 
-from audit_otlp.delivery.encoding import RequestEnvelope
-from audit_otlp.source.fileid import FileIdentity
-from audit_otlp.source.lines import Line
-from audit_otlp.state.checkpoint import Cursor
+if TYPE_CHECKING:  # the mapping helper process imports this module: only what it runs
+    from audit_otlp.delivery.encoding import RequestEnvelope
+    from audit_otlp.source.fileid import FileIdentity
+    from audit_otlp.source.lines import Line
+    from audit_otlp.state.checkpoint import Cursor
 
 
 class SpanSource(NamedTuple):

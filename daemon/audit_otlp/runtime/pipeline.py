@@ -29,7 +29,8 @@ from audit_otlp.delivery.sink import Abandoned, Outcome, Sink
 from audit_otlp.mapping.rows import RowMapper
 from audit_otlp.runtime.logs import counted
 from audit_otlp.runtime.mapchunk import Cut, MappedChunk, map_chunk
-from audit_otlp.runtime.maphelper import MapHelper, StartHelper, replay, restore, state_of
+from audit_otlp.runtime.maphelper import MapHelper, replay
+from audit_otlp.runtime.mapworker import StartHelper, restore, state_of
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.tailer import LineChunk, Tailer
 from audit_otlp.state.acks import AckTracker
