@@ -41,9 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("audit_otlp")
 
-# Chunks sent and not yet applied: two keep the helper busy while the daemon applies the one
-# before (each is at most a 256 KiB read, about 1 MB of spans on the way back).
-IN_FLIGHT_CHUNKS = 2
+# Chunks sent and not yet applied: four keep the helper busy while the daemon applies one and
+# sends (each is at most a 256 KiB read, about 1 MB of spans on the way back).
+IN_FLIGHT_CHUNKS = 4
 
 
 class HelperLost(FatalError):
