@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from audit_otlp.source.fileid import FileIdentity, fingerprint_matches, identify_fd
@@ -46,9 +46,10 @@ def coarse_now_ns() -> int:
 class PathChanges:
     """Compares the path with the files we hold and updates the queue (`files`, oldest first, the
     path's file last) when it moved on; `changed(kind)` is told "rename", "copytruncate" or
-    "truncate" once the queue is updated."""
+    "truncate" once the queue is updated, and awaited before the look returns (it secures what
+    the change made vanish before anyone hears of it)."""
 
-    def __init__(self, path: Path, pattern: str, max_line_bytes: int, changed: Callable[[str], None]) -> None:
+    def __init__(self, path: Path, pattern: str, max_line_bytes: int, changed: Callable[[str], Awaitable[None]]) -> None:
         self.path = path
         self.pattern = pattern
         self.max_line_bytes = max_line_bytes
@@ -88,7 +89,7 @@ class PathChanges:
         missed = await asyncio.to_thread(self.missed, [*files, followed])
         files.extend([*missed, followed])
         self.seen_at = looked_at
-        self.changed("rename")
+        await self.changed("rename")
         return True
 
     async def rewritten_unseen(self, files: list[FollowedFile], followed: FollowedFile) -> bool:
@@ -107,7 +108,7 @@ class PathChanges:
         index = files.index(followed)
         files[index:index] = missed
         followed.start_known = False
-        self.changed("copytruncate")
+        await self.changed("copytruncate")
         return True
 
     async def truncated(self, files: list[FollowedFile], index: int) -> None:
@@ -137,13 +138,13 @@ class PathChanges:
             log.info(
                 "%s was truncated; reading %s first", old.path, ", ".join(str(f.path) for f in ([copy] if copy else []) + missed)
             )
-            self.changed("copytruncate")
+            await self.changed("copytruncate")
         else:
             fresh.unread_at_truncation = old.seen_size > old.read_offset or old.splitter.pending_bytes > 0
             log.warning(
                 "%s was truncated at byte %d and no rotated copy was found; reading it from its start", old.path, old.read_offset
             )
-            self.changed("truncate")
+            await self.changed("truncate")
 
     # -- the sibling searches (blocking; run them in a thread) ---------------------------------
 

@@ -4,8 +4,9 @@ A version read to its end waits in `done` until delivery passes its end (`delive
 then released: closed, never read again, its spool file deleted once a checkpoint without it is
 durable. Until then it may vanish (the producer's tail-rewrite deletes it while the collector is
 away), and then the only copy of its undelivered rows is our handle: `spool_vanished` copies them
-(from the oldest undelivered row) into the spool within a poll interval. `snapshot` is what the
-checkpoint records: every version from the one holding the delivery position on.
+(from the oldest undelivered row) into the spool at the tailer's next look, before a rotation
+that made it vanish is reported. `snapshot` is what the checkpoint records: every version from
+the one holding the delivery position on.
 """
 
 from __future__ import annotations

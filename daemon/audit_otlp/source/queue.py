@@ -217,10 +217,14 @@ class FileQueue:
             return bool(self.files)
         return await self.changes.check_path(self.files)
 
-    def _path_changed(self, kind: str) -> None:
-        """`changes` updated the queue: follow the new file and say so."""
+    async def _path_changed(self, kind: str) -> None:
+        """`changes` updated the queue: follow the new file, spool the undelivered bytes of every
+        version the change made vanish, and only then say so. Whoever noticed (the reader or the
+        monitor, under the tailer's lock), a rotation reported (metric, log) is one whose vanished
+        rows survive a SIGKILL that follows the report."""
         if kind == "rename":
             self.watcher.follow(self.path)
+        await self.held.spool_vanished()
         self.events.rotation(kind, self.path)
         self.report_held()
 

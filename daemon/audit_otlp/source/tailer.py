@@ -4,7 +4,8 @@ A queue of open, read-only handles (`queue.FileQueue`): rotated-away files still
 or delivered, copies holding rows a copytruncate cut off, and last the file at the path. A
 monitor task looks at the path (inotify wake-ups, polling as the source of truth) even while the
 reader is held back by a collector outage, so every version is opened while it still exists, and
-the undelivered bytes of a version that vanishes are spooled within a poll interval.
+the undelivered bytes of a version that vanishes are spooled at the next look (an inotify wake-up,
+at most a poll interval) by whichever of the reader and the monitor notices, before the rotation is reported.
 
 `FileQueue.read_once()` is steps 1-3 and 9-10 of the cycle in docs/design.md ("One cycle");
 `changes.py` decides what a change at the path means ("Rotation cases"); `resume.py` where a
@@ -136,9 +137,11 @@ class Tailer:
 
     async def _look(self) -> None:
         was_empty = not self.queue.files
-        await self.queue.check_path()
+        await self.queue.check_path()  # a change it finds spools what it made vanish before it is reported
         if was_empty:
             self._start_frontier()
+        # Versions can vanish with no change at the path to report (deleted, nothing new yet; a
+        # rotated sibling deleted), and a spool that failed is retried here.
         if await self.queue.held.spool_vanished():
             self.queue.report_held()
 

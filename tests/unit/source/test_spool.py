@@ -4,8 +4,10 @@ found again by name; and the tailer reading from it after a restart (in-process,
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import pytest
 
 from audit_otlp.source.fileid import fingerprint_matches, identify_fd
@@ -13,7 +15,7 @@ from audit_otlp.source.followed import line_ends_at
 from audit_otlp.source.spool import Spool, SpoolError, parse_name
 from tests.helpers.auditgen import AuditWriter
 from tests.helpers.rotation import rotate
-from tests.helpers.tailer_reader import Reader, sha
+from tests.helpers.tailer_reader import Reader, RecordingEvents, sha
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -114,4 +116,116 @@ async def test_rows_past_the_spool_bound_are_one_exact_gap_after_a_crash(tmp_pat
     assert len(missing) == record.lines_cut - 10  # the cut lines, but the 10 the new file repeats
     assert len(reader.events.gaps) == 1 and "source.spool_max_bytes" in reader.events.gaps[0]
     assert reader.gap_rows == [46]  # the first row after the gap carries the mark
+    await reader.stop()
+
+
+# -- no window between "rotation noticed" and "vanished bytes spooled" ----------------------------
+
+
+@dataclass
+class SpoolSeenAtRotation(RecordingEvents):
+    """Records, at the moment each rotation is reported, what the spool holds on disk: the daemon
+    counts and logs a rotation there, and a SIGKILL may come right after."""
+
+    spool_dir: Path = Path()
+    at_rotation: list[dict[str, bytes]] = field(default_factory=list)
+    errors_at_rotation: list[int] = field(default_factory=list)
+
+    def rotation(self, kind: str, path: Path) -> None:
+        super().rotation(kind, path)
+        self.at_rotation.append({p.name: p.read_bytes() for p in self.spool_dir.glob("*.spool")})
+        self.errors_at_rotation.append(len(self.spool_errors))
+
+
+async def read_ahead(reader: Reader) -> list[int]:
+    """Read to the end without delivering (the collector is away): the seqs of the rows handed
+    out, which stay undelivered."""
+    assert reader.tailer is not None
+    seqs: list[int] = []
+    while (chunk := await reader.tailer.read(0.0)) is not None:
+        seqs += [orjson.loads(line.data)["seq"] for line in chunk.lines if line.data]
+    return seqs
+
+
+def stop_monitor(reader: Reader) -> None:
+    """Only the reader looks at the path from now on (the monitor task would race it)."""
+    assert reader.tailer is not None and reader.tailer._monitor_task is not None
+    reader.tailer._monitor_task.cancel()
+
+
+async def test_a_tail_rewrite_the_reader_notices_is_reported_only_once_its_undelivered_rows_are_spooled(
+    tmp_path: Path,
+) -> None:
+    """The reader's own read (not the monitor) notices the tail-rewrite of a version whose rows
+    6-55 were read but not delivered: when the rotation is reported the spool already holds them
+    on disk, so a SIGKILL at that moment loses nothing."""
+    log, spool_dir = tmp_path / "audit.jsonl", tmp_path / "spool"
+    writer = AuditWriter(log)
+    writer.append(5)
+    reader = Reader(log, spool_dir=spool_dir, events=SpoolSeenAtRotation(spool_dir=spool_dir))
+    await reader.start()
+    await reader.drain()
+    stop_monitor(reader)
+    writer.append(50)
+    await read_ahead(reader)
+    undelivered = log.read_bytes()[reader.position.offset if reader.position else 0 :]
+    rotate(log, "tail_rewrite", keep_lines=10)
+    writer.append(5)
+    await read_ahead(reader)  # the read at the end of the file finds a new inode at the path
+    events = reader.events
+    assert isinstance(events, SpoolSeenAtRotation)
+    assert events.rotations == ["rename"]
+    (kept,) = events.at_rotation[0].values()  # spooled (and on disk) before the rotation was reported
+    assert kept.endswith(undelivered)
+    await reader.crash()  # the SIGKILL right after the rotation was reported
+    await reader.drain()
+    assert reader.seqs == list(range(1, 61)) and reader.events.gaps == []
+    await reader.stop()
+
+
+async def test_a_tail_rewrite_the_monitor_notices_is_reported_only_once_its_undelivered_rows_are_spooled(
+    tmp_path: Path,
+) -> None:
+    """The same when the monitor's look notices it (the reader held back, nothing read)."""
+    log, spool_dir = tmp_path / "audit.jsonl", tmp_path / "spool"
+    writer = AuditWriter(log)
+    writer.append(5)
+    reader = Reader(log, spool_dir=spool_dir, events=SpoolSeenAtRotation(spool_dir=spool_dir))
+    await reader.start()
+    await reader.drain()
+    writer.append(50)
+    rotate(log, "tail_rewrite", keep_lines=10)
+    await reader.tick()
+    events = reader.events
+    assert isinstance(events, SpoolSeenAtRotation)
+    assert events.rotations == ["rename"] and len(events.spools) == 1
+    assert list(events.at_rotation[0]) == [events.spools[0].name]
+    await reader.crash()
+    await reader.drain()
+    assert reader.seqs == list(range(1, 56)) and reader.events.gaps == []
+    await reader.stop()
+
+
+async def test_a_spool_failure_when_the_reader_notices_a_tail_rewrite_is_reported_first_and_reading_goes_on(
+    tmp_path: Path,
+) -> None:
+    """The spool cannot be written (a file where its directory should be): the failure is
+    reported before the rotation, the rows are still read from the open handle."""
+    log, spool_dir = tmp_path / "audit.jsonl", tmp_path / "spool"
+    spool_dir.write_text("not a directory")
+    writer = AuditWriter(log)
+    writer.append(5)
+    reader = Reader(log, spool_dir=spool_dir, events=SpoolSeenAtRotation(spool_dir=spool_dir))
+    await reader.start()
+    await reader.drain()
+    stop_monitor(reader)
+    writer.append(50)
+    read = await read_ahead(reader)
+    rotate(log, "tail_rewrite", keep_lines=10)
+    writer.append(5)
+    read += await read_ahead(reader)  # notices it: the spool fails
+    events = reader.events
+    assert isinstance(events, SpoolSeenAtRotation)
+    assert events.rotations == ["rename"] and events.errors_at_rotation == [1] and events.spools == []
+    assert read == list(range(6, 61)) and events.gaps == []  # from the open handle, then the new file
     await reader.stop()
