@@ -7,16 +7,16 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from tests.e2e.test_chain_daemon import run_once
 from tests.helpers.auditgen import AuditWriter, append_bytes
 from tests.helpers.collector import Collector, Mood, Reply, attrs
-from tests.helpers.daemon import DaemonProcess, daemon_env, load_checkpoint, write_config
+from tests.helpers.daemon import DaemonProcess, load_checkpoint, write_config
 from tests.helpers.wait import wait_until
 from tests.torture.harness import acknowledged_seqs, duplicates, fault_pause, quiet, wait_delivered_or_quiet
 
@@ -90,30 +90,6 @@ def comparable(span: dict[str, Any]) -> tuple[str, bytes]:
     return doc["spanId"], orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
-def run_once(cli: str, audit: Path, checkpoint: Path, config: Path, endpoint: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            cli,
-            "run",
-            "--once",
-            "--deadline",
-            "120",
-            "--config",
-            str(config),
-            "--file",
-            str(audit),
-            "--checkpoint",
-            str(checkpoint),
-            "--endpoint",
-            endpoint,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=daemon_env(),
-    )
-
-
 def test_the_helper_sends_and_checkpoints_exactly_what_the_daemon_alone_does(audit_cli: str, tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
     awkward_log(audit, 12_000)
@@ -121,8 +97,7 @@ def test_the_helper_sends_and_checkpoints_exactly_what_the_daemon_alone_does(aud
     for name, min_backlog in (("helper", "1"), ("alone", "off")):
         config = helper_config(tmp_path / f"{name}.toml", min_backlog)
         with Collector() as collector:
-            done = run_once(audit_cli, audit, tmp_path / f"{name}.json", config, collector.endpoint)
-            assert done.returncode == 0, done.stderr[-3000:]
+            done = run_once(audit_cli, audit, tmp_path / f"{name}.json", collector.endpoint, None, "--config", str(config))
             assert (STARTED in done.stderr) == (name == "helper"), done.stderr[-3000:]
             spans = collector.accepted_spans()
         assert len({s["spanId"] for s in spans}) == len(spans), "a span was sent twice (or two spans share an id)"
