@@ -103,6 +103,21 @@ class HeldVersions:
             self.trash.remove(record)
             self.spool.remove(record)
 
+    def drop_trash(self) -> bool:
+        """The disk is too full for a checkpoint: delete the spool files of versions delivered to
+        their end now, not once a checkpoint stops naming them (True if there was one). A crash
+        before the next checkpoint then reports a gap for rows that were in fact delivered: a
+        false alarm, never a loss, where keeping them would stop the checkpoint for good."""
+        if self.spool is None or not self.trash:
+            return False
+        for record in self.trash:
+            self.spool.remove(record)
+            log.warning(
+                "disk full: deleted the spool file %s of a delivered version to make room for the checkpoint", record.name
+            )
+        self.trash.clear()
+        return True
+
     def snapshot(self, position: Cursor, recent: RecentLines) -> SourceState:
         """The versions list and recent lines for a checkpoint whose position is `position`."""
         held = self.all()

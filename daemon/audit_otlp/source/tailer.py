@@ -195,6 +195,9 @@ class Tailer:
     def checkpoint_saved(self, state: SourceState) -> None:
         self.queue.held.checkpoint_saved(state)
 
+    def drop_released_spool(self) -> bool:
+        return self.queue.held.drop_trash()
+
     def backlog_bytes(self) -> int:
         """Bytes present in the followed files that have not been read yet."""
         return sum(f.pending_bytes() for f in self.queue.files)

@@ -12,6 +12,7 @@ records; once it is durable the tailer may delete spool files it no longer names
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from dataclasses import replace
@@ -30,6 +31,7 @@ class SourceView(Protocol):
 
     def snapshot(self, position: Cursor) -> SourceState: ...
     def checkpoint_saved(self, state: SourceState) -> None: ...
+    def drop_released_spool(self) -> bool: ...  # disk full: free what only an older checkpoint names
 
 
 class CheckpointKeeper:
@@ -139,7 +141,7 @@ class CheckpointKeeper:
             return True
         snapshot = self.compose()
         self._dirty.clear()
-        self._writing = asyncio.ensure_future(asyncio.to_thread(self.store.save, snapshot))
+        self._writing = asyncio.ensure_future(self._save(snapshot))
         try:
             await asyncio.shield(self._writing)
         except asyncio.CancelledError:
@@ -158,6 +160,19 @@ class CheckpointKeeper:
         for path, view in self.views.items():
             view.checkpoint_saved(snapshot.source(path))
         return True
+
+    async def _save(self, snapshot: Checkpoint) -> None:
+        """Write `snapshot`; on a full disk, once more after the sources deleted the spool files
+        of versions already delivered (they are kept only until a checkpoint stops naming them,
+        and on a disk that small they would keep the checkpoint from ever being written)."""
+        try:
+            await asyncio.to_thread(self.store.save, snapshot)
+        except CheckpointError as exc:
+            cause = exc.__cause__
+            full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+            if not full or not [view for view in self.views.values() if view.drop_released_spool()]:
+                raise
+            await asyncio.to_thread(self.store.save, snapshot)
 
     async def run(self) -> None:
         while True:
