@@ -327,7 +327,10 @@ def memory(tools: Tools, sink: Sink, tool: str, path: Path, rows: int, down_seco
     tree = TreeMemory(proc.pid)
     stats = sink.wait_records(rows, timeout)
     up_peak = tree.peak_mb
-    time.sleep(5.0)  # caught up: let the last checkpoint write and any helper's exit happen
+    # Caught up: wait for any helper to exit (a condition), then give the last checkpoint write a
+    # moment; the RSS is taken after that, as a user would see it once idle.
+    wait_until(lambda: not descendants(proc.pid), 30, interval=0.1)
+    time.sleep(2.0)
     idle_rss, idle_processes = tree_rss_mb(proc.pid), 1 + len(descendants(proc.pid))
     tree.stop()
     usage = reap(proc)
