@@ -28,7 +28,7 @@ from pathlib import Path
 from audit_otlp.source.fileid import FileIdentity, fingerprint_matches, identify_fd
 from audit_otlp.source.followed import FollowedFile, open_followed
 from audit_otlp.source.lines import LineSplitter
-from audit_otlp.source.siblings import Sibling, rotated_siblings
+from audit_otlp.source.siblings import Sibling, open_siblings, rotated_siblings
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,11 @@ class PathChanges:
                 "%s was truncated; reading %s first", old.path, ", ".join(str(f.path) for f in ([copy] if copy else []) + missed)
             )
             await self.changed("copytruncate")
+        elif old.untouched and (queued := next((f for f in files[:index] if self._holds_all_of(f, old)), None)):
+            # Copied before we read a byte of it, and the copy is already queued before it (a
+            # restart's scan saw the copy, then the truncate came): its rows come from there.
+            log.info("%s was truncated; its rows are in %s, queued before it", old.path, queued.path)
+            await self.changed("copytruncate")
         else:
             fresh.unread_at_truncation = old.seen_size > old.read_offset or old.splitter.pending_bytes > 0
             log.warning(
@@ -146,24 +151,39 @@ class PathChanges:
             )
             await self.changed("truncate")
 
+    @staticmethod
+    def _holds_all_of(copy: FollowedFile, old: FollowedFile) -> bool:
+        """Does queued `copy` begin with everything `old` was seen to hold?"""
+        try:
+            return (
+                bool(old.identity.fingerprint_len) and copy.size() >= old.seen_size and fingerprint_matches(copy.fd, old.identity)
+            )
+        except OSError:
+            return False
+
     # -- the sibling searches (blocking; run them in a thread) ---------------------------------
 
     def copy_of(self, old: FollowedFile, held: set[tuple[int, int]]) -> FollowedFile | None:
         """The sibling with the truncated file's first bytes and the bytes before our offset."""
         if old.identity.fingerprint_len == 0:
             return None  # nothing identifies it (we never saw a byte of it)
-        for sibling in reversed(rotated_siblings(self.pattern, self.path)):  # newest first
-            if (sibling.dev, sibling.ino) in held or sibling.size < old.read_offset:
-                continue
-            try:
-                candidate = open_followed(sibling.path, self.max_line_bytes)
-            except OSError:
-                continue
-            marker_ok = not old.marker or os.pread(candidate.fd, len(old.marker), old.read_offset - len(old.marker)) == old.marker
-            if marker_ok and fingerprint_matches(candidate.fd, old.identity):
-                return candidate
+        candidates = open_siblings(
+            self.pattern,
+            self.path,
+            self.max_line_bytes,
+            lambda s: (s.dev, s.ino) not in held and s.size >= old.read_offset,
+        )
+        found = None
+        for _, candidate in reversed(candidates):  # newest first
+            if found is None:
+                marker_ok = not old.marker or (
+                    os.pread(candidate.fd, len(old.marker), old.read_offset - len(old.marker)) == old.marker
+                )
+                if marker_ok and fingerprint_matches(candidate.fd, old.identity):
+                    found = candidate
+                    continue
             candidate.close()
-        return None
+        return found
 
     def missed(self, files: list[FollowedFile]) -> list[FollowedFile]:
         """Versions of the file that were at the path only between two looks, oldest first.
@@ -171,14 +191,11 @@ class PathChanges:
         held = {f.inode for f in files}
         siblings = rotated_siblings(self.pattern, self.path)
         newest_known = max((n for n, s in enumerate(siblings) if self._known(s, held)), default=-1)
+        newer = {
+            (s.dev, s.ino) for s in siblings[newest_known + 1 :] if s.mtime_ns >= self.seen_at and (s.dev, s.ino) not in held
+        }
         found: list[FollowedFile] = []
-        for sibling in siblings[newest_known + 1 :]:
-            if sibling.mtime_ns < self.seen_at or (sibling.dev, sibling.ino) in held:
-                continue
-            try:
-                candidate = open_followed(sibling.path, self.max_line_bytes)
-            except OSError:
-                continue
+        for sibling, candidate in open_siblings(self.pattern, self.path, self.max_line_bytes, lambda s: (s.dev, s.ino) in newer):
             truncated_original = any(
                 f.identity.fingerprint_len and fingerprint_matches(candidate.fd, f.identity) and not f.unchanged() for f in files
             )

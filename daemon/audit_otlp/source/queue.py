@@ -152,7 +152,9 @@ class FileQueue:
         """The rotated head is read to its end: it waits in `done` until delivered, and its
         unterminated last line is handed out unless the next file continues it."""
         head, successor = self.files[0], self.files[1]
-        if not successor.start_known:
+        if not successor.start_known and successor.unchanged():
+            # (One truncated since it was opened is left unresolved: as the head, its truncation
+            # is handled first, and its copy resolved against what was read.)
             await self._resolve_start(successor)
         tail = head.unterminated_tail(successor)
         cut = head.spool is not None and head.read_offset <= head.spool.end < head.spool.size  # read from a cut spool

@@ -23,6 +23,8 @@ last delivered line's hash, as version 1 did.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -32,29 +34,45 @@ from audit_otlp.source.followed import FollowedFile, first_line, open_followed
 from audit_otlp.source.identify import find_versions
 from audit_otlp.source.recent import RecentLines, overlap_end
 from audit_otlp.source.resume_v1 import Located, locate_v1
-from audit_otlp.source.siblings import rotated_siblings
+from audit_otlp.source.siblings import SCAN_ATTEMPTS, SCAN_PAUSE, Sibling, open_siblings
 from audit_otlp.source.spool import Spool, SpoolRecord
 from audit_otlp.state.checkpoint import SourceState
 
 
 def open_candidates(path: Path, pattern: str, max_line_bytes: int) -> list[FollowedFile]:
-    """Rotated siblings (oldest first) and then the current file, each opened once."""
-    files: list[FollowedFile] = []
-    current: FollowedFile | None = None
-    try:
-        current = open_followed(path, max_line_bytes)
-    except OSError:
-        pass
-    for sibling in rotated_siblings(pattern, path):
-        if current is not None and (sibling.dev, sibling.ino) == (current.identity.dev, current.identity.ino):
-            continue
+    """Rotated siblings (oldest first) and then the current file, each opened once: one
+    consistent look, taken again while the producer rotates under it (the path's file replaced
+    between its open and the siblings' listing would be missed, or taken twice)."""
+    for attempt in range(SCAN_ATTEMPTS):
+        current: FollowedFile | None = None
         try:
-            files.append(open_followed(sibling.path, max_line_bytes))
+            current = open_followed(path, max_line_bytes)
         except OSError:
-            continue
-    if current is not None:
-        files.append(current)
-    return files
+            pass
+        at_path = None if current is None else current.inode
+        siblings = open_siblings(pattern, path, max_line_bytes, _other_than(at_path))
+        files = [f for _, f in siblings] + ([current] if current is not None else [])
+        # The path's file still the one opened, and still holding what it held (a copytruncate
+        # in between would leave its copy listed and the file emptied: two views of one moment).
+        settled = _inode_at(path) == at_path and (current is None or current.unchanged())
+        if settled or attempt == SCAN_ATTEMPTS - 1:
+            return files
+        for f in files:
+            f.close()
+        time.sleep(SCAN_PAUSE)
+    return []
+
+
+def _other_than(inode: tuple[int, int] | None) -> Callable[[Sibling], bool]:
+    return lambda s: (s.dev, s.ino) != inode
+
+
+def _inode_at(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def locate(
