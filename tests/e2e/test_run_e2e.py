@@ -277,6 +277,29 @@ def test_unwritable_checkpoint_directory_is_fatal_with_exit_3(work: Workdir, aud
     assert "fatal" in result.stderr.lower() and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_file_where_the_spool_directory_goes_is_fatal_with_exit_3(work: Workdir, audit_cli: str, tmp_path: Path) -> None:
+    AuditWriter(work.audit).append(1)
+    checkpoint = tmp_path / "state" / "cp.json"
+    checkpoint.parent.mkdir()
+    checkpoint.with_name("cp.json.spool").write_text("a file where the spool directory should be")
+    args = [
+        "run",
+        "--once",
+        "--file",
+        str(work.audit),
+        "--checkpoint",
+        str(checkpoint),
+        "--endpoint",
+        "http://127.0.0.1:9/v1/traces",
+    ]
+    result = run_cli(audit_cli, args)
+    assert result.returncode == 3, result.stderr
+    assert "cp.json.spool" in result.stderr and "not a directory" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    status = run_cli(audit_cli, ["status", "--file", str(work.audit), "--checkpoint", str(checkpoint)])
+    assert "Traceback" not in status.stderr, status.stderr
+
+
 def test_waits_for_a_file_that_does_not_exist_yet(work: Workdir, audit_cli: str) -> None:
     with Collector() as collector:
         daemon = work.daemon(audit_cli, collector.endpoint)

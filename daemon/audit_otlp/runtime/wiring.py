@@ -4,6 +4,7 @@ to which stage (the request envelope, the sink, the tailer, the checkpoint keepe
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +102,17 @@ def spool_directory(config: Config) -> Path:
 
 
 def build_spool(config: Config, options: RunOptions) -> Spool | None:
-    """One spool for every source (its bound is for them all); none for a dry run."""
-    return None if options.dry_run else Spool(spool_directory(config), config.source.spool_max_bytes)
+    """One spool for every source (its bound is for them all); none for a dry run. A spool path
+    taken by something else than a directory is fatal (exit 3): no vanished version could be kept."""
+    if options.dry_run:
+        return None
+    directory = spool_directory(config)
+    if os.path.lexists(directory) and not directory.is_dir():
+        raise FatalError(
+            f"the spool directory {directory} (beside checkpoint.path) exists and is not a directory: "
+            "rows of a version that vanishes before delivery could not be kept; move it away"
+        )
+    return Spool(directory, config.source.spool_max_bytes)
 
 
 def build_tailers(

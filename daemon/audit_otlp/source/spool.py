@@ -98,8 +98,8 @@ class Spool:
         """The spool files on disk (a restart finds them by name; blocking)."""
         try:
             names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return []
+        except (FileNotFoundError, NotADirectoryError):
+            return []  # (a file where the directory should be is refused at start-up: wiring.build_spool)
         for name in names:
             if name in self.records:
                 continue
