@@ -11,6 +11,7 @@ to a protobuf request go back as protobuf: the test's JSON reply body is convert
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import random
 import threading
@@ -93,6 +94,12 @@ class Received:
     @property
     def spans(self) -> list[dict[str, Any]]:
         return [s for rs in self.doc["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
+
+    @functools.cached_property
+    def seqs(self) -> list[int]:
+        """The `seq` of each of its spans that has one (worked out once: a long run's tests ask
+        for every acknowledged row many times)."""
+        return [seq for s in self.spans if (seq := seq_of(s)) is not None]
 
 
 class Collector:
@@ -198,17 +205,24 @@ class Collector:
 
     def accepted_seqs(self) -> list[int]:
         """The `seq` attribute of every acknowledged span, in arrival order (duplicates kept)."""
-        return [seq_of(s) for s in self.accepted_spans() if seq_of(s) is not None]  # type: ignore[misc]
+        return [seq for r in self.accepted() for seq in r.seqs]
 
     def wait_for(self, predicate: Callable[[Collector], bool], timeout: float = 20.0) -> bool:
+        """Wait until `predicate` holds, looking again after each request (at least every 0.2 s).
+        The predicate runs outside the lock: under it, a predicate that reads every request of a
+        long run would hold up every request arriving meanwhile."""
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, 0.2))
-        return True
+        while True:
+            with self._cond:
+                seen = len(self.requests)
+            if predicate(self):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._cond:
+                if len(self.requests) == seen:
+                    self._cond.wait(min(remaining, 0.2))
 
     def wait_for_spans(self, n: int, timeout: float = 20.0) -> bool:
         return self.wait_for(lambda c: len([s for r in c.requests if 200 <= r.status < 300 for s in r.spans]) >= n, timeout)
