@@ -190,10 +190,9 @@ def _add_unlisted(
 ) -> list[FileIdentity]:
     """Files no checkpoint knew: versions made while the daemon was stopped (newer than every
     listed one) go after the listed ones, and the path's file last, whatever it is. The rest
-    (finished before the checkpoint, or copies of a listed version) are closed; returned."""
+    (finished before the checkpoint, or empty) are closed; returned."""
     threshold = max(v.mtime_ns for v in state.versions)
     known = {(i.dev, i.ino, i.fingerprint) for i in state.released}
-    copies = {v.identity.fingerprint for v in state.versions if v.identity.fingerprint_len}
     current = next((f for f in [*chain, *pool] if f.path == path), None)
     older: list[FileIdentity] = []
     for f in pool:
@@ -201,7 +200,10 @@ def _add_unlisted(
             continue
         key = (f.identity.dev, f.identity.ino, f.identity.fingerprint)
         st = os.fstat(f.fd)
-        if key in known or f.identity.fingerprint in copies or st.st_mtime_ns < threshold or st.st_size == 0:
+        # (A file beginning like a listed version is not taken for its copy: a tail-rewrite of a
+        # file shorter than what the producer keeps begins with all of it and goes on. Its start
+        # is resolved against what was read, so a real copy's lines are skipped, not sent twice.)
+        if key in known or st.st_mtime_ns < threshold or st.st_size == 0:
             older.append(f.identity)
             f.close()
             continue

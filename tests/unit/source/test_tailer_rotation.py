@@ -257,6 +257,36 @@ async def test_tail_rewrite_while_stopped(log: Path) -> None:
     await reader.stop()
 
 
+@pytest.mark.parametrize("spooled", [False, True], ids=["vanished_while_stopped", "spooled_while_running"])
+async def test_tail_rewrite_of_a_small_file_rotated_away_before_a_restart_is_read(
+    log: Path, tmp_path: Path, spooled: bool
+) -> None:
+    """The producer rewrites a file of fewer lines than it keeps, so the new version begins with
+    every byte of the old one (the same fingerprint) and goes on; it is renamed away before the
+    restart, and no checkpoint ever listed it. It is a version, not a copy of the listed one."""
+    writer = AuditWriter(log)
+    writer.append(20)
+    reader = await started(log, spool_dir=tmp_path / "spool")
+    await reader.drain()
+    writer.append(5)  # read (when spooled) but never delivered
+    if spooled:
+        await reader.tailer.read(0.0)  # type: ignore[union-attr]
+    resume = reader._snapshot()
+    rotate(log, "tail_rewrite")
+    writer.append(4)
+    if spooled:
+        await reader.tick()  # the old version vanished: its undelivered rows are spooled
+    await reader.tailer.close()  # type: ignore[union-attr]
+    rotate(log, "rename")
+    writer.append(3)
+    reader.resume = resume
+    await reader.start()
+    await reader.drain()
+    assert sorted(set(range(21, 33)) - set(reader.seqs)) == [], reader.events.gaps
+    assert reader.events.gaps == []
+    await reader.stop()
+
+
 async def test_resume_point_gone_is_a_loud_gap(log: Path) -> None:
     writer = AuditWriter(log)
     writer.append(100)
