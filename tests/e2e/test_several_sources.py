@@ -72,3 +72,53 @@ def test_several_audit_logs_each_keep_their_chain_position_and_rotations(audit_c
     )
     assert [s["file"] for s in status["sources"]] == [str(main), *map(str, sorted(plugins))]
     assert status["backlog_rows"] == 0 and all(s["backlog_rows"] == 0 for s in status["sources"])
+
+
+def test_a_plugin_log_created_after_start_is_followed_without_a_restart(audit_cli: str, tmp_path: Path) -> None:
+    """A sibling plugin installed while the daemon runs: the glob matches its log at the next
+    rescan, every row of it arrives (those written before it was found too), its position is in
+    the checkpoint, and a SIGKILL and restart resume it there rather than sending it again."""
+    first = tmp_path / "plugins" / "action-guard" / "state" / "audit.jsonl"
+    late = tmp_path / "plugins" / "egress-shield" / "state" / "audit.jsonl"
+    first.parent.mkdir(parents=True)
+    config = write_config(
+        tmp_path / "audit-otlp.toml",
+        source={"paths": "__PATHS__", "poll_interval": "200ms", "rescan_interval": "300ms"},
+        batch={"max_wait": "50ms", "max_spans": 50},
+        retry={"initial_backoff": "50ms", "max_backoff": "200ms"},
+    )
+    config.write_text(config.read_text().replace('"__PATHS__"', json.dumps([str(tmp_path / "plugins/*/state/audit.jsonl")])))
+    checkpoint = tmp_path / "cp" / "checkpoint.json"
+    early, later = AuditWriter(first), AuditWriter(late, seq=100_000)
+    early.append(100)
+    with quiet(Collector()) as collector:
+        daemon = DaemonProcess(audit_cli, None, checkpoint, collector.endpoint, tmp_path / "daemon.log", config).start()
+        assert wait_until(lambda: set(range(1, 101)) <= set(collector.accepted_seqs()), 30), daemon.log_text()[-3000:]
+        late.parent.mkdir(parents=True)
+        later.append(150)  # before the daemon can know of the file
+        early.append(20)
+        expected = set(range(1, 121)) | set(range(100_001, 100_151))
+        assert wait_until(lambda: expected <= set(collector.accepted_seqs()), 30), daemon.log_text()[-3000:]
+        assert f"following {late} too" in daemon.log_text()
+        late_size = late.stat().st_size
+
+        def late_settled() -> bool:
+            source = json.loads(checkpoint.read_text())["sources"].get(str(late))
+            return source is not None and source["position"]["offset"] == late_size
+
+        assert wait_until(late_settled, 10), checkpoint.read_text()[:2000]
+        daemon.kill()
+        later.append(30)
+        daemon.start()
+        expected |= set(range(100_151, 100_181))
+        assert wait_until(lambda: expected <= set(collector.accepted_seqs()), 30), daemon.log_text()[-3000:]
+        assert daemon.stop() == 0
+        spans = collector.accepted_spans()
+    sources = {seq_of(s): attrs(s).get("audit.source") for s in spans if seq_of(s) is not None}
+    assert all(sources[s] == str(late) for s in expected if s > 100_000)
+    assert all(sources[s] == str(first) for s in expected if s < 100_000)
+    counts = collections.Counter(seq_of(s) for s in spans if seq_of(s) is not None)
+    assert set(counts) == expected
+    # Its position was in the checkpoint when it was killed: the restart resumed it there.
+    assert all(counts[s] == 1 for s in range(100_001, 100_181))
+    assert not [s for s in spans if s.get("name") == "audit.chain_broken"]

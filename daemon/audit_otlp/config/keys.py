@@ -67,6 +67,18 @@ def _size_or_off(raw: Any) -> int | None:
         raise ValueError('a number of bytes, a string such as "8MiB", or "off"') from None
 
 
+def _duration_or_off(raw: Any) -> float | None:
+    if raw == "off":
+        return None
+    try:
+        seconds = parse_duration(raw)
+    except ValueError:
+        raise ValueError('a duration such as "10s", or "off"') from None
+    if seconds <= 0:
+        raise ValueError('a positive duration such as "10s", or "off"')
+    return seconds
+
+
 def _int_range(low: int, high: int) -> Callable[[Any], int]:
     def parse(raw: Any) -> int:
         try:
@@ -226,6 +238,7 @@ KEYS: tuple[Key, ...] = (
     Key("source.max_line_bytes", parse_size, 1024 * 1024),
     Key("source.rotated_glob", _string, None),  # None: "<path>.*"
     Key("source.poll_interval", parse_duration, 1.0),
+    Key("source.rescan_interval", _duration_or_off, 10.0),  # globs in source.paths matched again
     Key("source.spool_max_bytes", parse_size, 1024**3),
     Key("checkpoint.path", _path, None, env=("AUDIT_OTLP_CHECKPOINT",)),  # None: see below
     Key("checkpoint.interval", parse_duration, 0.0),  # 0: group commit

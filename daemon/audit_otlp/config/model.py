@@ -22,6 +22,7 @@ class SourceSection:
     rotated_glob: str
     poll_interval: float
     spool_max_bytes: int
+    rescan_interval: float | None  # how often globs in `paths` are matched again (None: start-up only)
 
 
 @dataclass(frozen=True)

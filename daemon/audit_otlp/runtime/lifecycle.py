@@ -6,9 +6,11 @@ configuration is `wiring`."""
 from __future__ import annotations
 
 import asyncio
+import glob
 import logging
 import signal
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, ClassVar
 
 from audit_otlp.config import Config, mask_url
@@ -27,6 +29,7 @@ from audit_otlp.runtime.reporting import Reporting
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.runtime.sdnotify import Notifier
 from audit_otlp.source.sources import expand
+from audit_otlp.state.keeper import CheckpointKeeper
 
 log = logging.getLogger("audit_otlp")
 
@@ -56,11 +59,17 @@ class Daemon:
         self.encoding = wiring.build_encoding(config, options)
         self.envelope = self.encoding.envelope
         self.sink = wiring.build_sink(config, options, self.envelope, self.metrics, self.state)
-        # One tailer per audit log (source.paths), sharing one spool.
+        # One tailer per audit log (source.paths), sharing one spool. With a glob, the files it
+        # matches later are followed too (`_rescan`), so each span names its source from the start.
         self.paths = expand(config.source.paths)
-        self.several = len(config.source.paths) > 1 or len(self.paths) > 1
+        self.globbing = any(glob.has_magic(p) for p in config.source.paths)
+        self.several = len(config.source.paths) > 1 or len(self.paths) > 1 or self.globbing
         self.source_events = [SourceObserver(self.metrics, str(path)) for path in self.paths]
-        self.tailers = wiring.build_tailers(config, options, self.paths, self.source_events, self.several)
+        self.spool = wiring.build_spool(config, options)
+        self.tailers = [
+            wiring.build_tailer(config, events, path, self.spool, self.several)
+            for path, events in zip(self.paths, self.source_events, strict=True)
+        ]
         self.stopping = asyncio.Event()
         self.stop_now = asyncio.Event()  # a second SIGINT/SIGTERM: no grace period
         self.output_closed = False  # --dry-run: the reader of stdout went away
@@ -164,6 +173,9 @@ class Daemon:
             view = ForegroundView(self.terminal, self.config, self.state, pipeline, keeper, self.report.refresh_gauges)
             housekeeping.append(asyncio.create_task(view.run(), name="foreground"))
         reader = asyncio.create_task(pipeline.read_loop(self.stopping, self.options.once), name="reader")
+        rescan = self.config.source.rescan_interval
+        if self.globbing and rescan is not None and not self.options.once:
+            housekeeping.append(asyncio.create_task(self._rescan(pipeline, keeper, rows, rescan), name="rescan"))
         self.notifier.ready(self.report.status_line())
         log.info(
             "following %s -> %s (checkpoint %s)",
@@ -204,6 +216,35 @@ class Daemon:
                 await health.aclose()
             log.info("stopped: %s", final_status)
         return EXIT_OUTPUT_CLOSED if self.output_closed else exit_code
+
+    async def _rescan(self, pipeline: Pipeline, keeper: CheckpointKeeper, rows: RowObserver, interval: float) -> None:
+        """Match source.paths again every `interval`: a file a glob matches now and did not before
+        is followed from its beginning (a new file's rows were all written after the daemon
+        started), or from its checkpoint entry when an earlier run followed it. A file that goes
+        away keeps its lane: its tailer waits for it, as for a plain path."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                found = await asyncio.to_thread(expand, self.config.source.paths)
+            except OSError as exc:
+                log.warning("cannot match source.paths again: %s", exc)
+                continue
+            known = set(self.paths)
+            for path in found:
+                if path not in known:
+                    await self._follow(path, pipeline, keeper, rows)
+
+    async def _follow(self, path: Path, pipeline: Pipeline, keeper: CheckpointKeeper, rows: RowObserver) -> None:
+        events = SourceObserver(self.metrics, str(path))
+        tailer = wiring.build_tailer(self.config, events, path, self.spool, self.several)
+        (lane,) = await wiring.open_lanes(
+            self.config, [tailer], [events], keeper.current, keeper, rows, self.several, self.encoding, start_at="beginning"
+        )
+        self.paths.append(path)
+        self.source_events.append(events)
+        self.tailers.append(tailer)
+        pipeline.add_lane(lane)
+        log.info("following %s too: it matches source.paths now", path)
 
     async def _run_once(self, reader: asyncio.Task[None]) -> int:
         assert self.pipeline is not None

@@ -97,6 +97,9 @@ class Pipeline:
         self._idle.set()
         self.settled_spans = 0  # this run, delivered or dead-lettered (for rates)
         self.settled_bytes = 0
+        self._reading: tuple[asyncio.Event, bool] | None = None  # (stopping, once) once read_loop runs
+        self._lane_tasks: set[asyncio.Task[None]] = set()
+        self._lane_added = asyncio.Event()
 
     @property
     def unsettled(self) -> int:
@@ -105,7 +108,33 @@ class Pipeline:
     # -- reading -------------------------------------------------------------------------------
 
     async def read_loop(self, stopping: asyncio.Event, once: bool) -> None:
-        await asyncio.gather(*(self._lane_loop(lane, stopping, once) for lane in self.lanes))
+        """Read every lane until `stopping` (or, `once`, to the end of each); lanes added meanwhile
+        (`add_lane`) are read too. A lane's crash ends it, and the run."""
+        self._reading = stopping, once
+        for lane in self.lanes:
+            self._lane_tasks.add(asyncio.create_task(self._lane_loop(lane, stopping, once), name=f"read {lane.path}"))
+        try:
+            while self._lane_tasks:
+                added = asyncio.create_task(self._lane_added.wait())
+                done, _ = await asyncio.wait({*self._lane_tasks, added}, return_when=asyncio.FIRST_COMPLETED)
+                added.cancel()
+                self._lane_added.clear()
+                for task in done - {added}:
+                    self._lane_tasks.discard(task)
+                    task.result()  # re-raise a lane's crash
+        finally:
+            for task in self._lane_tasks:
+                task.cancel()
+            await asyncio.gather(*self._lane_tasks, return_exceptions=True)
+            self._lane_tasks.clear()
+
+    def add_lane(self, lane: Lane) -> None:
+        """A source found after start-up (a glob in source.paths matched a new file): read it too."""
+        self.lanes.append(lane)
+        if self._reading is not None:
+            stopping, once = self._reading
+            self._lane_tasks.add(asyncio.create_task(self._lane_loop(lane, stopping, once), name=f"read {lane.path}"))
+            self._lane_added.set()
 
     async def _lane_loop(self, lane: Lane, stopping: asyncio.Event, once: bool) -> None:
         try:

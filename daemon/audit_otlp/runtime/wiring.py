@@ -115,14 +115,6 @@ def build_spool(config: Config, options: RunOptions) -> Spool | None:
     return Spool(directory, config.source.spool_max_bytes)
 
 
-def build_tailers(
-    config: Config, options: RunOptions, paths: list[Path], observers: list[SourceObserver], several: bool
-) -> list[Tailer]:
-    """One tailer per audit log, sharing one spool."""
-    spool = build_spool(config, options)
-    return [build_tailer(config, events, path, spool, several) for path, events in zip(paths, observers)]
-
-
 def build_tailer(config: Config, events: SourceEvents, path: Path, spool: Spool | None, several: bool) -> Tailer:
     source = config.source
     # The recent-lines window must reach back past every line read but not yet delivered, plus
@@ -148,14 +140,16 @@ async def open_lanes(
     rows: RowEvents,
     several: bool,
     encoding: Encoding,
+    start_at: str | None = None,
 ) -> list[Lane]:
     """Start each source's tailer where its checkpoint entry says (a gap found there is recorded
-    at once), and give it its mapping stage (its own chain) and its batch."""
+    at once), else at `start_at` (default source.start_at), and give it its mapping stage (its
+    own chain) and its batch."""
     lanes = []
     for tailer, events in zip(tailers, observers, strict=True):
         events.keeper = keeper
         source = checkpoint.source(events.path)
-        await tailer.start(None if source.says_nothing else source, config.source.start_at)
+        await tailer.start(None if source.says_nothing else source, start_at or config.source.start_at)
         position, gap = tailer.start_position(source.position)
         keeper.started(events.path, position, gap, tailer)
         mapper = build_mapper(config, position, rows, encoding, events.path if several else None)

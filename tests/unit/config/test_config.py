@@ -238,3 +238,17 @@ def test_bad_source_paths_name_the_key(tmp_path: Path, text: str) -> None:
     config_file.write_text(f"[source]\n{text}\n")
     with pytest.raises(ConfigError, match=r"source\.(paths|rotated_glob)"):
         load_config(config_file, {}, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("", 10.0), ('rescan_interval = "500ms"', 0.5), ('rescan_interval = "off"', None)]
+)
+def test_source_rescan_interval(tmp_path: Path, text: str, expected: float | None) -> None:
+    assert load_config(write_toml(tmp_path, f"[source]\n{text}\n"), {}, {}).source.rescan_interval == expected
+
+
+@pytest.mark.parametrize("value", ['"soon"', "0", "-1", "true"])
+def test_bad_source_rescan_interval_names_the_key_and_the_accepted_values(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_toml(tmp_path, f"[source]\nrescan_interval = {value}\n"), {}, {})
+    assert "source.rescan_interval" in str(caught.value) and '"off"' in str(caught.value)
