@@ -18,7 +18,7 @@ from pathlib import Path
 from audit_otlp.source.changes import PathChanges
 from audit_otlp.source.events import SourceEvents
 from audit_otlp.source.fileid import FileIdentity
-from audit_otlp.source.followed import FollowedFile, last_line_boundary, open_followed
+from audit_otlp.source.followed import FollowedFile, first_line, last_line_boundary, open_followed
 from audit_otlp.source.gaps import GapMarks
 from audit_otlp.source.held import HeldVersions
 from audit_otlp.source.lines import Line
@@ -132,7 +132,9 @@ class FileQueue:
 
     async def _resolve_start(self, followed: FollowedFile) -> None:
         """A newer file becomes the head: skip the lines it repeats (a tail-rewrite's overlap).
-        A certain loss before it is a gap now; an uncertain one is decided by its first row."""
+        A loss before it, certain or not, is decided by its first row (`_emit`): a vanished
+        version's rows may all begin it (the producer's tail-rewrite of a short file), and a row
+        naming the last row read as its parent proves nothing is missing."""
         offset, skipped = await asyncio.to_thread(overlap_end, followed.fd, self.max_line_bytes, self.recent)
         followed.position_at(offset)
         followed.lines_before = skipped
@@ -146,7 +148,9 @@ class FileQueue:
                 f"{followed.path} was truncated with rows not yet read and no rotated copy matching {self.rotated_glob} holds them",
             )
         elif followed.gap_if_new is not None and followed.gap_certain:
-            self.gaps.decide(followed, None)
+            # Nothing in it yet: the vanished rows are not at its start, so they are lost (say it now).
+            if await asyncio.to_thread(first_line, followed.fd, self.max_line_bytes, offset) is None:
+                self.gaps.decide(followed, None)
 
     async def _finish_head(self) -> LineChunk | None:
         """The rotated head is read to its end: it waits in `done` until delivered, and its

@@ -287,6 +287,32 @@ async def test_tail_rewrite_of_a_small_file_rotated_away_before_a_restart_is_rea
     await reader.stop()
 
 
+async def test_version_rewritten_away_while_stopped_with_every_row_in_its_rewrite_is_no_gap(log: Path) -> None:
+    """A version read but not delivered vanishes while the daemon is stopped (the producer's
+    tail-rewrite), its rows all in the rewrite: the chain shows the rewrite's first
+    row follows the last row read, so nothing is missing and no gap may be reported."""
+    writer = AuditWriter(log)
+    writer.append(20)
+    reader = await started(log)
+    await reader.drain()
+    writer.append(10)
+    rotate(log, "rename")
+    writer.append(10)
+    await reader.tick()  # both versions queued
+    for _ in range(4):  # read (the second from its start), nothing delivered
+        await reader.tailer.read(0.0)  # type: ignore[union-attr]
+    await reader.crash()
+    await reader.stop()
+    rotate(log, "tail_rewrite")  # the queued version vanishes; its 10 rows begin the rewrite
+    writer.append(5)
+    await reader.start()
+    await reader.drain()
+    assert reader.seqs[:20] == list(range(1, 21))
+    assert sorted(set(reader.seqs[20:])) == list(range(21, 46))
+    assert reader.events.gaps == []
+    await reader.stop()
+
+
 async def test_resume_point_gone_is_a_loud_gap(log: Path) -> None:
     writer = AuditWriter(log)
     writer.append(100)
