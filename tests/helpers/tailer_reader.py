@@ -92,8 +92,9 @@ class Reader:
         assert self.tailer is not None and self.position is not None
         return replace(self.tailer.snapshot(self.position), gap_pending=self.gap_pending)
 
-    async def drain(self, limit: float = 10.0) -> None:
-        """Read until the tailer is at the end of everything."""
+    async def drain(self, limit: float = 10.0, durable: bool = True) -> None:
+        """Read until the tailer is at the end of everything, delivering it all; `durable`: and a
+        checkpoint of it is on disk (else the last durable one stays where it was)."""
         assert self.tailer is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
@@ -128,9 +129,10 @@ class Reader:
                     line_index=chunk.first_index + i + 1,
                 )
             assert self.position is not None
-            self.tailer.delivered(self.position)
             self.gap_pending = None
             self.resume = self._snapshot()
+            if durable:  # the daemon's group commit: a checkpoint right after each delivery
+                self.tailer.checkpoint_saved(self.resume)
         raise AssertionError("the tailer did not reach the end in time")
 
     def checkpoint(self) -> None:

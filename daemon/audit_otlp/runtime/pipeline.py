@@ -338,9 +338,8 @@ class Pipeline:
                 except Abandoned:
                     return  # shutdown: never accepted, so unsettled (the checkpoint stays before it)
                 frontier = lane.acks.settle(batch.seq)
+                # (The tailer releases what is behind it once a checkpoint with it is durable.)
                 self.keeper.advance(lane.path, frontier, lane.breaks_before + lane.mapper.chain.breaks)
-                if frontier is not None:
-                    lane.tailer.delivered(frontier)
                 lane.unsettled_bytes -= batch.source_bytes
                 self.settled_spans += len(batch.spans)
                 self.settled_bytes += batch.source_bytes

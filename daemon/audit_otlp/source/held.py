@@ -51,7 +51,10 @@ class HeldVersions:
         self.events = events
         self.spool = spool
         self.done: list[FollowedFile] = []
-        self.frontier = (0, 0)  # (version, offset) delivered up to
+        # (version, offset) delivered up to, as the last durable checkpoint has it: a SIGKILL
+        # resumes there, so a version is released, and a vanished one spooled, only from there
+        # (delivery itself may be ahead: a 2xx moves it before the checkpoint is on disk).
+        self.durable = (0, 0)
         self.trash: list[SpoolRecord] = []  # spools of released versions: deleted once a checkpoint is durable
         self._serials = itertools.count(1)
         self._spool_failed: dict[int, float] = {}  # version -> when to try again (a full disk: said once)
@@ -74,12 +77,11 @@ class HeldVersions:
     def finish(self, f: FollowedFile) -> None:
         """`f` was read to its end: held until delivered (at once released if it already is)."""
         self.done.append(f)
-        self.delivered(*self.frontier)
+        self._release()
 
-    def delivered(self, version: int, offset: int) -> None:
-        """Delivery reached `offset` of `version`: release what is behind it (and it, when read
-        and delivered to its end)."""
-        self.frontier = (version, offset)
+    def _release(self) -> None:
+        """Release what the durable position is past: each version read and delivered to its end."""
+        version, offset = self.durable
         held = self.all()
         at = self._index_of(held, version)
         if at is None:
@@ -95,7 +97,12 @@ class HeldVersions:
                 log.info("released %s (read and delivered to its end)", f.path)
 
     def checkpoint_saved(self, state: SourceState) -> None:
-        """A checkpoint is durable: spool files it no longer names can go."""
+        """A checkpoint is durable: what it has passed is released, and spool files it no longer
+        names can go."""
+        position = state.position
+        if position.version:
+            self.durable = (position.version, position.offset)
+            self._release()
         if self.spool is None or not self.trash:
             return
         kept = {v.spool.name for v in state.versions if v.spool is not None}
@@ -134,7 +141,7 @@ class HeldVersions:
         if self.spool is None:
             return False
         held = self.all()
-        at = self._index_of(held, self.frontier[0]) or 0
+        at = self._index_of(held, self.durable[0]) or 0
         stats: list[tuple[FollowedFile, os.stat_result]] = []
         for f in held[at:]:
             if f.spool is None:
@@ -150,7 +157,7 @@ class HeldVersions:
         for f, st in stats:
             if st.st_nlink > 0 and (f is current or (st.st_dev, st.st_ino) in names):
                 continue
-            start = self.frontier[1] if f.serial == self.frontier[0] else (f.start_offset or 0)
+            start = self.durable[1] if f.serial == self.durable[0] else (f.start_offset or 0)
             if start >= st.st_size:
                 continue
             spooled |= await self._keep(f, start)

@@ -84,10 +84,10 @@ class Tailer:
         self._monitor_task = asyncio.create_task(self._monitor(), name="tailer-monitor")
 
     def _start_frontier(self) -> None:
-        """Delivery stands at the start of the first file to read."""
+        """Delivery stands at the start of the first file to read, as the checkpoint on disk says."""
         if self.queue.files:
             first = self.queue.held.all()[0]
-            self.queue.held.frontier = (first.serial, first.read_offset)
+            self.queue.held.durable = (first.serial, first.read_offset)
 
     def start_position(self, position: Cursor) -> tuple[Cursor, str | None]:
         """The checkpoint's position as this run knows it (its version's number, the recent-lines
@@ -184,16 +184,13 @@ class Tailer:
 
     # -- what delivery and the checkpoint need ---------------------------------------------------
 
-    def delivered(self, position: Cursor) -> None:
-        """Delivery (2xx or dead letter) reached `position`: release what is behind it."""
-        self.queue.held.delivered(position.version, position.offset)
-        self.queue.report_held()
-
     def snapshot(self, position: Cursor) -> SourceState:
         return self.queue.held.snapshot(position, self.queue.recent)
 
     def checkpoint_saved(self, state: SourceState) -> None:
+        """A checkpoint is durable: release what its position is past (what a restart would not read)."""
         self.queue.held.checkpoint_saved(state)
+        self.queue.report_held()
 
     def drop_released_spool(self) -> bool:
         return self.queue.held.drop_trash()

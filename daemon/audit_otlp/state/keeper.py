@@ -136,6 +136,8 @@ class CheckpointKeeper:
                 pass  # reported by its own caller; the state is still dirty
         if not self.enabled:
             self._dirty.clear()  # a dry run writes nothing (and must not spin on a dirty flag)
+            for path, view in self.views.items():  # ... but what it delivered is done with
+                view.checkpoint_saved(self.current.source(path))
             return True
         if not self._dirty.is_set():
             return True

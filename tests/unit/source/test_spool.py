@@ -229,3 +229,29 @@ async def test_a_spool_failure_when_the_reader_notices_a_tail_rewrite_is_reporte
     assert events.rotations == ["rename"] and events.errors_at_rotation == [1] and events.spools == []
     assert read == list(range(6, 61)) and events.gaps == []  # from the open handle, then the new file
     await reader.stop()
+
+
+async def test_vanished_version_is_spooled_from_the_durable_position_not_the_delivered_one(tmp_path: Path) -> None:
+    """Rows the collector acknowledged before the checkpoint naming them reached the disk: a
+    SIGKILL resumes at the older checkpoint, so the spool of a version that vanishes meanwhile
+    must hold them too (sent twice, which a kill allows), not start where delivery stood."""
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter(log)
+    writer.append(20)
+    reader = Reader(log, spool_dir=tmp_path / "spool")
+    await reader.start()
+    await reader.drain()
+    on_disk = reader.resume  # the last durable checkpoint
+    writer.append(30)
+    await reader.drain(durable=False)  # acknowledged, the checkpoint write not done yet
+    rotate(log, "tail_rewrite", keep_lines=10)  # rows 21-40 are now only in our handle
+    writer.append(5)
+    await reader.tick()
+    assert len(reader.events.spools) == 1
+    await reader.tailer.close()  # type: ignore[union-attr]  # SIGKILL
+    reader.resume = on_disk
+    await reader.start()
+    await reader.drain()
+    assert sorted(set(reader.seqs)) == list(range(1, 56))
+    assert reader.events.gaps == []
+    await reader.stop()
