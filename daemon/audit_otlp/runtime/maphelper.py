@@ -33,7 +33,16 @@ from audit_otlp.delivery.batching import BatchLimits
 from audit_otlp.mapping.rows import RowEvents
 from audit_otlp.runtime.exits import FatalError
 from audit_otlp.runtime.mapchunk import MappedChunk
-from audit_otlp.runtime.mapworker import LENGTH_PREFIX, SOCKET_BUFFER, GiveBack, MapLines, MapperState, StartHelper, framed
+from audit_otlp.runtime.mapworker import (
+    LENGTH_PREFIX,
+    SOCKET_BUFFER,
+    GiveBack,
+    MapLines,
+    MapperState,
+    StartHelper,
+    framed,
+    spans_together,
+)
 from audit_otlp.source.lines import Line
 
 if TYPE_CHECKING:
@@ -143,9 +152,14 @@ class MapHelper:
         self.sent.append(Sent(chunk, consumed))
 
     async def receive(self) -> tuple[Sent, MappedChunk, list[tuple[str, tuple[Any, ...]]]]:
-        """The oldest chunk sent, mapped."""
-        mapped, events = await self._answer()
-        return self.sent.popleft(), mapped, events
+        """The oldest chunk sent, mapped (its spans follow the pickle as one raw frame)."""
+        rest, events, lengths = await self._answer()
+        try:
+            (length,) = LENGTH_PREFIX.unpack(await self.reader.readexactly(LENGTH_PREFIX.size))
+            joined = await self.reader.readexactly(length)
+        except (asyncio.IncompleteReadError, OSError) as exc:
+            raise self._lost(exc) from exc
+        return self.sent.popleft(), spans_together(rest, lengths, joined), events
 
     async def give_back(self) -> MapperState:
         """The mapping stage as the helper left it (every chunk sent must have been received)."""
