@@ -92,7 +92,9 @@ class RowMapper:
         prev = row.get("prev_hash") if isinstance(row, dict) else None
         return prev == last if isinstance(prev, str) and prev != GENESIS else None  # a new chain proves nothing
 
-    def map_line(self, line: Line, observed_ns: int) -> MappedLine:
+    def map_line(self, line: Line, observed_ns: int, link_hash: str | None = None) -> MappedLine:
+        """`link_hash`: the line's chain hash, when another process already worked it out
+        (`link_hashes`; the mapping helper's daemon does, to share a catch-up's work)."""
         self.line_number += 1
         encode = self.encode
         data = line.data
@@ -147,7 +149,7 @@ class RowMapper:
                 digest,
             )
         verdict = (
-            self._judge(row.get("prev_hash"), self.hasher.line_hash(data, row), line.offset, data)
+            self._judge(row.get("prev_hash"), link_hash or self.hasher.line_hash(data, row), line.offset, data)
             if self.hasher is not None
             else None
         )
@@ -194,6 +196,16 @@ class RowMapper:
             self.events.chain_note(KEYED_NOTE)
             return None
         return verdict
+
+
+def link_hashes(hasher: ChainHasher, lines: list[Line]) -> list[str | None]:
+    """The chain hash of each line that is a JSON object (None for any other), as map_line would
+    work it out: one implementation, so the two processes of a catch-up hash alike."""
+    hashes: list[str | None] = []
+    for line in lines:
+        row = parse_line(line.data)[0] if line.data is not None and line.data.strip() else None
+        hashes.append(hasher.line_hash(line.data, row) if row is not None and line.data is not None else None)
+    return hashes
 
 
 def _naming_source(

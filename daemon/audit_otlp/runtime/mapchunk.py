@@ -46,10 +46,12 @@ def map_chunk(
     observed_ns: int,
     gap: str | None = None,
     kept_here: bool = True,
+    link_hashes: list[str | None] | None = None,
 ) -> MappedChunk:
     """Map `lines` (the first is line `first_line_number` of its file) with `budget` standing
     at the open batch; `gap`: rows before the first line vanished unseen. `kept_here`: the spans
-    stay in this process until delivered (not sent on to the daemon)."""
+    stay in this process until delivered (not sent on to the daemon). `link_hashes`: each line's
+    chain hash, worked out already (rows.link_hashes)."""
     mapper.line_number = first_line_number - 1
     if gap is not None:
         mapper.mark_gap(gap)
@@ -67,7 +69,7 @@ def map_chunk(
         return Cut(len(spans), count, chain_hash, line_number, tuple(chain.carried()), chain.seen, identity.carried(counted))
 
     for i, line in enumerate(lines):
-        for span in mapper.map_line(line, observed_ns).spans:
+        for span in mapper.map_line(line, observed_ns, link_hashes[i] if link_hashes else None).spans:
             size = len(span)
             if not budget.fits(size):
                 cuts.append(cut())

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from audit_otlp.delivery.batching import BatchLimits
-from audit_otlp.mapping.rows import RowEvents
+from audit_otlp.mapping.chain import ChainHasher
+from audit_otlp.mapping.rows import RowEvents, link_hashes
 from audit_otlp.runtime.exits import FatalError
 from audit_otlp.runtime.mapchunk import MappedChunk
 from audit_otlp.runtime.mapworker import (
@@ -137,7 +138,11 @@ class MapHelper:
     def full(self) -> bool:
         return len(self.sent) >= IN_FLIGHT_CHUNKS
 
-    async def send(self, chunk: LineChunk, lines: list[Line], consumed: int, limits: BatchLimits) -> None:
+    async def send(
+        self, chunk: LineChunk, lines: list[Line], consumed: int, limits: BatchLimits, hasher: ChainHasher | None
+    ) -> None:
+        """Send a chunk to map. With chain verification on, the daemon hashes its lines for the
+        chain first (the helper is the slower side of a catch-up: this evens the two out)."""
         message = MapLines(
             b"\n".join([line.data for line in lines]),  # type: ignore[misc]  # only kept lines come here
             lines[0].offset,
@@ -147,6 +152,7 @@ class MapHelper:
             time.time_ns(),
             chunk.gap,
             limits,
+            link_hashes(hasher, lines) if hasher is not None else None,
         )
         await self._send(message)
         self.sent.append(Sent(chunk, consumed))

@@ -52,6 +52,7 @@ class MapLines(NamedTuple):
     observed_ns: int
     gap: str | None
     limits: BatchLimits
+    link_hashes: list[str | None] | None  # each line's chain hash, worked out by the daemon
 
 
 class GiveBack(NamedTuple):
@@ -191,7 +192,14 @@ def serve(conn: _Channel) -> None:
                 cutter.limits = message.limits
             lines = list(_lines(message))
             mapped = map_chunk(
-                mapper, cutter, lines, message.first_line_number, message.observed_ns, message.gap, kept_here=False
+                mapper,
+                cutter,
+                lines,
+                message.first_line_number,
+                message.observed_ns,
+                message.gap,
+                kept_here=False,
+                link_hashes=message.link_hashes,
             )
             try:
                 conn.send_mapped(mapped, recorder.take())

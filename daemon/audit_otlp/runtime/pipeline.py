@@ -205,7 +205,7 @@ class Pipeline:
         elif lane.helper is not None and not self._helper_may_map(lane, chunk):
             cursor = await self._stop_helper(lane, cursor)
         if lane.helper is not None:
-            await lane.helper.send(chunk, chunk.lines, consumed, lane.builder.limits)
+            await lane.helper.send(chunk, chunk.lines, consumed, lane.builder.limits, lane.mapper.hasher)
             while lane.helper.full:
                 cursor = await self._apply_from_helper(lane, lane.helper, cursor)
             return cursor
