@@ -29,6 +29,8 @@ from audit_otlp.state.checkpoint import Cursor, SourceState
 
 log = logging.getLogger(__name__)
 
+MONITOR_SETTLE = 0.1  # seconds between two looks that only appends woke (a rotation: at once)
+
 __all__ = ["LineChunk", "Tailer"]
 
 
@@ -157,6 +159,10 @@ class Tailer:
                     await self._look()
                 except OSError as exc:
                     log.warning("cannot check %s: %s", self.path, exc)
+            # Each append wakes it (200 looks a second for a hook writing every 5 ms, most of a
+            # followed file's CPU): after mere writes it looks again MONITOR_SETTLE later at the
+            # soonest; a rename, a new file or a deletion is looked at at once.
+            await self.watcher.settle(MONITOR_SETTLE)
 
     async def read(self, timeout: float | None) -> LineChunk | None:
         """The next lines in file order, or None if none arrived within `timeout` seconds."""

@@ -33,6 +33,7 @@ _DIR_MASK = (
     IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
 )
 _EVENT_HEADER = struct.Struct("iIII")
+_WRITES = IN_MODIFY | IN_CLOSE_WRITE  # what an append makes (a truncation too): anything else moved a name
 
 
 class _Inotify:
@@ -56,13 +57,13 @@ class _Inotify:
             raise OSError(ctypes.get_errno(), f"inotify_add_watch {directory}")
         self.watched[wd] = directory
 
-    def read_names(self) -> list[bytes] | None:
-        """Names the pending events are about; None means 'something, unknown' (overflow)."""
-        names: list[bytes] = []
+    def read_events(self) -> list[tuple[bytes, int]] | None:
+        """(name, mask) of the pending events; None means 'something, unknown' (overflow)."""
+        events: list[tuple[bytes, int]] = []
         try:
             data = os.read(self.fd, 65536)
         except BlockingIOError:
-            return names
+            return events
         pos = 0
         while pos + _EVENT_HEADER.size <= len(data):
             _wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(data, pos)
@@ -71,8 +72,8 @@ class _Inotify:
             pos += length
             if mask & IN_Q_OVERFLOW or mask & (IN_DELETE_SELF | IN_MOVE_SELF):
                 return None
-            names.append(name)
-        return names
+            events.append((name, mask))
+        return events
 
     def close(self) -> None:
         os.close(self.fd)
@@ -85,6 +86,7 @@ class FileWatcher:
         self.path = path
         self.poll_interval = poll_interval
         self._events: list[asyncio.Event] = [asyncio.Event()]  # one per waiter (reader, monitor)
+        self._moved = asyncio.Event()  # a name of interest was created, moved, deleted (not just written)
         self._inotify: _Inotify | None = None
         self._prefixes: set[bytes] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -121,9 +123,25 @@ class FileWatcher:
 
     def _on_readable(self) -> None:
         assert self._inotify is not None
-        names = self._inotify.read_names()
-        if names is None or any(n.startswith(p) for n in names for p in self._prefixes) or not names:
+        events = self._inotify.read_events()
+        ours = None if events is None else [mask for name, mask in events if any(name.startswith(p) for p in self._prefixes)]
+        if ours is None or ours or not events:
             self.notify()
+        if ours is None or any(mask & ~_WRITES for mask in ours):
+            self._moved.set()
+
+    async def settle(self, seconds: float) -> None:
+        """Let writes pile up for `seconds` (a busy writer makes one event per append), unless a
+        name is created, moved or deleted meanwhile: that returns at once. Polling: no wait."""
+        if self._inotify is None or self._moved.is_set():
+            self._moved.clear()
+            return
+        waiter = asyncio.ensure_future(self._moved.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=seconds)
+        finally:
+            waiter.cancel()
+        self._moved.clear()
 
     def notify(self) -> None:
         for event in self._events:
