@@ -37,6 +37,19 @@ def rotate_at_open(monkeypatch: pytest.MonkeyPatch, n: int, act: Callable[[], No
             monkeypatch.setattr(module, "open_followed", opening)
 
 
+async def settle_and_check(reader: Reader, writer: AuditWriter) -> None:
+    """Read to the end (with looks at the path between), then: every row once, no gap."""
+    for _ in range(3):
+        await reader.drain()
+        await reader.tick()
+    await reader.drain()
+    missing = sorted(set(range(1, writer.seq + 1)) - set(reader.seqs))
+    assert missing == [], f"lost {missing}; gaps {reader.events.gaps}"
+    assert reader.events.gaps == [], (reader.gap_rows, reader.seqs)
+    assert len(reader.seqs) == len(set(reader.seqs)), reader.seqs
+    await reader.stop()
+
+
 @pytest.mark.parametrize(
     "at_open", [0, 1, 2, 3], ids=["before_current", "before_sibling_1", "before_sibling_2", "before_sibling_3"]
 )
@@ -64,14 +77,7 @@ async def test_rotation_during_the_restart_scan_loses_nothing(
     rotate_at_open(monkeypatch, at_open, producer_rotates)
     await reader.start()
     monkeypatch.undo()
-    await reader.drain()
-    await reader.tick()
-    await reader.drain()
-    missing = sorted(set(range(1, writer.seq + 1)) - set(reader.seqs))
-    assert missing == [], f"lost {missing}; gaps {reader.events.gaps}"
-    assert reader.events.gaps == [], (reader.gap_rows, reader.seqs)
-    assert len(reader.seqs) == len(set(reader.seqs)), reader.seqs
-    await reader.stop()
+    await settle_and_check(reader, writer)
 
 
 @pytest.mark.parametrize("style", ["rename", "copytruncate", "tail_rewrite"])
@@ -99,15 +105,7 @@ async def test_rotation_while_looking_for_briefly_seen_versions_loses_nothing(
     rotate_at_open(monkeypatch, 1, producer_rotates)  # 0: the new file at the path, 1: the first sibling
     await reader.tick()
     monkeypatch.undo()
-    for _ in range(3):
-        await reader.drain()
-        await reader.tick()
-    await reader.drain()
-    missing = sorted(set(range(1, writer.seq + 1)) - set(reader.seqs))
-    assert missing == [], f"lost {missing}; gaps {reader.events.gaps}"
-    assert reader.events.gaps == [], (reader.gap_rows, reader.seqs)
-    assert len(reader.seqs) == len(set(reader.seqs)), reader.seqs
-    await reader.stop()
+    await settle_and_check(reader, writer)
 
 
 async def test_restart_scan_between_a_copytruncates_copy_and_its_truncate_loses_and_repeats_nothing(
