@@ -122,3 +122,36 @@ def test_a_plugin_log_created_after_start_is_followed_without_a_restart(audit_cl
     # Its position was in the checkpoint when it was killed: the restart resumed it there.
     assert all(counts[s] == 1 for s in range(100_001, 100_181))
     assert not [s for s in spans if s.get("name") == "audit.chain_broken"]
+
+
+def test_a_glob_matching_one_file_finds_that_files_rotated_copies(audit_cli: str, tmp_path: Path) -> None:
+    """With one match the daemon still treats a glob as several sources (more may match later):
+    its spans name the file from the first, and a copytruncate while it was stopped is found in
+    that file's own rotated copies (`<file>.*`) and loses nothing."""
+    only = tmp_path / "plugins" / "action-guard" / "state" / "audit.jsonl"
+    only.parent.mkdir(parents=True)
+    config = write_config(
+        tmp_path / "audit-otlp.toml",
+        source={"paths": "__PATHS__", "poll_interval": "200ms"},
+        batch={"max_wait": "50ms"},
+        retry={"initial_backoff": "50ms", "max_backoff": "200ms"},
+    )
+    config.write_text(config.read_text().replace('"__PATHS__"', json.dumps([str(tmp_path / "plugins/*/state/audit.jsonl")])))
+    checkpoint = tmp_path / "cp" / "checkpoint.json"
+    writer = AuditWriter(only)
+    writer.append(50)
+    with quiet(Collector()) as collector:
+        daemon = DaemonProcess(audit_cli, None, checkpoint, collector.endpoint, tmp_path / "daemon.log", config).start()
+        assert wait_until(lambda: set(range(1, 51)) <= set(collector.accepted_seqs()), 30), daemon.log_text()[-3000:]
+        assert daemon.stop() == 0
+        writer.append(30)  # written while it is stopped, then rotated away
+        rotate(only, "copytruncate")  # the copy is found by the glob only
+        writer.append(20)
+        daemon.start()
+        assert wait_until(lambda: set(range(1, 101)) <= set(collector.accepted_seqs()), 30), daemon.log_text()[-3000:]
+        assert daemon.stop() == 0
+        spans = collector.accepted_spans()
+    assert "RESUME GAP" not in daemon.log_text()
+    counts = collections.Counter(seq_of(s) for s in spans if seq_of(s) is not None)
+    assert set(counts) == set(range(1, 101)) and max(counts.values()) == 1
+    assert {attrs(s).get("audit.source") for s in spans} == {str(only)}

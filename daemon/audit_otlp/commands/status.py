@@ -18,7 +18,7 @@ from audit_otlp.runtime.exits import EXIT_OK
 from audit_otlp.runtime.logs import counted
 from audit_otlp.runtime.wiring import spool_directory
 from audit_otlp.source.backlog import find_backlog
-from audit_otlp.source.sources import expand
+from audit_otlp.source.sources import expand, rotated_glob_for, several
 from audit_otlp.source.spool import Spool
 from audit_otlp.state.checkpoint import Checkpoint
 from audit_otlp.state.migration import read_checkpoint as parse_checkpoint
@@ -43,12 +43,13 @@ def collect_status(config: Config) -> dict[str, Any]:
     usually) with the backlog and spool summed over all of them."""
     checkpoint, checkpoint_problem = read_checkpoint(config.checkpoint.path)
     paths = expand(config.source.paths) or [config.source.path]
-    several = len(config.source.paths) > 1 or len(paths) > 1
+    is_several = several(config.source.paths, paths)
     if checkpoint is not None and len(paths) == 1:
         checkpoint = checkpoint.keyed_for(str(paths[0]))
     spool = Spool(spool_directory(config), config.source.spool_max_bytes)
     sources = [
-        _source_status(config, checkpoint, path, f"{path}.*" if several else config.source.rotated_glob, spool) for path in paths
+        _source_status(config, checkpoint, path, rotated_glob_for(path, is_several, config.source.rotated_glob), spool)
+        for path in paths
     ]
     status: dict[str, Any] = {
         "checkpoint_path": str(config.checkpoint.path),

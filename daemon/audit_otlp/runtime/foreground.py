@@ -14,6 +14,7 @@ from audit_otlp.runtime.progress import ProgressReporter, TerminalLine
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.runtime.statusline import Progress
 from audit_otlp.source.backlog import find_backlog
+from audit_otlp.source.sources import rotated_glob_for, several
 from audit_otlp.state.keeper import CheckpointKeeper
 
 COUNT_EVERY = 0.5  # seconds between two looks at whether the backlog's rows need counting again
@@ -66,14 +67,14 @@ class ForegroundView:
     async def count_rows(self) -> None:
         """Count the backlog's rows whenever its size changed (at most every COUNT_EVERY s)."""
         source = self.config.source
-        several = len(self.keeper.current.sources) > 1
+        is_several = several(source.paths, [Path(p) for p in self.keeper.current.sources])
         while True:
             backlog_bytes = self.state.backlog_bytes
             if 0 < backlog_bytes <= COUNT_LIMIT and (self._counted is None or self._counted[0] != backlog_bytes):
                 # From the settled positions, as a restart (and `status`) would find them.
                 pending_bytes = pending_rows = 0
                 for path, state in self.keeper.compose().sources.items():
-                    pattern = f"{path}.*" if several else source.rotated_glob
+                    pattern = rotated_glob_for(path, is_several, source.rotated_glob)
                     found = await asyncio.to_thread(find_backlog, Path(path), pattern, state, source.max_line_bytes)
                     pending_bytes += found.pending_bytes
                     pending_rows += found.pending_rows

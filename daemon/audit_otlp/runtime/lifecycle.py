@@ -28,7 +28,7 @@ from audit_otlp.runtime.reload import ReloadPlan, reload_config
 from audit_otlp.runtime.reporting import Reporting
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.runtime.sdnotify import Notifier
-from audit_otlp.source.sources import expand
+from audit_otlp.source.sources import expand, several
 from audit_otlp.state.keeper import CheckpointKeeper
 
 log = logging.getLogger("audit_otlp")
@@ -63,7 +63,7 @@ class Daemon:
         # matches later are followed too (`_rescan`), so each span names its source from the start.
         self.paths = expand(config.source.paths)
         self.globbing = any(glob.has_magic(p) for p in config.source.paths)
-        self.several = len(config.source.paths) > 1 or len(self.paths) > 1 or self.globbing
+        self.several = several(config.source.paths, self.paths)
         self.source_events = [SourceObserver(self.metrics, str(path)) for path in self.paths]
         self.spool = wiring.build_spool(config, options)
         self.tailers = [

@@ -28,6 +28,7 @@ from audit_otlp.runtime.pipeline import Lane
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.events import SourceEvents
 from audit_otlp.source.recent import RECENT_LINES
+from audit_otlp.source.sources import rotated_glob_for
 from audit_otlp.source.spool import Spool
 from audit_otlp.source.tailer import Tailer
 from audit_otlp.state.checkpoint import RECENT_DIGESTS, Checkpoint, Cursor, NewerCheckpointError
@@ -124,7 +125,7 @@ def build_tailer(config: Config, events: SourceEvents, path: Path, spool: Spool 
         path,
         max_line_bytes=source.max_line_bytes,
         poll_interval=source.poll_interval,
-        rotated_glob=f"{path}.*" if several else source.rotated_glob,
+        rotated_glob=rotated_glob_for(path, several, source.rotated_glob),
         events=events,
         spool=spool,
         recent_limit=max(RECENT_LINES, RECENT_DIGESTS + unsettled),

@@ -26,3 +26,14 @@ def expand(patterns: list[str]) -> list[Path]:
                 continue
             found[Path(name)] = None
     return list(found)
+
+
+def several(patterns: list[str], paths: list[Path]) -> bool:
+    """Several audit logs (or a glob, which may match more later): each span then names its
+    source, and each file's rotated copies are `<file>.*`."""
+    return len(patterns) > 1 or len(paths) > 1 or any(glob.has_magic(p) for p in patterns)
+
+
+def rotated_glob_for(path: Path | str, is_several: bool, configured: str) -> str:
+    """Where `path`'s rotated copies are looked for: source.rotated_glob with one audit log."""
+    return f"{path}.*" if is_several else configured
