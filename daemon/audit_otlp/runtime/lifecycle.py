@@ -231,15 +231,23 @@ class Daemon:
                 continue
             known = set(self.paths)
             for path in found:
-                if path not in known:
+                if path in known:
+                    continue
+                try:
                     await self._follow(path, pipeline, keeper, rows)
+                except OSError as exc:  # unreadable now: tried again at the next rescan
+                    log.warning("cannot follow %s (it matches source.paths): %s", path, exc)
 
     async def _follow(self, path: Path, pipeline: Pipeline, keeper: CheckpointKeeper, rows: RowObserver) -> None:
         events = SourceObserver(self.metrics, str(path))
         tailer = wiring.build_tailer(self.config, events, path, self.spool, self.several)
-        (lane,) = await wiring.open_lanes(
-            self.config, [tailer], [events], keeper.current, keeper, rows, self.several, self.encoding, start_at="beginning"
-        )
+        try:
+            (lane,) = await wiring.open_lanes(
+                self.config, [tailer], [events], keeper.current, keeper, rows, self.several, self.encoding, start_at="beginning"
+            )
+        except BaseException:
+            await tailer.close()
+            raise
         self.paths.append(path)
         self.source_events.append(events)
         self.tailers.append(tailer)
