@@ -63,6 +63,12 @@ class Lane:
 
     def __post_init__(self) -> None:
         self.cutter = SpanBudget(self.builder.envelope, self.builder.limits)
+        self.tailer.queue.gaps.links = self.links
+
+    def links(self, data: bytes) -> bool | None:
+        """Does this line name the last row mapped as its parent (how the tailer decides a gap)?
+        Not known while the helper maps: the daemon's copy of the chain is behind."""
+        return None if self.helper is not None else self.mapper.links(data)
 
     def backlog_bytes(self) -> int:
         return self.tailer.backlog_bytes() + self.unsettled_bytes

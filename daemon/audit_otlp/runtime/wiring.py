@@ -154,7 +154,6 @@ async def open_lanes(
         position, gap = tailer.start_position(source.position)
         keeper.started(events.path, position, gap, tailer)
         mapper = build_mapper(config, position, rows, encoding, events.path if several else None)
-        tailer.queue.gaps.links = mapper.links
         builder = BatchBuilder(encoding.envelope, batch_limits(config))
         lanes.append(
             Lane(

@@ -145,7 +145,13 @@ class PathChanges:
             log.info("%s was truncated; its rows are in %s, queued before it", old.path, queued.path)
             await self.changed("copytruncate")
         else:
-            fresh.unread_at_truncation = old.seen_size > old.read_offset or old.splitter.pending_bytes > 0
+            if old.seen_size > old.read_offset or old.splitter.pending_bytes > 0:
+                # Rows not read yet are gone, unless a version queued before it holds them (a copy
+                # taken while we looked): its first row tells, naming the last row read or not.
+                fresh.gap_if_new = (
+                    f"{old.path} was truncated with rows not yet read and no rotated copy matching {self.pattern} holds them"
+                )
+                fresh.gap_certain = True
             log.warning(
                 "%s was truncated at byte %d and no rotated copy was found; reading it from its start", old.path, old.read_offset
             )

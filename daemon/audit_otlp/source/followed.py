@@ -39,7 +39,6 @@ class FollowedFile:
     seen_size: int = 0  # the largest size observed: a smaller one later means a truncation
     seen_mtime_ns: int = 0  # modification time at the last look
     verified_mtime_ns: int = 0  # modification time at the last look that found it unchanged
-    unread_at_truncation: bool = False  # set on a truncated file's successor when rows may be lost
     serial: int = 0  # the queue's number for this version (a copy that replaces it keeps it)
     appendable: bool = True  # a writer may still append (False: a copytruncate copy, a spool, link count 0)
     start_offset: int | None = None  # where reading it started, once resolved (for the checkpoint)

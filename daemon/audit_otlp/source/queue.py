@@ -142,11 +142,6 @@ class FileQueue:
         if skipped:
             log.info("%s begins with %d lines already read (tail-rewrite); continuing at byte %d", followed.path, skipped, offset)
             followed.gap_if_new = None  # it repeats the last lines read: nothing vanished
-        elif followed.unread_at_truncation:
-            self.gaps.report(
-                followed,
-                f"{followed.path} was truncated with rows not yet read and no rotated copy matching {self.rotated_glob} holds them",
-            )
         elif followed.gap_if_new is not None and followed.gap_certain:
             # Nothing in it yet: the vanished rows are not at its start, so they are lost (say it now).
             if await asyncio.to_thread(first_line, followed.fd, self.max_line_bytes, offset) is None:

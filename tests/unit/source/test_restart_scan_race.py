@@ -145,3 +145,34 @@ async def test_restart_scan_between_a_copytruncates_copy_and_its_truncate_loses_
     assert reader.seqs == list(range(1, writer.seq + 1)), reader.events.gaps
     assert reader.events.gaps == []
     await reader.stop()
+
+
+async def test_copytruncate_while_looking_for_copies_of_a_file_seen_empty_is_no_gap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file last seen empty was written: the tailer searches the siblings for copies made of
+    it (nothing else can identify them), and the producer copytruncates it during that search.
+    The copy is queued as a version seen only briefly; the truncation, noticed at the next look,
+    finds no other copy, but loses nothing: the emptied file's first row names the copy's last."""
+    log = tmp_path / "audit.jsonl"
+    writer = AuditWriter(log)
+    writer.append(5)
+    reader = Reader(log)
+    await reader.start()
+    await reader.drain()
+    rotate(log, "rename")
+    await reader.tick()  # the new, empty file is queued
+    await reader.drain()
+    writer.append(4)
+    real = changes.PathChanges.missed
+
+    def copytruncate_meanwhile(self: changes.PathChanges, files: list[Any]) -> list[Any]:
+        monkeypatch.undo()
+        rotate(log, "copytruncate")
+        return real(self, files)
+
+    monkeypatch.setattr(changes.PathChanges, "missed", copytruncate_meanwhile)
+    await reader.tick()
+    writer.append(2)
+    assert reader.seqs == list(range(1, 6))
+    await settle_and_check(reader, writer)
