@@ -55,6 +55,7 @@ class PathChanges:
         self.max_line_bytes = max_line_bytes
         self.changed = changed
         self.finished: deque[FileIdentity] = deque(maxlen=256)  # released files: never read again
+        self.done: list[FollowedFile] = []  # read to their end, held until delivered (held.done, shared)
         self.seen_at = coarse_now_ns()  # when the path last showed the newest file we hold
 
     async def check_path(self, files: list[FollowedFile]) -> bool:
@@ -193,8 +194,9 @@ class PathChanges:
 
     def missed(self, files: list[FollowedFile]) -> list[FollowedFile]:
         """Versions of the file that were at the path only between two looks, oldest first.
-        `files` are those we hold, the newest last."""
-        held = {f.inode for f in files}
+        `files` are those being read, the newest last; those read to their end and waiting for
+        delivery (`done`) are held too (a copy among them is no version seen briefly)."""
+        held = {f.inode for f in [*files, *self.done]}
         siblings = rotated_siblings(self.pattern, self.path)
         newest_known = max((n for n, s in enumerate(siblings) if self._known(s, held)), default=-1)
         newer = {

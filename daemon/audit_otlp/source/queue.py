@@ -69,6 +69,7 @@ class FileQueue:
         self.start_at_end = False
         self.changes = PathChanges(path, rotated_glob, max_line_bytes, self._path_changed)
         self.held = HeldVersions(path, rotated_glob, self.files, self.changes.finished, events, spool)
+        self.changes.done = self.held.done  # the same list: what is read to its end is held too
         self.gaps = GapMarks(events)
 
     def quiet_wait(self) -> float | None:
