@@ -70,31 +70,32 @@ def open_siblings(
     One whose name holds another file by the time it is opened (or no file) means the names
     moved: everything is closed and listed again."""
     opened: list[tuple[Sibling, FollowedFile]] = []
-    for _ in range(SCAN_ATTEMPTS):
+    for attempt in range(SCAN_ATTEMPTS):
         opened, moved = [], False
         for sibling in rotated_siblings(pattern, current):
             if not wanted(sibling):
                 continue
             try:
                 followed = open_followed(sibling.path, max_line_bytes)
-            except OSError:
+            except FileNotFoundError:  # renamed away since the listing
+                moved = True
+                break
+            except OSError:  # unreadable: not ours to read, as before the names moved
+                continue
+            if followed.inode != (sibling.dev, sibling.ino):
+                followed.close()
                 moved = True
                 break
             opened.append((sibling, followed))
-            if followed.inode != (sibling.dev, sibling.ino):
-                moved = True
-                break
         if not moved:
             return opened
+        if attempt == SCAN_ATTEMPTS - 1:
+            break
         for _, followed in opened:
             followed.close()
         time.sleep(SCAN_PAUSE)
     log.warning("the files matching %s kept moving while they were opened; taking what the last look found", pattern)
-    kept = [(s, f) for s, f in opened if f.inode == (s.dev, s.ino)]
-    for s, f in opened:
-        if f.inode != (s.dev, s.ino):
-            f.close()
-    return kept
+    return opened
 
 
 def _names(listing: list[Sibling]) -> set[tuple[Path, int, int]]:
