@@ -19,6 +19,8 @@ applied chunk on (the chunks it held are mapped again: nothing is lost or repeat
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import pickle
 import socket
@@ -183,8 +185,21 @@ class MapHelper:
         return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
     def close(self) -> None:
-        """Stop the helper now (shutdown, or it failed): whatever it held was never applied."""
+        """Stop the helper now (shutdown, or it failed, or caught up): whatever it held and was
+        not applied is dropped, and the memory its chunks passed through is given back."""
         self.writer.close()  # the helper sees the end of the socket and exits
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+        trim_heap()
+
+
+def trim_heap() -> None:
+    """A catch-up passes MBs of spans a second through the daemon's heap; once it is over, glibc
+    keeps the freed pages (its threshold for giving large blocks back rises as they are freed):
+    malloc_trim returns them, so an idle daemon's RSS is what it holds, not what it once held."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        pass
