@@ -37,6 +37,16 @@ def rotate_at_open(monkeypatch: pytest.MonkeyPatch, n: int, act: Callable[[], No
             monkeypatch.setattr(module, "open_followed", opening)
 
 
+async def delivered(log: Path, rows: int) -> tuple[AuditWriter, Reader]:
+    """A writer that appended `rows` rows, all read and delivered by a started reader."""
+    writer = AuditWriter(log)
+    writer.append(rows)
+    reader = Reader(log)
+    await reader.start()
+    await reader.drain()
+    return writer, reader
+
+
 async def settle_and_check(reader: Reader, writer: AuditWriter) -> None:
     """Read to the end (with looks at the path between), then: every row once, no gap."""
     for _ in range(3):
@@ -58,11 +68,7 @@ async def test_rotation_during_the_restart_scan_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, style: str, at_open: int
 ) -> None:
     log = tmp_path / "audit.jsonl"
-    writer = AuditWriter(log)
-    writer.append(20)
-    reader = Reader(log)
-    await reader.start()
-    await reader.drain()
+    writer, reader = await delivered(log, 20)
     await reader.stop()
     for _ in range(3):  # versions the checkpoint never saw, each with undelivered rows
         writer.append(7)
@@ -87,11 +93,7 @@ async def test_rotation_while_looking_for_briefly_seen_versions_loses_nothing(
     """Two rotations between two looks leave a version the tailer never saw at the path; while it
     searches the siblings for it (changes.missed), the producer rotates once more."""
     log = tmp_path / "audit.jsonl"
-    writer = AuditWriter(log)
-    writer.append(10)
-    reader = Reader(log)
-    await reader.start()
-    await reader.drain()
+    writer, reader = await delivered(log, 10)
     for _ in range(2):
         writer.append(5)
         rotate(log, "rename")
@@ -114,11 +116,7 @@ async def test_restart_scan_between_a_copytruncates_copy_and_its_truncate_loses_
     """The scan sees the copy (a version it never saw) and the path's file still whole; the
     truncate comes right after it: the rows are all in the copy, read before the emptied file."""
     log = tmp_path / "audit.jsonl"
-    writer = AuditWriter(log)
-    writer.append(10)
-    reader = Reader(log)
-    await reader.start()
-    await reader.drain()
+    writer, reader = await delivered(log, 10)
     await reader.stop()
     writer.append(6)
     rotate(log, "rename")
@@ -155,11 +153,7 @@ async def test_copytruncate_while_looking_for_copies_of_a_file_seen_empty_is_no_
     The copy is queued as a version seen only briefly; the truncation, noticed at the next look,
     finds no other copy, but loses nothing: the emptied file's first row names the copy's last."""
     log = tmp_path / "audit.jsonl"
-    writer = AuditWriter(log)
-    writer.append(5)
-    reader = Reader(log)
-    await reader.start()
-    await reader.drain()
+    writer, reader = await delivered(log, 5)
     rotate(log, "rename")
     await reader.tick()  # the new, empty file is queued
     await reader.drain()
