@@ -19,21 +19,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 
 from audit_otlp.config import RetrySection
-from audit_otlp.delivery.batching import Batch, BatchBuilder, SpanBudget
-from audit_otlp.delivery.encoding import Encoding
+from audit_otlp.delivery.batching import Batch
 from audit_otlp.delivery.retry import Backoff
 from audit_otlp.delivery.sink import Abandoned, Outcome, Sink
-from audit_otlp.mapping.rows import RowMapper
+from audit_otlp.runtime.lane import Lane
 from audit_otlp.runtime.logs import counted
 from audit_otlp.runtime.mapchunk import Cut, MappedChunk, map_chunk
 from audit_otlp.runtime.maphelper import MapHelper, replay
 from audit_otlp.runtime.mapworker import StartHelper, restore, state_of
 from audit_otlp.runtime.runstate import RunState
-from audit_otlp.source.tailer import LineChunk, Tailer
-from audit_otlp.state.acks import AckTracker
+from audit_otlp.source.tailer import LineChunk
 from audit_otlp.state.checkpoint import Cursor
 from audit_otlp.state.keeper import CheckpointKeeper
 
@@ -42,36 +39,6 @@ log = logging.getLogger("audit_otlp")
 # Following the end of a file, the reader pauses this long (at most half of batch.max_wait)
 # after each read, so a writer appending every few ms costs one wake-up per pause.
 READ_COALESCE = 0.1
-
-
-@dataclass
-class Lane:
-    """One audit log on its way: its tailer, its mapping stage (its own chain), its open batch
-    and its acknowledgement frontier."""
-
-    path: str  # the source's name in the checkpoint
-    tailer: Tailer
-    mapper: RowMapper
-    builder: BatchBuilder
-    acks: AckTracker = field(default_factory=AckTracker)
-    unsettled_bytes: int = 0  # bytes of lines read but not yet settled
-    breaks_before: int = 0  # chain breaks of this source before this run (from the checkpoint)
-    encoding: Encoding | None = None  # what the mapping helper encodes spans with (None: no helper)
-    span_source: str | None = None  # with several audit logs, the name every span carries
-    cutter: SpanBudget = field(init=False)  # where the mapping stage cuts batches (mapchunk.py)
-    helper: MapHelper | None = None  # the mapping helper process, while it maps this lane
-
-    def __post_init__(self) -> None:
-        self.cutter = SpanBudget(self.builder.envelope, self.builder.limits)
-        self.tailer.queue.gaps.links = self.links
-
-    def links(self, data: bytes) -> bool | None:
-        """Does this line name the last row mapped as its parent (how the tailer decides a gap)?
-        Not known while the helper maps: the daemon's copy of the chain is behind."""
-        return None if self.helper is not None else self.mapper.links(data)
-
-    def backlog_bytes(self) -> int:
-        return self.tailer.backlog_bytes() + self.unsettled_bytes
 
 
 class Pipeline:
@@ -206,9 +173,9 @@ class Pipeline:
         # Counted as backlog from the moment the tailer hands the lines over: _flush below may wait
         # a long time for a free export worker, and those bytes are not delivered meanwhile.
         lane.unsettled_bytes += consumed
-        if lane.helper is None and self._helper_pays(lane, chunk):
+        if lane.helper is None and lane.helper_pays(self.helper_min_backlog, chunk):
             await self._start_helper(lane)
-        elif lane.helper is not None and not self._helper_may_map(lane, chunk):
+        elif lane.helper is not None and not lane.helper_may_map(self.helper_min_backlog, chunk):
             cursor = await self._stop_helper(lane, cursor)
         if lane.helper is not None:
             await lane.helper.send(chunk, chunk.lines, consumed, lane.builder.limits, lane.mapper.hasher)
@@ -222,20 +189,6 @@ class Pipeline:
         return await self._add_mapped(lane, chunk, mapped, cursor, consumed)
 
     # -- the mapping helper (runtime/maphelper.py) ---------------------------------------------
-
-    def _helper_pays(self, lane: Lane, chunk: LineChunk) -> bool:
-        """Start the helper for a backlog worth it, unless the tailer still has a question only
-        the lane's own chain can answer (a version that vanished while stopped: gaps.py)."""
-        minimum = self.helper_min_backlog
-        if minimum is None or lane.encoding is None or lane.tailer.backlog_bytes() < minimum:
-            return False
-        return self._helper_may_map(lane, chunk) and not any(f.gap_if_new is not None for f in lane.tailer.queue.files)
-
-    def _helper_may_map(self, lane: Lane, chunk: LineChunk) -> bool:
-        """Keep the helper while a backlog lasts; a line over source.max_line_bytes (its data
-        not kept) is mapped here."""
-        minimum = self.helper_min_backlog or 0
-        return lane.tailer.backlog_bytes() >= minimum // 8 and all(line.data is not None for line in chunk.lines)
 
     async def _start_helper(self, lane: Lane) -> None:
         assert lane.encoding is not None

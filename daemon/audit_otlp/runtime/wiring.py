@@ -23,8 +23,8 @@ from audit_otlp.mapping.rows import RowEvents, RowMapper
 from audit_otlp.runtime.events import SourceObserver
 from audit_otlp.runtime.exits import FatalError
 from audit_otlp.runtime.health import HealthServer
+from audit_otlp.runtime.lane import Lane
 from audit_otlp.runtime.metrics import Metrics
-from audit_otlp.runtime.pipeline import Lane
 from audit_otlp.runtime.runstate import RunState
 from audit_otlp.source.events import SourceEvents
 from audit_otlp.source.recent import RECENT_LINES
